@@ -1,0 +1,1 @@
+"""tallygate: an LLM gateway that bills."""

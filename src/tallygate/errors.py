@@ -1,0 +1,102 @@
+"""One exception tree; every error maps to an OpenAI-shaped error body and status."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TallygateError(Exception):
+    """Base of every error tallygate raises on purpose."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "api_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = dict(headers or {})
+
+    def to_body(self) -> dict[str, Any]:
+        """The OpenAI error shape ``{"error": {message, type, param, code}}``."""
+        return {"error": {"message": self.message, "type": self.error_type,
+                          "param": self.param, "code": self.code}}
+
+
+class ConfigError(TallygateError):
+    """A configuration value is missing or wrong; raised at start, not at the first call."""
+
+    error_type = "invalid_configuration"
+
+
+class BadRequestError(TallygateError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationError(TallygateError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(TallygateError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    default_code = "permission_denied"
+
+
+class NotFoundError(TallygateError):
+    status_code = 404
+    error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    default_code = "model_not_found"
+
+
+class RequestTooLargeError(TallygateError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimitError(TallygateError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class BudgetExceededError(RateLimitError):
+    error_type = "budget_exceeded"
+    default_code = "budget_exceeded"
+
+
+class UpstreamError(TallygateError):
+    """The provider answered with an error, or could not be reached."""
+
+    status_code = 502
+    error_type = "upstream_error"
+
+    def __init__(self, message: str, *, status_code: int = 502, param: str | None = None,
+                 code: str | None = None, error_type: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, param=param, code=code, headers=headers)
+        self.status_code = status_code  # type: ignore[misc]  # per-instance: mirrors upstream
+        if error_type:
+            self.error_type = error_type  # type: ignore[misc]
+
+
+class UpstreamTimeoutError(UpstreamError):
+    error_type = "timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_code=504, code="upstream_timeout")
+
+
+class UpstreamConnectionError(UpstreamError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_code=502, code="upstream_unreachable")

@@ -1,0 +1,157 @@
+"""The one record a finished call leaves behind: a frozen UsageEvent.
+
+Its ``call_id`` and ``finished_at_ms`` are fixed when the event is made. They become
+Lago's ``transaction_id`` and ``timestamp`` and never change across resends, which is
+what makes a resend safe: Lago deduplicates on them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any, Literal
+
+from tallygate.usage import Usage
+
+CallKind = Literal["chat", "embedding"]
+
+# Flags an event can carry; each says something a billing reader must know.
+FLAG_UNKNOWN_PRICE = "unknown_price"
+FLAG_ESTIMATED_USAGE = "estimated_usage"
+FLAG_CLIENT_DISCONNECTED = "client_disconnected"
+FLAG_UNATTRIBUTED = "unattributed"
+FLAG_STREAM = "stream"
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def new_call_id() -> str:
+    """A call id: unique, URL-safe, usable as Lago's transaction_id."""
+    return "tg-" + uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """What one successful call used and cost, and who pays for it."""
+
+    call_id: str
+    started_at_ms: int
+    finished_at_ms: int
+    model: str                 # the name the caller asked for (a model group in the proxy)
+    provider: str              # e.g. "openai", "anthropic", "mock"
+    provider_model: str        # the model the provider was asked for
+    usage: Usage
+    cost: Decimal | None       # None means the price is unknown, never a silent zero
+    customer: str | None       # who is billed; None when nobody could be resolved
+    kind: CallKind = "chat"
+    end_user: str | None = None
+    user_id: str | None = None
+    team_id: str | None = None
+    key_id: str | None = None
+    price_source: str | None = None
+    flags: frozenset[str] = frozenset()
+    metadata: Mapping[str, Any] = field(default=_EMPTY)
+
+    @property
+    def timestamp(self) -> str:
+        """Lago's timestamp: Unix seconds with milliseconds, as a numeric string."""
+        seconds, millis = divmod(self.finished_at_ms, 1000)
+        return f"{seconds}.{millis:03d}"
+
+    @property
+    def latency_ms(self) -> int:
+        return self.finished_at_ms - self.started_at_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict; money as a decimal string, never a float."""
+        u = self.usage
+        return {
+            "call_id": self.call_id,
+            "started_at_ms": self.started_at_ms,
+            "finished_at_ms": self.finished_at_ms,
+            "model": self.model,
+            "provider": self.provider,
+            "provider_model": self.provider_model,
+            "kind": self.kind,
+            "usage": {
+                "input_tokens": u.input_tokens,
+                "cache_read_tokens": u.cache_read_tokens,
+                "cache_write_tokens": u.cache_write_tokens,
+                "output_tokens": u.output_tokens,
+                "reasoning_tokens": u.reasoning_tokens,
+                "source": u.source,
+            },
+            "cost": None if self.cost is None else format_decimal(self.cost),
+            "customer": self.customer,
+            "end_user": self.end_user,
+            "user_id": self.user_id,
+            "team_id": self.team_id,
+            "key_id": self.key_id,
+            "price_source": self.price_source,
+            "flags": sorted(self.flags),
+            "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UsageEvent:
+        u = data["usage"]
+        cost = data.get("cost")
+        return cls(
+            call_id=data["call_id"],
+            started_at_ms=int(data["started_at_ms"]),
+            finished_at_ms=int(data["finished_at_ms"]),
+            model=data["model"],
+            provider=data["provider"],
+            provider_model=data["provider_model"],
+            kind=data.get("kind", "chat"),
+            usage=Usage(
+                input_tokens=int(u["input_tokens"]),
+                cache_read_tokens=int(u["cache_read_tokens"]),
+                cache_write_tokens=int(u["cache_write_tokens"]),
+                output_tokens=int(u["output_tokens"]),
+                reasoning_tokens=int(u["reasoning_tokens"]),
+                source=u["source"],
+            ),
+            cost=None if cost is None else Decimal(cost),
+            customer=data.get("customer"),
+            end_user=data.get("end_user"),
+            user_id=data.get("user_id"),
+            team_id=data.get("team_id"),
+            key_id=data.get("key_id"),
+            price_source=data.get("price_source"),
+            flags=frozenset(data.get("flags") or ()),
+            metadata=MappingProxyType(dict(data.get("metadata") or {})),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FailureEvent:
+    """A call that failed: it bills nothing, but failure callbacks hear of it."""
+
+    call_id: str
+    started_at_ms: int
+    finished_at_ms: int
+    model: str
+    provider: str | None
+    customer: str | None
+    status_code: int
+    error_type: str
+    message: str
+    end_user: str | None = None
+    metadata: Mapping[str, Any] = field(default=_EMPTY)
+
+
+def format_decimal(value: Decimal) -> str:
+    """The Decimal's own digits in plain notation (no exponent, no float round trip)."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"

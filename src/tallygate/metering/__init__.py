@@ -1,0 +1,1 @@
+"""Metering: the durable outbox of usage events and the worker that delivers them."""

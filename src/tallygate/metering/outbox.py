@@ -1,0 +1,86 @@
+"""The Outbox interface: a durable queue of (event, sink) rows.
+
+A finished call's event is appended once per sink before the response's last byte
+leaves. Delivery workers claim rows with a lease, so that several workers (threads,
+processes or machines sharing one Postgres) never send the same row at once, and a
+crashed worker's rows come back when its lease runs out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from tallygate.event import UsageEvent
+
+RowState = Literal["pending", "inflight", "delivered", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    sink: str
+    event: UsageEvent
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadRow:
+    id: int
+    sink: str
+    call_id: str
+    reason: str
+    attempts: int
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    pending: int
+    inflight: int
+    delivered: int
+    dead: int
+    oldest_pending_age_s: float | None
+    last_error: str | None
+
+
+class Outbox(Protocol):
+    async def open(self) -> None:
+        """Connect and create or migrate the schema (forward-only)."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+    async def enqueue(self, event: UsageEvent, sinks: Sequence[str]) -> None:
+        """Durably append one row per sink. Returns once the rows survive a kill -9."""
+        ...
+
+    async def claim(self, sink: str, limit: int, lease_s: float) -> list[OutboxRow]:
+        """Take up to ``limit`` due rows of ``sink`` for this worker, oldest first."""
+        ...
+
+    async def mark_delivered(self, ids: Sequence[int]) -> None:
+        ...
+
+    async def mark_retry(self, ids: Sequence[int], error: str, delay_s: float) -> None:
+        """Give rows back as pending, due again in ``delay_s`` seconds."""
+        ...
+
+    async def mark_dead(self, reasons: dict[int, str]) -> None:
+        ...
+
+    async def stats(self, sink: str | None = None) -> OutboxStats:
+        ...
+
+    async def dead_rows(self, limit: int = 100) -> list[DeadRow]:
+        ...
+
+    async def retry_dead(self, ids: Sequence[int] | None = None) -> int:
+        """Make dead rows pending again (all of them when ``ids`` is None)."""
+        ...
+
+    async def replay(self, since_ms: int, sink: str | None = None) -> int:
+        """Make delivered rows since ``since_ms`` pending again (safe: Lago dedupes)."""
+        ...

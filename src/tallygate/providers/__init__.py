@@ -1,0 +1,1 @@
+"""Provider adapters. Each module here registers one provider; see ``registry``."""

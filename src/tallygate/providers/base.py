@@ -1,0 +1,138 @@
+"""The Provider interface: build an upstream request, read its answer or its stream.
+
+Adapters do no I/O; ``transport`` sends what they build. That keeps each adapter a pure
+translation, testable on bytes, and lets the proxy pass OpenAI-compatible bytes through
+untouched where no translation is needed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from tallygate.errors import BadRequestError, UpstreamError
+from tallygate.usage import Usage
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class PriceOverride:
+    """Per-token prices set in config, in LiteLLM's names (USD per token)."""
+
+    input_cost_per_token: Decimal | None = None
+    output_cost_per_token: Decimal | None = None
+    cache_read_input_token_cost: Decimal | None = None
+    cache_creation_input_token_cost: Decimal | None = None
+
+    def is_empty(self) -> bool:
+        return self.input_cost_per_token is None and self.output_cost_per_token is None
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One concrete upstream target: a provider, its model name and how to reach it."""
+
+    provider: str
+    model: str
+    api_base: str | None = None
+    api_key: str | None = None
+    timeout: float | None = None
+    headers: Mapping[str, str] = field(default=_NO_HEADERS)
+    price: PriceOverride | None = None
+    mock_response: str | None = None
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """A finished chat completion in the OpenAI shape.
+
+    ``raw`` holds the upstream bytes when they already are the OpenAI answer, so the
+    proxy can forward them without re-serialising; ``body`` is always the parsed dict.
+    """
+
+    body: dict[str, Any]
+    usage: Usage | None
+    raw: bytes | None = None
+
+
+@dataclass(slots=True)
+class StreamItem:
+    """One ChatCompletionChunk: its dict and its SSE frame as an OpenAI client reads it."""
+
+    data: dict[str, Any]
+    frame: bytes
+
+
+class StreamDecoder(ABC):
+    """Turns upstream stream bytes into OpenAI chunks, and remembers usage and text."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.output_parts: list[str] = []
+        self.done = False
+
+    @abstractmethod
+    def feed(self, data: bytes) -> list[StreamItem]:
+        """Consume a piece of the upstream body; return the chunks completed by it."""
+
+    def output_text(self) -> str:
+        return "".join(self.output_parts)
+
+
+class Provider(ABC):
+    """A translation between the OpenAI chat API and one provider's wire format."""
+
+    name: ClassVar[str]
+    default_api_base: ClassVar[str | None] = None
+    api_key_env: ClassVar[str | None] = None
+    #: True when the provider answers in-process (the mock): no transport is used.
+    is_local: ClassVar[bool] = False
+
+    @abstractmethod
+    def chat_request(self, deployment: Deployment, params: dict[str, Any],
+                     stream: bool) -> UpstreamRequest:
+        """The upstream request for OpenAI chat ``params`` (``model`` already resolved)."""
+
+    @abstractmethod
+    def chat_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        """Read a successful upstream answer."""
+
+    @abstractmethod
+    def chat_stream(self, deployment: Deployment, include_usage: bool) -> StreamDecoder:
+        """A decoder for one upstream stream. ``include_usage``: the caller asked for
+        the final usage chunk (``stream_options.include_usage``)."""
+
+    @abstractmethod
+    def error_from_response(self, status: int, body: bytes,
+                            headers: Mapping[str, str]) -> UpstreamError:
+        """Map an upstream error answer to an UpstreamError, keeping its status."""
+
+    def embedding_request(self, deployment: Deployment,
+                          params: dict[str, Any]) -> UpstreamRequest:
+        raise BadRequestError(f"provider {self.name!r} does not serve embeddings",
+                              param="model", code="embeddings_not_supported")
+
+    def embedding_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        raise BadRequestError(f"provider {self.name!r} does not serve embeddings",
+                              param="model", code="embeddings_not_supported")
+
+    def local_chat(self, deployment: Deployment, params: dict[str, Any]) -> bytes:
+        """For ``is_local`` providers: the raw upstream-format answer (JSON or SSE)."""
+        raise NotImplementedError
+
+    def api_key(self, deployment: Deployment, environ: Mapping[str, str]) -> str | None:
+        if deployment.api_key:
+            return deployment.api_key
+        return environ.get(self.api_key_env) if self.api_key_env else None

@@ -1,0 +1,176 @@
+"""OpenAI and every OpenAI-compatible endpoint (vLLM, Ollama, Groq, Together, ...).
+
+Requests and answers are already in the OpenAI shape, so this adapter mostly passes
+bytes through. For streams it always asks upstream for usage
+(``stream_options.include_usage``) and hides the final usage chunk from callers that did
+not ask for it: billing needs the numbers, the caller's stream stays as requested.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from tallygate.errors import UpstreamError
+from tallygate.providers.base import (
+    ChatResult,
+    Deployment,
+    Provider,
+    StreamDecoder,
+    StreamItem,
+    UpstreamRequest,
+)
+from tallygate.providers.registry import register
+from tallygate.providers.sse import SSEParser
+from tallygate.usage import Usage
+
+DONE_FRAME = b"data: [DONE]\n\n"
+
+
+def json_headers(api_key: str | None, extra: Mapping[str, str]) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    headers.update(extra)
+    return headers
+
+
+def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    """An OpenAI-style error answer as an UpstreamError with the same status."""
+    message = f"upstream answered {status}"
+    err_type: str | None = None
+    code: str | None = None
+    param: str | None = None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        err = parsed.get("error")
+        if isinstance(err, dict):
+            message = str(err.get("message") or message)
+            err_type = err.get("type") if isinstance(err.get("type"), str) else None
+            code = str(err["code"]) if err.get("code") is not None else None
+            param = err.get("param") if isinstance(err.get("param"), str) else None
+        elif isinstance(err, str):
+            message = err
+    keep = {}
+    for name in ("retry-after", "retry-after-ms"):
+        value = headers.get(name) or headers.get(name.title())
+        if value:
+            keep["Retry-After" if name == "retry-after" else "retry-after-ms"] = value
+    out_status = status if 400 <= status < 500 else 502
+    return UpstreamError(message, status_code=out_status, param=param, code=code,
+                         error_type=err_type, headers=keep)
+
+
+class OpenAIStreamDecoder(StreamDecoder):
+    """Forwards OpenAI chunks as they are; reads usage and text on the way."""
+
+    def __init__(self, include_usage: bool) -> None:
+        super().__init__()
+        self._sse = SSEParser()
+        self._include_usage = include_usage
+
+    def feed(self, data: bytes) -> list[StreamItem]:
+        out: list[StreamItem] = []
+        for ev in self._sse.feed(data):
+            payload = ev.data
+            if payload == b"[DONE]":
+                self.done = True
+                continue
+            if not payload:
+                continue
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(chunk, dict):
+                continue
+            usage = chunk.get("usage")
+            if usage:
+                self.usage = Usage.from_openai(usage)
+            choices = chunk.get("choices") or ()
+            for choice in choices:
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
+                if content:
+                    self.output_parts.append(content)
+                for call in delta.get("tool_calls") or ():
+                    args = (call.get("function") or {}).get("arguments")
+                    if args:
+                        self.output_parts.append(args)
+            if usage and not choices and not self._include_usage:
+                continue  # the usage-only chunk the caller did not ask for
+            if usage and choices and not self._include_usage:
+                chunk = dict(chunk)
+                chunk.pop("usage")
+                out.append(StreamItem(chunk, b"data: " + orjson.dumps(chunk) + b"\n\n"))
+                continue
+            out.append(StreamItem(chunk, b"data: " + payload + b"\n\n"))
+        return out
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+    default_api_base = "https://api.openai.com/v1"
+    api_key_env = "OPENAI_API_KEY"
+
+    def _base(self, deployment: Deployment) -> str:
+        return (deployment.api_base or self.default_api_base or "").rstrip("/")
+
+    def chat_request(self, deployment: Deployment, params: dict[str, Any],
+                     stream: bool) -> UpstreamRequest:
+        body = dict(params)
+        body["model"] = deployment.model
+        if stream:
+            body["stream"] = True
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return UpstreamRequest(
+            url=self._base(deployment) + "/chat/completions",
+            headers=json_headers(self.api_key(deployment, os.environ), deployment.headers),
+            body=orjson.dumps(body),
+        )
+
+    def chat_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        parsed = orjson.loads(body)
+        if not isinstance(parsed, dict):
+            raise UpstreamError("upstream answered with a non-object body")
+        return ChatResult(body=parsed, usage=Usage.from_openai(parsed.get("usage")), raw=body)
+
+    def chat_stream(self, deployment: Deployment, include_usage: bool) -> StreamDecoder:
+        return OpenAIStreamDecoder(include_usage)
+
+    def error_from_response(self, status: int, body: bytes,
+                            headers: Mapping[str, str]) -> UpstreamError:
+        return upstream_error(status, body, headers)
+
+    def embedding_request(self, deployment: Deployment,
+                          params: dict[str, Any]) -> UpstreamRequest:
+        body = dict(params)
+        body["model"] = deployment.model
+        return UpstreamRequest(
+            url=self._base(deployment) + "/embeddings",
+            headers=json_headers(self.api_key(deployment, os.environ), deployment.headers),
+            body=orjson.dumps(body),
+        )
+
+    def embedding_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        parsed = orjson.loads(body)
+        if not isinstance(parsed, dict):
+            raise UpstreamError("upstream answered with a non-object body")
+        raw_usage = parsed.get("usage") or {}
+        prompt = raw_usage.get("prompt_tokens") or raw_usage.get("total_tokens") or 0
+        usage = Usage(input_tokens=int(prompt))
+        return ChatResult(body=parsed, usage=usage, raw=body)
+
+
+register(OpenAIProvider())

@@ -1,0 +1,1 @@
+"""Sinks: where usage events are delivered (Lago, a JSONL file, a webhook)."""
