@@ -1,0 +1,474 @@
+"""Anthropic Messages API: OpenAI chat params in, OpenAI chat answers and chunks out.
+
+Unlike the OpenAI adapter this one translates both ways, so ``ChatResult.raw`` is None
+and every stream chunk is built here. Usage is read with ``Usage.from_anthropic``:
+Anthropic counts cache reads and writes outside ``input_tokens``, so the buckets are
+already disjoint.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from tallygate.errors import BadRequestError, UpstreamError
+from tallygate.providers.base import (
+    ChatResult,
+    Deployment,
+    Provider,
+    StreamDecoder,
+    StreamItem,
+    UpstreamRequest,
+)
+from tallygate.providers.registry import register
+from tallygate.providers.sse import SSEParser
+from tallygate.usage import Usage
+
+ANTHROPIC_VERSION = "2023-06-01"
+# Anthropic requires max_tokens; OpenAI callers often leave it out.
+DEFAULT_MAX_TOKENS = 4096
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# Status an in-stream ``error`` event would have had as an HTTP answer.
+ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+def finish_reason(stop_reason: object) -> str:
+    return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def anthropic_usage(raw: object) -> Usage | None:
+    """``Usage.from_anthropic`` plus thinking tokens, which are a part of output_tokens."""
+    if not isinstance(raw, dict):
+        return None
+    usage = Usage.from_anthropic(raw)
+    details = raw.get("output_tokens_details")
+    if usage is None or not isinstance(details, dict):
+        return usage
+    thinking = details.get("thinking_tokens")
+    if isinstance(thinking, int) and not isinstance(thinking, bool) and thinking > 0:
+        usage = replace(usage, reasoning_tokens=min(thinking, usage.output_tokens))
+    return usage
+
+
+# --- request: OpenAI chat params -> Messages API body ---------------------------------
+
+def _image_block(part: dict[str, Any]) -> dict[str, Any]:
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str) or not url:
+        raise BadRequestError("image_url part without a url", param="messages")
+    if url.startswith("data:"):
+        # data:<media type>;base64,<data>
+        head, sep, data = url[5:].partition(",")
+        media_type, _, encoding = head.partition(";")
+        if not sep or encoding != "base64":
+            raise BadRequestError("image data URLs must be base64-encoded", param="messages")
+        return {"type": "image",
+                "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _content_blocks(content: object) -> list[dict[str, Any]]:
+    """OpenAI content (string or parts) as Anthropic blocks; empty text is dropped
+    because Anthropic rejects empty text blocks."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise BadRequestError("message content must be a string or a list of parts",
+                              param="messages")
+    blocks: list[dict[str, Any]] = []
+    for part in content:
+        if not isinstance(part, dict):
+            raise BadRequestError("content parts must be objects", param="messages")
+        kind = part.get("type")
+        if kind == "text":
+            if not part.get("text"):
+                continue
+            block: dict[str, Any] = {"type": "text", "text": str(part["text"])}
+        elif kind == "image_url":
+            block = _image_block(part)
+        else:
+            raise BadRequestError(f"content part type {kind!r} is not supported for "
+                                  "Anthropic models", param="messages")
+        if part.get("cache_control"):  # prompt-caching breakpoints pass through
+            block["cache_control"] = part["cache_control"]
+        blocks.append(block)
+    return blocks
+
+
+def _tool_use_block(call: object) -> dict[str, Any]:
+    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+        raise BadRequestError("tool_calls entries need a function", param="messages")
+    fn = call["function"]
+    args = fn.get("arguments") or "{}"
+    try:
+        parsed = orjson.loads(args) if isinstance(args, str) else args
+    except orjson.JSONDecodeError:
+        raise BadRequestError("tool call arguments are not valid JSON",
+                              param="messages") from None
+    if not isinstance(parsed, dict):
+        raise BadRequestError("tool call arguments must be a JSON object", param="messages")
+    return {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": parsed}
+
+
+def _tool_result_block(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.get("tool_call_id")}
+    if isinstance(content, list):
+        block["content"] = _content_blocks(content)
+    elif content:
+        block["content"] = str(content)
+    return block
+
+
+def translate_messages(messages: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(system blocks, messages) for the Messages API.
+
+    System and developer messages are lifted to the top level; tool results become user
+    ``tool_result`` blocks; consecutive messages of one role are merged, since
+    Anthropic wants the roles to alternate (and all results of one turn in one message).
+    """
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError("messages must be a non-empty list", param="messages")
+    system: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise BadRequestError("each message must be an object", param="messages")
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.extend(_content_blocks(message.get("content")))
+            continue
+        if role == "user":
+            blocks = _content_blocks(message.get("content"))
+        elif role == "assistant":
+            blocks = _content_blocks(message.get("content"))
+            blocks += [_tool_use_block(c) for c in message.get("tool_calls") or ()]
+        elif role == "tool":
+            role, blocks = "user", [_tool_result_block(message)]
+        else:
+            raise BadRequestError(f"message role {role!r} is not supported for "
+                                  "Anthropic models", param="messages")
+        if not blocks:
+            continue
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    return system, out
+
+
+def _system_value(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """A plain string unless a block carries cache_control, which needs the list form."""
+    if any("cache_control" in b for b in blocks):
+        return blocks
+    return "\n\n".join(b["text"] for b in blocks if b.get("type") == "text")
+
+
+def translate_tools(tools: object) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise BadRequestError("tools must be a list", param="tools")
+    out = []
+    for tool in tools:
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or not fn.get("name"):
+            raise BadRequestError("only function tools with a name are supported",
+                                  param="tools")
+        entry: dict[str, Any] = {
+            "name": fn["name"],
+            "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+        }
+        if fn.get("description"):
+            entry["description"] = fn["description"]
+        if tool.get("cache_control"):
+            entry["cache_control"] = tool["cache_control"]
+        out.append(entry)
+    return out
+
+
+def translate_tool_choice(choice: object, parallel: object) -> dict[str, Any] | None:
+    result: dict[str, Any]
+    if choice is None:
+        if parallel is not False:
+            return None
+        result = {"type": "auto"}
+    elif choice in ("auto", "none"):
+        result = {"type": choice}
+    elif choice == "required":
+        result = {"type": "any"}
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        result = {"type": "tool", "name": choice["function"].get("name")}
+    else:
+        raise BadRequestError(f"unsupported tool_choice {choice!r}", param="tool_choice")
+    if parallel is False and result["type"] != "none":
+        result["disable_parallel_tool_use"] = True
+    return result
+
+
+def build_body(model: str, params: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """The Messages API request body for OpenAI chat ``params``."""
+    n = params.get("n")
+    if n is not None and n != 1:
+        raise BadRequestError("Anthropic models return one choice; n must be 1", param="n")
+    system, messages = translate_messages(params.get("messages"))
+    max_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens or DEFAULT_MAX_TOKENS,
+    }
+    if system:
+        body["system"] = _system_value(system)
+    for name in ("temperature", "top_p", "top_k"):
+        if params.get(name) is not None:
+            body[name] = params[name]
+    stop = params.get("stop")
+    if stop:
+        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if params.get("tools"):
+        body["tools"] = translate_tools(params["tools"])
+        choice = translate_tool_choice(params.get("tool_choice"),
+                                       params.get("parallel_tool_calls"))
+        if choice is not None:
+            body["tool_choice"] = choice
+    if params.get("user"):
+        body["metadata"] = {"user_id": str(params["user"])}
+    if stream:
+        body["stream"] = True
+    return body
+
+
+# --- response: Messages API answer -> OpenAI chat.completion ---------------------------
+
+def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": block.get("id"),
+        "type": "function",
+        "function": {"name": block.get("name"),
+                     "arguments": orjson.dumps(block.get("input") or {}).decode()},
+    }
+
+
+def translate_response(parsed: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
+    blocks = [b for b in parsed.get("content") or () if isinstance(b, dict)]
+    text = "".join(str(b.get("text") or "") for b in blocks if b.get("type") == "text")
+    tool_calls = [_tool_call(b) for b in blocks if b.get("type") == "tool_use"]
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None if tool_calls and not text else text,
+        "refusal": None,
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    body: dict[str, Any] = {
+        "id": parsed.get("id"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": parsed.get("model"),
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": finish_reason(parsed.get("stop_reason"))}],
+    }
+    if usage is not None:
+        body["usage"] = usage.to_openai()
+    return body
+
+
+def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    """An Anthropic error answer ``{"type":"error","error":{type,message}}``."""
+    message = f"upstream answered {status}"
+    err_type: str | None = None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or message)
+        err_type = err.get("type") if isinstance(err.get("type"), str) else None
+    keep = {}
+    retry_after = headers.get("retry-after") or headers.get("Retry-After")
+    if retry_after:
+        keep["Retry-After"] = retry_after
+    # 529 (overloaded) and every 5xx are the provider's fault: a bad gateway for us.
+    out_status = status if 400 <= status < 500 else 502
+    return UpstreamError(message, status_code=out_status, error_type=err_type, headers=keep)
+
+
+# --- stream: Anthropic SSE events -> OpenAI chat.completion.chunk ----------------------
+
+class AnthropicStreamDecoder(StreamDecoder):
+    """Reads Anthropic stream events and builds the OpenAI chunks for them."""
+
+    def __init__(self, include_usage: bool, model: str) -> None:
+        super().__init__()
+        self._sse = SSEParser()
+        self._include_usage = include_usage
+        self._id = ""
+        self._model = model
+        self._created = int(time.time())
+        self._raw_usage: dict[str, Any] = {}
+        self._tool_index: dict[int, int] = {}  # content block index -> OpenAI tool index
+        self._finished = False
+
+    def feed(self, data: bytes) -> list[StreamItem]:
+        out: list[StreamItem] = []
+        for ev in self._sse.feed(data):
+            if not ev.data:
+                continue
+            try:
+                event = orjson.loads(ev.data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                out.extend(self._on_event(event))
+        return out
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> StreamItem:
+        chunk = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish}],
+        }
+        return StreamItem(chunk, b"data: " + orjson.dumps(chunk) + b"\n\n")
+
+    def _merge_usage(self, raw: object) -> None:
+        # message_delta usage is cumulative: a later value replaces an earlier one.
+        if isinstance(raw, dict):
+            self._raw_usage.update({k: v for k, v in raw.items() if v is not None})
+            self.usage = anthropic_usage(self._raw_usage)
+
+    def _on_event(self, event: dict[str, Any]) -> list[StreamItem]:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message") or {}
+            self._id = str(message.get("id") or "")
+            self._model = str(message.get("model") or self._model)
+            self._merge_usage(message.get("usage"))
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if kind == "content_block_start":
+            return self._on_block_start(event)
+        if kind == "content_block_delta":
+            return self._on_block_delta(event)
+        if kind == "message_delta":
+            self._merge_usage(event.get("usage"))
+            stop_reason = (event.get("delta") or {}).get("stop_reason")
+            if stop_reason and not self._finished:
+                self._finished = True
+                return [self._chunk({}, finish_reason(stop_reason))]
+            return []
+        if kind == "message_stop":
+            self.done = True
+            out = [] if self._finished else [self._chunk({}, "stop")]
+            self._finished = True
+            if self._include_usage and self.usage is not None:
+                chunk = {"id": self._id, "object": "chat.completion.chunk",
+                         "created": self._created, "model": self._model,
+                         "choices": [], "usage": self.usage.to_openai()}
+                out.append(StreamItem(chunk, b"data: " + orjson.dumps(chunk) + b"\n\n"))
+            return out
+        if kind == "error":
+            err = event.get("error") or {}
+            err_type = str(err.get("type") or "api_error")
+            status = ERROR_STATUS.get(err_type, 500)
+            raise UpstreamError(str(err.get("message") or "upstream stream error"),
+                                status_code=status if status < 500 else 502,
+                                error_type=err_type)
+        return []  # ping, content_block_stop and event types added later
+
+    def _on_block_start(self, event: dict[str, Any]) -> list[StreamItem]:
+        block = event.get("content_block") or {}
+        if block.get("type") == "text" and block.get("text"):
+            self.output_parts.append(block["text"])
+            return [self._chunk({"content": block["text"]})]
+        if block.get("type") == "tool_use":
+            tool_index = len(self._tool_index)
+            self._tool_index[int(event.get("index") or 0)] = tool_index
+            call = {"index": tool_index, "id": block.get("id"), "type": "function",
+                    "function": {"name": block.get("name"), "arguments": ""}}
+            return [self._chunk({"tool_calls": [call]})]
+        return []  # thinking and server tool blocks have no OpenAI chunk
+
+    def _on_block_delta(self, event: dict[str, Any]) -> list[StreamItem]:
+        delta = event.get("delta") or {}
+        kind = delta.get("type")
+        if kind == "text_delta" and delta.get("text"):
+            self.output_parts.append(delta["text"])
+            return [self._chunk({"content": delta["text"]})]
+        if kind == "input_json_delta" and delta.get("partial_json"):
+            tool_index = self._tool_index.get(int(event.get("index") or 0))
+            if tool_index is None:
+                return []
+            self.output_parts.append(delta["partial_json"])
+            call = {"index": tool_index, "function": {"arguments": delta["partial_json"]}}
+            return [self._chunk({"tool_calls": [call]})]
+        return []  # thinking_delta, signature_delta, citations_delta
+
+
+class AnthropicProvider(Provider):
+    name = "anthropic"
+    default_api_base = "https://api.anthropic.com"
+    api_key_env = "ANTHROPIC_API_KEY"
+
+    def _url(self, deployment: Deployment) -> str:
+        base = (deployment.api_base or self.default_api_base or "").rstrip("/")
+        # Accept a base given with or without the version segment.
+        return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+
+    def chat_request(self, deployment: Deployment, params: dict[str, Any],
+                     stream: bool) -> UpstreamRequest:
+        body = build_body(deployment.model, params, stream)
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   "anthropic-version": ANTHROPIC_VERSION}
+        api_key = self.api_key(deployment, os.environ)
+        if api_key:
+            headers["x-api-key"] = api_key
+        headers.update(deployment.headers)
+        return UpstreamRequest(url=self._url(deployment), headers=headers,
+                               body=orjson.dumps(body))
+
+    def chat_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        parsed = orjson.loads(body)
+        if not isinstance(parsed, dict):
+            raise UpstreamError("upstream answered with a non-object body")
+        usage = anthropic_usage(parsed.get("usage"))
+        return ChatResult(body=translate_response(parsed, usage), usage=usage, raw=None)
+
+    def chat_stream(self, deployment: Deployment, include_usage: bool) -> StreamDecoder:
+        return AnthropicStreamDecoder(include_usage, deployment.model)
+
+    def error_from_response(self, status: int, body: bytes,
+                            headers: Mapping[str, str]) -> UpstreamError:
+        return upstream_error(status, body, headers)
+
+
+register(AnthropicProvider())
