@@ -1,0 +1,170 @@
+"""A stand-in Anthropic Messages API server speaking the real wire format over HTTP.
+
+    async with FakeAnthropic() as fake:
+        fake.input_tokens, fake.cache_read_tokens, fake.cache_write_tokens = 200, 800, 100
+        client = anthropic.AsyncAnthropic(base_url=fake.base_url, api_key="k")
+        ...
+
+Route: POST /v1/messages, JSON or SSE (message_start, content_block_start, ping,
+content_block_delta..., content_block_stop, message_delta, message_stop).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tests.fakes.server_base import (
+    FakeServer,
+    FakeToolCall,
+    Received,
+    run_in_thread,
+    split_text,
+)
+
+__all__ = ["FakeAnthropic", "FakeToolCall", "api_key_of", "run_in_thread"]
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+               403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+               429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
+
+
+def api_key_of(got: Received) -> str | None:
+    """The key a request carries: ``x-api-key``, or a bearer token (newer SDKs send that)."""
+    key = got.headers.get("x-api-key")
+    if key is None and got.headers.get("Authorization", "").startswith("Bearer "):
+        key = got.headers["Authorization"][len("Bearer "):]
+    return key
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return b"event: " + str(data["type"]).encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class FakeAnthropic(FakeServer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reply_text = "Hello from the fake Claude."
+        self.input_tokens = 12        # uncached input only, as Anthropic reports it
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
+        self.output_tokens = 7
+        self.thinking_text: str | None = None  # a thinking block before the text
+        self.thinking_tokens = 0      # reported in output_tokens_details when > 0
+        self.stop_reason = "end_turn"
+        self.tool_call: FakeToolCall | None = None  # a tool_use block after the text
+        self.stream_chunks = 3
+        # Newer API versions repeat input and cache counts in message_delta's usage.
+        self.full_delta_usage = False
+        # An ``error`` event of this type after the first text delta (then the stream ends).
+        self.stream_error_type: str | None = None
+        self._ids = itertools.count(1)
+
+    @property
+    def base_url(self) -> str:
+        """What an Anthropic client takes as ``base_url`` (it adds /v1/messages)."""
+        return self.url
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/v1/messages", self._messages)]
+
+    def error_body(self, status: int, message: str, error_type: str | None) -> dict[str, Any]:
+        return {"type": "error",
+                "error": {"type": error_type or ERROR_TYPES.get(status, "api_error"),
+                          "message": message},
+                "request_id": "req_fake"}
+
+    def usage(self, output_tokens: int | None = None) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_write_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+            "output_tokens": self.output_tokens if output_tokens is None else output_tokens,
+        }
+        if self.thinking_tokens:
+            usage["output_tokens_details"] = {"thinking_tokens": self.thinking_tokens}
+        return usage
+
+    def _blocks(self) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        if self.thinking_text:
+            blocks.append({"type": "thinking", "thinking": self.thinking_text,
+                           "signature": "sig_fake"})
+        if self.reply_text:
+            blocks.append({"type": "text", "text": self.reply_text})
+        if self.tool_call is not None:
+            blocks.append({"type": "tool_use", "id": self.tool_call.id,
+                           "name": self.tool_call.name, "input": self.tool_call.arguments})
+        return blocks
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        got = await self.record(request)
+        if self.require_api_key is not None and api_key_of(got) != self.require_api_key:
+            return self.error(401, "invalid x-api-key")
+        if not got.headers.get("anthropic-version"):
+            return self.error(400, "anthropic-version: header is required")
+        refusal = self.take_error()
+        if refusal is not None:
+            return refusal
+        body = got.body or {}
+        for name in ("model", "messages", "max_tokens"):
+            if name not in body:
+                return self.error(400, f"{name}: Field required")
+        mid = f"msg_fake{next(self._ids)}"
+        stop_reason = "tool_use" if self.tool_call is not None else self.stop_reason
+        if body.get("stream"):
+            return await self.send_stream(request, self._frames(mid, body["model"], stop_reason))
+        return await self.send_json(request, {
+            "id": mid, "type": "message", "role": "assistant", "model": body["model"],
+            "content": self._blocks(), "stop_reason": stop_reason, "stop_sequence": None,
+            "usage": self.usage(),
+        })
+
+    def _frames(self, mid: str, model: str, stop_reason: str) -> list[bytes]:
+        events: list[dict[str, Any]] = [{"type": "message_start", "message": {
+            "id": mid, "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            # message_start reports the input side and a token or so of output so far
+            "usage": self.usage(output_tokens=min(1, self.output_tokens))}}]
+        for index, block in enumerate(self._blocks()):
+            kind = block["type"]
+            if kind == "text":
+                start: dict[str, Any] = {"type": "text", "text": ""}
+                deltas = [{"type": "text_delta", "text": p}
+                          for p in split_text(block["text"], self.stream_chunks)]
+            elif kind == "thinking":
+                start = {"type": "thinking", "thinking": ""}
+                deltas = [{"type": "thinking_delta", "thinking": block["thinking"]},
+                          {"type": "signature_delta", "signature": block["signature"]}]
+            else:
+                start = {"type": "tool_use", "id": block["id"], "name": block["name"],
+                         "input": {}}
+                args = orjson.dumps(block["input"]).decode()
+                deltas = [{"type": "input_json_delta", "partial_json": ""}]
+                deltas += [{"type": "input_json_delta", "partial_json": p}
+                           for p in split_text(args, self.stream_chunks)]
+            events.append({"type": "content_block_start", "index": index,
+                           "content_block": start})
+            if index == 0:
+                events.append({"type": "ping"})
+            for delta in deltas:
+                events.append({"type": "content_block_delta", "index": index, "delta": delta})
+                if self.stream_error_type and delta["type"] == "text_delta":
+                    events.append({"type": "error", "error": {
+                        "type": self.stream_error_type, "message": "fake stream error"}})
+                    return [_event(e) for e in events]
+            events.append({"type": "content_block_stop", "index": index})
+        if self.full_delta_usage:
+            delta_usage = self.usage()
+        else:
+            delta_usage = {"output_tokens": self.output_tokens}
+            if self.thinking_tokens:
+                delta_usage["output_tokens_details"] = {"thinking_tokens": self.thinking_tokens}
+        events.append({"type": "message_delta",
+                       "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                       "usage": delta_usage})
+        events.append({"type": "message_stop"})
+        return [_event(e) for e in events]

@@ -1,0 +1,203 @@
+"""What the fake provider servers share: lifecycle, recording, errors, drops, pacing.
+
+A fake is a real aiohttp server on 127.0.0.1 with an ephemeral port. Use it as
+``async with FakeX() as fake:`` in async tests, or ``with run_in_thread(FakeX()) as fake:``
+in sync tests (the server then runs on its own loop in a background thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self, TypeVar
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+DropMode = Literal["before", "mid"]
+
+
+@dataclass
+class Received:
+    """One request the fake got."""
+
+    method: str
+    path: str
+    headers: CIMultiDict[str]  # case-insensitive, as HTTP headers are
+    body: dict[str, Any] | None
+
+
+@dataclass
+class FakeError:
+    """An error answer to send instead of the next normal one."""
+
+    status: int
+    body: dict[str, Any] | bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FakeToolCall:
+    """Makes the fake answer with one tool call instead of (after) its text."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str = "call_fake_1"
+
+
+def split_text(text: str, pieces: int) -> list[str]:
+    """``text`` in ``pieces`` nearly equal parts (fewer if the text is shorter)."""
+    pieces = max(1, min(pieces, len(text) or 1))
+    size, extra = divmod(len(text), pieces)
+    out, start = [], 0
+    for i in range(pieces):
+        end = start + size + (1 if i < extra else 0)
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+class FakeServer:
+    """Base of the fakes. Knobs are plain attributes; set them at any time in a test."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.errors: list[FakeError] = []           # FIFO: each answers one request
+        self.latency = 0.0                          # seconds before any answer
+        self.chunk_delay = 0.0                      # seconds between stream frames
+        self.drop_connection: DropMode | None = None  # close before / in the middle
+        self.require_api_key: str | None = None
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    # -- for subclasses ---------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        raise NotImplementedError
+
+    def error_body(self, status: int, message: str, error_type: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no path)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> Self:
+        app = web.Application()
+        app.add_routes(self.routes())
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- what tests read and set --------------------------------------------------------
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Every JSON body received, in order."""
+        return [r.body for r in self.received if r.body is not None]
+
+    def fail(self, status: int, message: str | None = None, *, error_type: str | None = None,
+             headers: dict[str, str] | None = None, times: int = 1) -> None:
+        """Answer the next ``times`` requests with this error, in the provider's shape."""
+        body = self.error_body(status, message or f"fake error {status}", error_type)
+        for _ in range(times):
+            self.errors.append(FakeError(status, body, dict(headers or {})))
+
+    # -- helpers for handlers ---------------------------------------------------------
+
+    async def record(self, request: web.Request) -> Received:
+        raw = await request.read()
+        body = orjson.loads(raw) if raw else None
+        got = Received(request.method, request.path, CIMultiDict(request.headers),
+                       body if isinstance(body, dict) else None)
+        self.received.append(got)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        return got
+
+    def take_error(self) -> web.Response | None:
+        if not self.errors:
+            return None
+        err = self.errors.pop(0)
+        data = err.body if isinstance(err.body, bytes) else orjson.dumps(err.body)
+        return web.Response(status=err.status, body=data, headers=err.headers,
+                            content_type="application/json")
+
+    def error(self, status: int, message: str, error_type: str | None = None) -> web.Response:
+        return web.Response(status=status, body=orjson.dumps(
+            self.error_body(status, message, error_type)), content_type="application/json")
+
+    def _drop(self, request: web.Request) -> None:
+        if request.transport is not None:
+            request.transport.close()
+
+    async def send_json(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        data = orjson.dumps(body)
+        if self.drop_connection is None:
+            return web.Response(body=data, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(data)
+        if self.drop_connection == "mid":
+            await response.prepare(request)
+            await response.write(data[: len(data) // 2])
+        self._drop(request)
+        return response
+
+    async def send_stream(self, request: web.Request, frames: list[bytes]) -> web.StreamResponse:
+        """Send SSE frames with ``chunk_delay`` between them; honours ``drop_connection``."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        if self.drop_connection == "before":
+            self._drop(request)
+            return response
+        await response.prepare(request)
+        cut = len(frames) // 2 if self.drop_connection == "mid" else len(frames)
+        for i, frame in enumerate(frames[:cut]):
+            if i and self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            await response.write(frame)
+        if self.drop_connection == "mid":
+            self._drop(request)
+            return response
+        await response.write_eof()
+        return response
+
+
+S = TypeVar("S", bound=FakeServer)
+
+
+@contextmanager
+def run_in_thread(server: S) -> Iterator[S]:
+    """Run ``server`` on its own event loop in a daemon thread (for sync tests)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-server", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
