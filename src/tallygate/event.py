@@ -58,7 +58,7 @@ class UsageEvent:
     key_id: str | None = None
     price_source: str | None = None
     flags: frozenset[str] = frozenset()
-    metadata: Mapping[str, Any] = field(default=_EMPTY)
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     @property
     def timestamp(self) -> str:
@@ -146,7 +146,7 @@ class FailureEvent:
     error_type: str
     message: str
     end_user: str | None = None
-    metadata: Mapping[str, Any] = field(default=_EMPTY)
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
 def format_decimal(value: Decimal) -> str:

@@ -37,7 +37,8 @@ class Usage:
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"Usage.{name} must be a non-negative int, got {value!r}")
         if self.reasoning_tokens > self.output_tokens:
-            raise ValueError("Usage.reasoning_tokens is a part of output_tokens and cannot exceed it")
+            raise ValueError("Usage.reasoning_tokens is a part of output_tokens, "
+                             "it cannot exceed it")
 
     @property
     def prompt_tokens(self) -> int:
@@ -64,8 +65,10 @@ class Usage:
         cached = _int(p_details.get("cached_tokens")) if isinstance(p_details, dict) else 0
         # OpenAI-compatible servers that report cache writes (e.g. some routers) put them
         # inside prompt_tokens too.
-        written = (_int(p_details.get("cache_write_tokens") or p_details.get("cache_creation_tokens"))
-                   if isinstance(p_details, dict) else 0)
+        written = 0
+        if isinstance(p_details, dict):
+            written = _int(p_details.get("cache_write_tokens")
+                           or p_details.get("cache_creation_tokens"))
         reasoning = (_int(c_details.get("reasoning_tokens"))
                      if isinstance(c_details, dict) else 0)
         cached = min(cached, prompt)

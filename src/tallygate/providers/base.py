@@ -42,7 +42,7 @@ class Deployment:
     api_base: str | None = None
     api_key: str | None = None
     timeout: float | None = None
-    headers: Mapping[str, str] = field(default=_NO_HEADERS)
+    headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
     price: PriceOverride | None = None
     mock_response: str | None = None
 

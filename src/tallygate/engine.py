@@ -1,0 +1,258 @@
+"""One call, start to finish: adapter -> transport -> usage -> price -> UsageEvent.
+
+Both the SDK and the proxy run calls through here, so a call is priced and metered the
+same way whichever door it came in by. The engine never waits on a sink: it hands the
+event to a ``Recorder`` (the durable outbox in practice) and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from tallygate import transport
+from tallygate.errors import TallygateError, UpstreamError
+from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
+from tallygate.event import (
+    FLAG_CLIENT_DISCONNECTED,
+    FLAG_ESTIMATED_USAGE,
+    FLAG_STREAM,
+    FLAG_UNATTRIBUTED,
+    FLAG_UNKNOWN_PRICE,
+    CallKind,
+    FailureEvent,
+    UsageEvent,
+    new_call_id,
+    now_ms,
+)
+from tallygate.pricing import PriceBook
+from tallygate.providers.base import ChatResult, Deployment, Provider, StreamDecoder, StreamItem
+from tallygate.providers.registry import get_provider
+from tallygate.usage import Usage
+
+log = logging.getLogger("tallygate.engine")
+
+
+class Recorder(Protocol):
+    """Takes finished calls. ``record`` returns once the event is safe (durable)."""
+
+    async def record(self, event: UsageEvent) -> None: ...
+
+    async def record_failure(self, failure: FailureEvent) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who made the call and who pays; fixed before the call starts."""
+
+    model: str
+    customer: str | None
+    call_id: str = field(default_factory=new_call_id)
+    started_at_ms: int = field(default_factory=now_ms)
+    end_user: str | None = None
+    user_id: str | None = None
+    team_id: str | None = None
+    key_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
+               *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset()
+               ) -> UsageEvent:
+    price = prices.price(deployment.provider, deployment.model, usage, deployment.price)
+    flags = set(extra_flags)
+    if price.cost is None:
+        flags.add(FLAG_UNKNOWN_PRICE)
+    if usage.source == "estimated":
+        flags.add(FLAG_ESTIMATED_USAGE)
+    if ctx.customer is None:
+        flags.add(FLAG_UNATTRIBUTED)
+    return UsageEvent(
+        call_id=ctx.call_id, started_at_ms=ctx.started_at_ms, finished_at_ms=now_ms(),
+        model=ctx.model, provider=deployment.provider, provider_model=deployment.model,
+        usage=usage, cost=price.cost, customer=ctx.customer, kind=kind,
+        end_user=ctx.end_user, user_id=ctx.user_id, team_id=ctx.team_id, key_id=ctx.key_id,
+        price_source=price.source, flags=frozenset(flags), metadata=ctx.metadata)
+
+
+def failure_event(ctx: CallContext, deployment: Deployment | None,
+                  exc: BaseException) -> FailureEvent:
+    if isinstance(exc, TallygateError):
+        status, err_type, message = exc.status_code, exc.error_type, exc.message
+    elif isinstance(exc, asyncio.CancelledError):
+        status, err_type, message = 499, "cancelled", "the call was cancelled"
+    else:
+        status, err_type, message = 500, type(exc).__name__, "internal error"
+    return FailureEvent(
+        call_id=ctx.call_id, started_at_ms=ctx.started_at_ms, finished_at_ms=now_ms(),
+        model=ctx.model, provider=deployment.provider if deployment else None,
+        customer=ctx.customer, status_code=status, error_type=err_type, message=message,
+        end_user=ctx.end_user, metadata=ctx.metadata)
+
+
+def _estimated_usage(params: Mapping[str, Any], output_text: str,
+                     partial: Usage | None) -> Usage:
+    """Usage for a stream that ended before the provider's numbers: keep what the
+    provider reported (e.g. Anthropic's input counts) and estimate the rest."""
+    out = estimate_text_tokens(output_text)
+    if partial is not None:
+        return Usage(input_tokens=partial.input_tokens,
+                     cache_read_tokens=partial.cache_read_tokens,
+                     cache_write_tokens=partial.cache_write_tokens,
+                     output_tokens=max(partial.output_tokens, out), source="estimated")
+    return Usage(input_tokens=estimate_prompt_tokens(params.get("messages") or ()),
+                 output_tokens=out, source="estimated")
+
+
+async def _send(provider: Provider, deployment: Deployment, params: dict[str, Any],
+                *, embedding: bool = False) -> bytes:
+    if provider.is_local:
+        return provider.local_chat(deployment, params)
+    request = (provider.embedding_request(deployment, params) if embedding
+               else provider.chat_request(deployment, params, stream=False))
+    resp = await transport.post(request, deployment.timeout)
+    if resp.status >= 400:
+        raise provider.error_from_response(resp.status, resp.body, resp.headers)
+    return resp.body
+
+
+async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
+               recorder: Recorder, prices: PriceBook) -> tuple[ChatResult, UsageEvent]:
+    """A non-streaming chat call, billed. Failures bill nothing and are recorded."""
+    try:
+        provider = get_provider(deployment.provider)
+        body = await _send(provider, deployment, params)
+        result = provider.chat_response(deployment, body)
+    except BaseException as exc:
+        await recorder.record_failure(failure_event(ctx, deployment, exc))
+        raise
+    usage = result.usage
+    if usage is None:
+        usage = _estimated_usage(params, _answer_text(result.body), None)
+    event = make_event(ctx, deployment, usage, prices)
+    await recorder.record(event)
+    return result, event
+
+
+async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
+                    recorder: Recorder, prices: PriceBook) -> tuple[ChatResult, UsageEvent]:
+    """An embeddings call, billed like chat with input tokens only."""
+    try:
+        provider = get_provider(deployment.provider)
+        body = await _send(provider, deployment, params, embedding=True)
+        result = provider.embedding_response(deployment, body)
+    except BaseException as exc:
+        await recorder.record_failure(failure_event(ctx, deployment, exc))
+        raise
+    usage = result.usage or Usage(source="estimated")
+    event = make_event(ctx, deployment, usage, prices, kind="embedding")
+    await recorder.record(event)
+    return result, event
+
+
+def _answer_text(body: Mapping[str, Any]) -> str:
+    parts = []
+    for choice in body.get("choices") or ():
+        message = choice.get("message") or {}
+        if isinstance(message.get("content"), str):
+            parts.append(message["content"])
+    return "".join(parts)
+
+
+class ChatStream:
+    """A streaming call. Iterate it for chunks; it bills itself exactly once when the
+    stream ends, breaks or is abandoned (``finish``), with provider usage when it came
+    and an estimate from the streamed text otherwise."""
+
+    def __init__(self, deployment: Deployment, params: dict[str, Any], ctx: CallContext,
+                 recorder: Recorder, prices: PriceBook, include_usage: bool) -> None:
+        self.deployment = deployment
+        self.ctx = ctx
+        self._params = params
+        self._recorder = recorder
+        self._prices = prices
+        self._provider = get_provider(deployment.provider)
+        self._decoder: StreamDecoder = self._provider.chat_stream(deployment, include_usage)
+        self._upstream: Any = None  # the open transport stream's context manager
+        self._source: AsyncIterator[bytes] | None = None
+        self.event: UsageEvent | None = None
+        self._finishing: asyncio.Future[UsageEvent] | None = None
+
+    async def open(self) -> ChatStream:
+        """Send the request; raise the upstream's error before any chunk is produced."""
+        try:
+            if self._provider.is_local:
+                self._source = _local_source(self._provider.local_chat(
+                    self.deployment, {**self._params, "stream": True}))
+                return self
+            request = self._provider.chat_request(self.deployment, self._params, stream=True)
+            cm = transport.open_stream(request, self.deployment.timeout)
+            stream = await cm.__aenter__()
+            self._upstream = cm
+            if stream.status >= 400:
+                body = await stream.read()
+                raise self._provider.error_from_response(stream.status, body, stream.headers)
+            self._source = stream.chunks()
+        except BaseException as exc:
+            await self._close_upstream()
+            await self._recorder.record_failure(failure_event(self.ctx, self.deployment, exc))
+            raise
+        return self
+
+    async def __aiter__(self) -> AsyncIterator[StreamItem]:
+        assert self._source is not None, "open() the stream first"
+        try:
+            async for data in self._source:
+                for item in self._decoder.feed(data):
+                    yield item
+                if self._decoder.done:
+                    break
+        except UpstreamError as exc:
+            # The provider failed mid-stream: bill what was generated, then re-raise.
+            log.warning("call %s: upstream stream failed after output began: %s",
+                        self.ctx.call_id, exc.message)
+            await self.finish()
+            raise
+        await self.finish()
+
+    async def finish(self, *, disconnected: bool = False) -> UsageEvent:
+        """Close upstream and record the event; safe to call more than once."""
+        if self._finishing is not None:
+            return await asyncio.shield(self._finishing)
+        self._finishing = asyncio.get_running_loop().create_future()
+        try:
+            await self._close_upstream()
+            dec = self._decoder
+            usage = dec.usage if (dec.done and dec.usage is not None) else None
+            if usage is None:
+                usage = _estimated_usage(self._params, dec.output_text(), dec.usage)
+            flags = {FLAG_STREAM}
+            if disconnected:
+                flags.add(FLAG_CLIENT_DISCONNECTED)
+            event = make_event(self.ctx, self.deployment, usage, self._prices,
+                               extra_flags=frozenset(flags))
+            self.event = event
+            await self._recorder.record(event)
+        except BaseException as exc:
+            self._finishing.set_exception(exc)
+            self._finishing.exception()  # retrieved: a later caller re-raises it
+            raise
+        self._finishing.set_result(event)
+        return event
+
+    async def _close_upstream(self) -> None:
+        cm, self._upstream = self._upstream, None
+        if cm is not None:
+            await cm.__aexit__(None, None, None)
+
+
+async def _local_source(body: bytes) -> AsyncIterator[bytes]:
+    # Hand the mock's stream over in pieces, as a network would.
+    step = 256
+    for i in range(0, len(body), step):
+        yield body[i:i + step]
+        await asyncio.sleep(0)

@@ -1,0 +1,103 @@
+"""Cost of a call, in Decimal, from its Usage.
+
+Prices come from ``genai-prices`` (an offline, maintained price library with cache
+prices), or from per-deployment overrides in LiteLLM's names. A model with no known
+price gets ``cost=None`` (the event is flagged ``unknown_price``) and one warning per
+model: never a silent $0.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib.metadata import version
+from typing import Any
+
+from tallygate.providers.base import PriceOverride
+from tallygate.usage import Usage
+
+log = logging.getLogger("tallygate.pricing")
+
+# Our provider names -> genai-prices provider ids, where they differ or exist at all.
+_PRICE_PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic"}
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    cost: Decimal | None
+    source: str | None
+
+    @property
+    def known(self) -> bool:
+        return self.cost is not None
+
+
+UNKNOWN = Price(None, None)
+
+
+def cost_from_override(usage: Usage, o: PriceOverride) -> Decimal:
+    """Per-token prices; cache prices fall back to the input price when not set (an
+    endpoint without a cache price is one that does not discount cached tokens)."""
+    zero = Decimal(0)
+    inp = o.input_cost_per_token if o.input_cost_per_token is not None else zero
+    out = o.output_cost_per_token if o.output_cost_per_token is not None else zero
+    read = o.cache_read_input_token_cost if o.cache_read_input_token_cost is not None else inp
+    write = (o.cache_creation_input_token_cost
+             if o.cache_creation_input_token_cost is not None else inp)
+    return (inp * usage.input_tokens + read * usage.cache_read_tokens
+            + write * usage.cache_write_tokens + out * usage.output_tokens)
+
+
+class PriceBook:
+    """Prices calls; remembers which models have no price so each is warned about once."""
+
+    def __init__(self) -> None:
+        self._unknown: set[tuple[str, str]] = set()
+        self._library: Any = None
+        self._source = ""
+
+    def _lib(self) -> Any:
+        # Imported on first use: it costs ~100 ms, and `import tallygate` must stay cheap.
+        if self._library is None:
+            import genai_prices
+
+            self._library = genai_prices
+            self._source = f"genai-prices {version('genai-prices')}"
+        return self._library
+
+    def warm(self) -> None:
+        """Load the price data now (the proxy does it at start, not on the first call)."""
+        self._lib()
+
+    def price(self, provider: str, model: str, usage: Usage,
+              override: PriceOverride | None = None) -> Price:
+        if override is not None and not override.is_empty():
+            return Price(cost_from_override(usage, override), "config")
+        key = (provider, model)
+        if key in self._unknown:
+            return UNKNOWN
+        provider_id = _PRICE_PROVIDER_IDS.get(provider)
+        if provider_id is None:
+            return self._mark_unknown(key)
+        lib = self._lib()
+        try:
+            calc = lib.calc_price(
+                lib.Usage(input_tokens=usage.prompt_tokens,
+                          cache_read_tokens=usage.cache_read_tokens,
+                          cache_write_tokens=usage.cache_write_tokens,
+                          output_tokens=usage.output_tokens),
+                model, provider_id=provider_id)
+        except LookupError:
+            return self._mark_unknown(key)
+        return Price(Decimal(calc.total_price), self._source)
+
+    def _mark_unknown(self, key: tuple[str, str]) -> Price:
+        if key not in self._unknown:
+            self._unknown.add(key)
+            log.warning("no price known for model %s/%s: its events are flagged unknown_price "
+                        "(set input_cost_per_token/output_cost_per_token to price it)", *key)
+        return UNKNOWN
+
+
+default_price_book = PriceBook()

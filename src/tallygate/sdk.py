@@ -1,0 +1,219 @@
+"""The SDK's call surface: ``acompletion`` is the one core, ``completion`` wraps it.
+
+Settings (callbacks, charge-by) are read per call from the ``tallygate`` module and
+the environment, so the LiteLLM-style module switches work as users expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from tallygate import callback_dispatch as cb
+from tallygate import engine
+from tallygate.attribution import parse_charge_by, resolve_customer
+from tallygate.engine import CallContext, ChatStream
+from tallygate.errors import BadRequestError
+from tallygate.event import FailureEvent, UsageEvent
+from tallygate.pricing import default_price_book
+from tallygate.providers.base import Deployment, PriceOverride
+from tallygate.providers.registry import split_model
+from tallygate.response import ChunkObject, ModelResponse
+from tallygate.runtime import runtime
+from tallygate.sinks.factory import sink_accepts
+
+log = logging.getLogger("tallygate")
+
+_PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token",
+               "cache_read_input_token_cost", "cache_creation_input_token_cost")
+
+
+class SdkRecorder:
+    """Sends events to the outbox for named sinks and to in-process listeners."""
+
+    def __init__(self, resolved: cb.ResolvedCallbacks) -> None:
+        self.resolved = resolved
+
+    async def record(self, event: UsageEvent) -> None:
+        sinks = [s for s in self.resolved.sinks if sink_accepts(s, event.customer is not None)]
+        if event.customer is None and "lago" in self.resolved.sinks:
+            log.warning("call %s is unattributed (no customer for LAGO_API_CHARGE_BY): "
+                        "not sent to Lago", event.call_id)
+        if sinks:
+            await runtime.enqueue(event, sinks)
+        await cb.notify(self.resolved.on_success, event)
+
+    async def record_failure(self, failure: FailureEvent) -> None:
+        await cb.notify(self.resolved.on_failure, failure)
+
+
+def _module_callbacks(extra: Sequence[cb.Callback] | None) -> cb.ResolvedCallbacks:
+    import tallygate
+
+    return cb.resolve([*tallygate.callbacks, *(extra or ())], tallygate.success_callback,
+                      tallygate.failure_callback)
+
+
+def _price_override(kwargs: dict[str, Any]) -> PriceOverride | None:
+    values = {k: kwargs.pop(k) for k in _PRICE_KEYS if k in kwargs}
+    if not values:
+        return None
+    return PriceOverride(**{k: Decimal(str(v)) for k, v in values.items() if v is not None})
+
+
+def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | None,
+             metadata: Mapping[str, Any] | None, callbacks: Sequence[cb.Callback] | None,
+             api_base: str | None, api_key: str | None, timeout: float | None,
+             ) -> tuple[Deployment, dict[str, Any], CallContext, SdkRecorder]:
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("model is required", param="model")
+    resolved = _module_callbacks(callbacks)
+    runtime.ensure_sinks(resolved.sinks)
+    provider, provider_model = split_model(model)
+    mock_response = kwargs.pop("mock_response", None)
+    deployment = Deployment(provider=provider, model=provider_model, api_base=api_base,
+                            api_key=api_key, timeout=timeout,
+                            price=_price_override(kwargs),
+                            mock_response=mock_response if isinstance(mock_response, str) else None)
+    params = {k: v for k, v in kwargs.items() if v is not None}
+    if messages is not None:
+        params["messages"] = messages
+    if user is not None:
+        params["user"] = user
+    meta = MappingProxyType(dict(metadata or {}))
+    charge_by = parse_charge_by(os.environ.get("LAGO_API_CHARGE_BY"))
+    customer = resolve_customer(charge_by, end_user=user, metadata=meta)
+    ctx = CallContext(model=model, customer=customer, end_user=user, metadata=meta)
+    return deployment, params, ctx, SdkRecorder(resolved)
+
+
+async def acompletion(model: str, messages: list[dict[str, Any]], *, stream: bool = False,
+                      user: str | None = None, metadata: Mapping[str, Any] | None = None,
+                      api_base: str | None = None, api_key: str | None = None,
+                      timeout: float | None = None,
+                      callbacks: Sequence[cb.Callback] | None = None,
+                      **kwargs: Any) -> Any:
+    """A chat completion (OpenAI parameters). Returns a ModelResponse, or with
+    ``stream=True`` an async iterator of chunks (``AsyncCompletionStream``)."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError("messages must be a non-empty list", param="messages")
+    deployment, params, ctx, recorder = _prepare(
+        model, messages, kwargs, user=user, metadata=metadata, callbacks=callbacks,
+        api_base=api_base, api_key=api_key, timeout=timeout)
+    if stream:
+        options = params.pop("stream_options", None) or {}
+        include_usage = bool(options.get("include_usage"))
+        chat_stream = ChatStream(deployment, params, ctx, recorder, default_price_book,
+                                 include_usage)
+        await chat_stream.open()
+        return AsyncCompletionStream(chat_stream)
+    result, event = await engine.chat(deployment, params, ctx, recorder, default_price_book)
+    return ModelResponse(result.body, event)
+
+
+def completion(model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+    """The sync form of ``acompletion``: same parameters, run on tallygate's I/O loop."""
+    if kwargs.get("stream"):
+        astream = runtime.run(acompletion(model, messages, **kwargs))
+        return CompletionStream(astream)
+    return runtime.run(acompletion(model, messages, **kwargs))
+
+
+async def aembedding(model: str, input: str | list[str], *, user: str | None = None,
+                     metadata: Mapping[str, Any] | None = None, api_base: str | None = None,
+                     api_key: str | None = None, timeout: float | None = None,
+                     callbacks: Sequence[cb.Callback] | None = None,
+                     **kwargs: Any) -> ModelResponse:
+    """Embeddings from an OpenAI-compatible endpoint, billed with input tokens only."""
+    kwargs["input"] = input
+    deployment, params, ctx, recorder = _prepare(
+        model, None, kwargs, user=user, metadata=metadata, callbacks=callbacks,
+        api_base=api_base, api_key=api_key, timeout=timeout)
+    result, event = await engine.embedding(deployment, params, ctx, recorder,
+                                           default_price_book)
+    return ModelResponse(result.body, event)
+
+
+def embedding(model: str, input: str | list[str], **kwargs: Any) -> ModelResponse:
+    return runtime.run(aembedding(model, input, **kwargs))
+
+
+class AsyncCompletionStream:
+    """Chunks of a streaming call. It bills itself when it ends, when you ``aclose()``
+    it, or (when abandoned) when it is garbage-collected."""
+
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+        self._items: AsyncIterator[Any] = stream.__aiter__()
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def call_id(self) -> str:
+        return self._stream.ctx.call_id
+
+    @property
+    def usage_event(self) -> UsageEvent | None:
+        """The billed event, once the stream has finished."""
+        return self._stream.event
+
+    def __aiter__(self) -> AsyncCompletionStream:
+        return self
+
+    async def __anext__(self) -> ChunkObject:
+        item = await self._items.__anext__()
+        return ChunkObject(item.data)
+
+    async def aclose(self) -> None:
+        """Stop reading; bills what was generated (flagged as cut short)."""
+        if self._stream.event is None:
+            await self._stream.finish(disconnected=True)
+
+    async def __aenter__(self) -> AsyncCompletionStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if self._stream.event is None and not self._loop.is_closed():
+            # Abandoned mid-stream: still bill what was generated.
+            self._loop.call_soon_threadsafe(
+                lambda: self._loop.create_task(self._stream.finish(disconnected=True)))
+
+
+class CompletionStream:
+    """The sync form of ``AsyncCompletionStream``."""
+
+    def __init__(self, astream: AsyncCompletionStream) -> None:
+        self._astream = astream
+
+    @property
+    def call_id(self) -> str:
+        return self._astream.call_id
+
+    @property
+    def usage_event(self) -> UsageEvent | None:
+        return self._astream.usage_event
+
+    def __iter__(self) -> Iterator[ChunkObject]:
+        return self
+
+    def __next__(self) -> ChunkObject:
+        try:
+            return runtime.run(self._astream.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        runtime.run(self._astream.aclose())
+
+    def __enter__(self) -> CompletionStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
