@@ -1,0 +1,251 @@
+"""The proxy's settings, loaded from a LiteLLM-shaped config.yaml and validated at start.
+
+A wrong shape raises ConfigError naming the path (``model_list[1].litellm_params.model:
+required``); keys we do not know are listed in one warning; ``os.environ/NAME`` values
+are read from the environment and an unset NAME is an error naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tallygate.attribution import ChargeBy, parse_charge_by
+from tallygate.callback_dispatch import SINK_NAMES
+from tallygate.errors import ConfigError
+from tallygate.providers.base import Deployment, PriceOverride
+from tallygate.providers.registry import provider_names, split_model
+
+log = logging.getLogger("tallygate.config")
+
+ENV_PREFIX = "os.environ/"
+DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+
+_PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token",
+               "cache_read_input_token_cost", "cache_creation_input_token_cost")
+_PARAM_KEYS = {"model", "api_base", "api_key", "timeout", "stream_timeout", "mock_response",
+               "extra_headers", "rpm", "tpm", "max_retries", *_PRICE_KEYS}
+_ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info"}
+_SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "request_timeout",
+                  "drop_params", "set_verbose", "json_logs"}
+_GENERAL_KEYS = {"master_key", "database_url", "max_request_size_mb", "drain_timeout_s",
+                 "outbox_batch_size", "charge_by", "jsonl_path"}
+_TOP_KEYS = {"model_list", "litellm_settings", "tallygate_settings", "general_settings",
+             "environment_variables", "router_settings"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    models: Mapping[str, tuple[Deployment, ...]]
+    sinks: tuple[str, ...] = ()
+    master_key: str | None = None
+    database_url: str | None = None
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    drain_timeout_s: float = 10.0
+    outbox_batch_size: int | None = None
+    charge_by: ChargeBy = "end_user_id"
+    config_path: Path | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def default_database_path(self) -> str:
+        """The outbox lives next to the config file unless told otherwise."""
+        base = self.config_path.parent if self.config_path else Path.cwd()
+        return str(base / "tallygate.db")
+
+
+class _Reader:
+    """Walks the YAML tree, remembering paths for errors and unknown keys."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.unknown: list[str] = []
+
+    def env(self, value: Any, path: str) -> Any:
+        if isinstance(value, str) and value.startswith(ENV_PREFIX):
+            name = value[len(ENV_PREFIX):]
+            if name not in self.environ:
+                raise ConfigError(f"{path}: environment variable {name} is not set")
+            return self.environ[name]
+        return value
+
+    def mapping(self, value: Any, path: str, known: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: must be a mapping")
+        for key in value:
+            if key not in known:
+                self.unknown.append(f"{path}.{key}" if path else str(key))
+        return value
+
+    def text(self, value: Any, path: str, *, required: bool = False) -> str | None:
+        value = self.env(value, path)
+        if value is None or value == "":
+            if required:
+                raise ConfigError(f"{path}: required")
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: must be a string")
+        return value
+
+    def number(self, value: Any, path: str) -> float | None:
+        value = self.env(value, path)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: must be a number") from None
+        if number < 0:
+            raise ConfigError(f"{path}: must not be negative")
+        return number
+
+    def decimal(self, value: Any, path: str) -> Decimal | None:
+        value = self.env(value, path)
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: must be a number")
+        try:
+            # str() first: a YAML float like 5e-07 must keep its written digits.
+            number = Decimal(str(value))
+        except InvalidOperation:
+            raise ConfigError(f"{path}: must be a number") from None
+        if number < 0 or not number.is_finite():
+            raise ConfigError(f"{path}: must be a non-negative number")
+        return number
+
+    def names(self, value: Any, path: str) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: must be a list of callback names")
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(f"{path}[{i}]: must be a callback name")
+            if item not in SINK_NAMES:
+                raise ConfigError(f"{path}[{i}]: unknown callback {item!r}; "
+                                  f"known: {', '.join(SINK_NAMES)}")
+            out.append(item)
+        return out
+
+
+def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Deployment]:
+    name = r.text(entry.get("model_name"), f"{path}.model_name", required=True)
+    assert name is not None
+    params_key = "tallygate_params" if "tallygate_params" in entry else "litellm_params"
+    ppath = f"{path}.{params_key}"
+    if entry.get(params_key) is None:
+        raise ConfigError(f"{ppath}: required")
+    params = r.mapping(entry.get(params_key), ppath, _PARAM_KEYS)
+    r.mapping(entry.get("model_info"), f"{path}.model_info", set(entry.get("model_info") or {}))
+    model = r.text(params.get("model"), f"{ppath}.model", required=True)
+    assert model is not None
+    provider, provider_model = split_model(model)
+    if "/" in model and provider == "openai" and not model.startswith("openai/"):
+        head = model.split("/", 1)[0]
+        raise ConfigError(f"{ppath}.model: unknown provider {head!r} "
+                          f"(known: {', '.join(provider_names())})")
+    prices = {k: r.decimal(params.get(k), f"{ppath}.{k}") for k in _PRICE_KEYS}
+    override = PriceOverride(**prices) if any(v is not None for v in prices.values()) else None
+    headers = params.get("extra_headers") or {}
+    if not isinstance(headers, dict):
+        raise ConfigError(f"{ppath}.extra_headers: must be a mapping")
+    mock = params.get("mock_response")
+    return name, Deployment(
+        provider=provider, model=provider_model,
+        api_base=r.text(params.get("api_base"), f"{ppath}.api_base"),
+        api_key=r.text(params.get("api_key"), f"{ppath}.api_key"),
+        timeout=r.number(params.get("timeout"), f"{ppath}.timeout"),
+        headers={str(k): str(r.env(v, f"{ppath}.extra_headers.{k}")) for k, v in headers.items()},
+        price=override,
+        mock_response=str(mock) if mock is not None else None,
+    )
+
+
+def parse_config(data: Any, environ: Mapping[str, str] | None = None,
+                 config_path: Path | None = None) -> ProxySettings:
+    environ = os.environ if environ is None else environ
+    r = _Reader(environ)
+    top = r.mapping(data, "", _TOP_KEYS)
+    if "environment_variables" in top:
+        env_vars = r.mapping(top["environment_variables"], "environment_variables",
+                             set(top["environment_variables"] or {}))
+        # LiteLLM sets these into the process environment before reading the rest.
+        merged = dict(environ)
+        merged.update({str(k): str(v) for k, v in env_vars.items()})
+        r.environ = merged
+    entries = top.get("model_list")
+    if entries is None:
+        raise ConfigError("model_list: required")
+    if not isinstance(entries, list):
+        raise ConfigError("model_list: must be a list")
+    models: dict[str, list[Deployment]] = {}
+    for i, entry in enumerate(entries):
+        path = f"model_list[{i}]"
+        entry = r.mapping(entry, path, _ENTRY_KEYS)
+        if not entry:
+            raise ConfigError(f"{path}: must be a mapping with model_name and litellm_params")
+        name, deployment = _deployment(r, entry, path)
+        models.setdefault(name, []).append(deployment)
+
+    settings_key = "tallygate_settings" if "tallygate_settings" in top else "litellm_settings"
+    s = r.mapping(top.get(settings_key), settings_key, _SETTINGS_KEYS)
+    sinks: list[str] = []
+    for key in ("callbacks", "success_callback"):
+        for name in r.names(s.get(key), f"{settings_key}.{key}"):
+            if name not in sinks:
+                sinks.append(name)
+    r.names(s.get("failure_callback"), f"{settings_key}.failure_callback")
+
+    g = r.mapping(top.get("general_settings"), "general_settings", _GENERAL_KEYS)
+    size_mb = r.number(g.get("max_request_size_mb"), "general_settings.max_request_size_mb")
+    drain = r.number(g.get("drain_timeout_s"), "general_settings.drain_timeout_s")
+    batch = r.number(g.get("outbox_batch_size"), "general_settings.outbox_batch_size")
+    charge_by_raw = r.text(g.get("charge_by"), "general_settings.charge_by")
+    try:
+        charge_by = parse_charge_by(charge_by_raw or r.environ.get("LAGO_API_CHARGE_BY"))
+    except ConfigError as exc:
+        raise ConfigError(f"general_settings.charge_by: {exc.message}") from None
+
+    if r.unknown:
+        log.warning("config: ignoring unknown keys: %s", ", ".join(r.unknown))
+    return ProxySettings(
+        models={k: tuple(v) for k, v in models.items()},
+        sinks=tuple(sinks),
+        master_key=r.text(g.get("master_key"), "general_settings.master_key"),
+        database_url=(r.text(g.get("database_url"), "general_settings.database_url")
+                      or r.environ.get("TALLYGATE_DATABASE_URL")),
+        max_request_bytes=(int(size_mb * 1024 * 1024) if size_mb is not None
+                           else DEFAULT_MAX_REQUEST_BYTES),
+        drain_timeout_s=drain if drain is not None else 10.0,
+        outbox_batch_size=int(batch) if batch else None,
+        charge_by=charge_by,
+        config_path=config_path,
+        extra={"environ": r.environ, "jsonl_path": g.get("jsonl_path")},
+    )
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> ProxySettings:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse_config(data, environ, config_path=p.resolve())

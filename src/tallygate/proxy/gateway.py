@@ -1,0 +1,153 @@
+"""The proxy's running state: settings, the outbox, the delivery worker, the sinks and
+the metrics, with start and stop. Handlers reach everything through one Gateway."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tallygate.config import ProxySettings
+from tallygate.event import FailureEvent, UsageEvent
+from tallygate.metering.outbox import Outbox
+from tallygate.pricing import PriceBook
+from tallygate.proxy.metrics import Labels, Metrics
+from tallygate.sinks.base import Sink
+from tallygate.sinks.factory import build_sink, sink_accepts
+
+log = logging.getLogger("tallygate.proxy")
+
+# Without any callback configured, usage still lands somewhere local and visible.
+FALLBACK_SINK = "jsonl"
+
+
+def effective_sinks(settings: ProxySettings) -> tuple[str, ...]:
+    return settings.sinks or (FALLBACK_SINK,)
+
+
+class Gateway:
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self.prices = PriceBook()
+        self.metrics = Metrics()
+        self.sinks: list[Sink] = []
+        self.outbox: Outbox | None = None
+        self.worker: Any = None
+        self.started_at = time.monotonic()
+        environ = settings.extra.get("environ") or os.environ
+        jsonl_path = settings.extra.get("jsonl_path")
+        if jsonl_path:
+            environ = {**environ, "TALLYGATE_JSONL_PATH": str(jsonl_path)}
+        # Build sinks now: a missing LAGO_* variable stops the start, naming it.
+        self.sinks = [build_sink(name, environ) for name in effective_sinks(settings)]
+        self._sink_names = tuple(s.name for s in self.sinks)
+        self._describe_metrics()
+
+    def _describe_metrics(self) -> None:
+        m = self.metrics
+        m.describe("tallygate_requests_total", "counter", "Requests by route, model and status.")
+        m.describe("tallygate_tokens_total", "counter", "Billed tokens by model and bucket.")
+        m.describe("tallygate_cost_usd_total", "counter", "Billed cost in USD by model.")
+        m.describe("tallygate_unknown_price_total", "counter", "Calls with no known price.")
+        m.describe("tallygate_outbox_enqueued_total", "counter", "Events written to the outbox.")
+        m.describe("tallygate_unattributed_total", "counter", "Calls with no customer.")
+
+    async def start(self) -> None:
+        from tallygate.metering.delivery import DeliveryWorker
+        from tallygate.metering.factory import open_outbox
+
+        self.prices.warm()
+        url = self.settings.database_url or self.settings.default_database_path()
+        self.outbox = await open_outbox(url)
+        self.worker = DeliveryWorker(self.outbox, self.sinks,
+                                     batch_size=self.settings.outbox_batch_size)
+        self.worker.start()
+        self._register_delivery_gauges()
+        log.info("tallygate gateway ready: %d model groups, sinks: %s, outbox: %s",
+                 len(self.settings.models), ", ".join(self._sink_names), _safe_url(url))
+
+    def _register_delivery_gauges(self) -> None:
+        worker = self.worker
+
+        def delivery() -> list[tuple[Labels, float]]:
+            out: list[tuple[Labels, float]] = []
+            for name, counters in worker.counters().items():
+                for key, value in counters.items():
+                    out.append(((("sink", name), ("outcome", key)), float(value)))
+            return out
+
+        self.metrics.gauge("tallygate_delivery_events", delivery)
+
+    async def stop(self) -> None:
+        from tallygate import transport
+
+        if self.worker is not None:
+            await self.worker.stop(self.settings.drain_timeout_s)
+            self.worker = None
+        for sink in self.sinks:
+            await sink.aclose()
+        if self.outbox is not None:
+            await self.outbox.close()
+            self.outbox = None
+        await transport.close_session()
+
+    # -- the Recorder the engine writes to ------------------------------------------
+    async def record(self, event: UsageEvent) -> None:
+        sinks = [n for n in self._sink_names if sink_accepts(n, event.customer is not None)]
+        if event.customer is None:
+            self.metrics.inc("tallygate_unattributed_total", (("model", event.model),))
+            log.warning("call %s is unattributed: no customer to bill (not sent to Lago)",
+                        event.call_id)
+        if sinks:
+            assert self.outbox is not None, "gateway not started"
+            await self.outbox.enqueue(event, sinks)
+            self.worker.notify()
+            self.metrics.inc("tallygate_outbox_enqueued_total", (), len(sinks))
+        self._count(event)
+
+    async def record_failure(self, failure: FailureEvent) -> None:
+        return None
+
+    def _count(self, event: UsageEvent) -> None:
+        m, u = self.metrics, event.usage
+        model = (("model", event.model),)
+        for bucket, value in (("input", u.input_tokens), ("cache_read", u.cache_read_tokens),
+                              ("cache_write", u.cache_write_tokens),
+                              ("output", u.output_tokens)):
+            if value:
+                m.inc("tallygate_tokens_total", (*model, ("bucket", bucket)), value)
+        if event.cost is None:
+            m.inc("tallygate_unknown_price_total", model)
+        else:
+            m.inc("tallygate_cost_usd_total", model, event.cost)
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        assert self.outbox is not None and self.worker is not None
+        stats = await self.outbox.stats()
+        status = await self.worker.status()
+        paused = [name for name, s in status.items() if isinstance(s, dict) and s.get("paused")]
+        ready = not paused
+        return ready, {
+            "status": "healthy" if ready else "degraded",
+            "outbox": {"pending": stats.pending, "inflight": stats.inflight,
+                       "dead": stats.dead, "oldest_pending_age_s": stats.oldest_pending_age_s,
+                       "last_error": stats.last_error},
+            "sinks": status,
+            "paused_sinks": paused,
+        }
+
+    def model_names(self) -> Sequence[str]:
+        return list(self.settings.models)
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password, fit for a log line."""
+    if "://" not in url or "@" not in url:
+        return url if "://" in url else str(Path(url))
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
