@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import anthropic
 import openai
 import pytest
@@ -209,3 +211,18 @@ async def test_anthropic_requires_version_header() -> None:
             await client.messages.create(
                 model="c", max_tokens=5, messages=MESSAGES,
                 extra_headers={"anthropic-version": anthropic.Omit()})
+
+
+async def test_latency_and_chunk_delay() -> None:
+    async with FakeOpenAI() as fake, openai_client(fake) as client:
+        fake.latency = 0.3
+        with pytest.raises(openai.APITimeoutError):
+            await client.chat.completions.create(model="m", messages=MESSAGES, timeout=0.1)
+        fake.latency, fake.chunk_delay, fake.stream_chunks = 0.0, 0.05, 4
+        started = time.monotonic()
+        stream = await client.chat.completions.create(model="m", messages=MESSAGES,
+                                                      stream=True)
+        async for _ in stream:
+            pass
+        # 4 content chunks plus the role and finish chunks: 5 gaps between 6 frames
+        assert time.monotonic() - started >= 0.25
