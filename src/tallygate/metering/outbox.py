@@ -4,6 +4,11 @@ A finished call's event is appended once per sink before the response's last byt
 leaves. Delivery workers claim rows with a lease, so that several workers (threads,
 processes or machines sharing one Postgres) never send the same row at once, and a
 crashed worker's rows come back when its lease runs out.
+
+Each Outbox instance is one lease owner: ``mark_retry``, ``mark_dead`` and ``release``
+only touch rows this instance still holds (a row whose lease ran out and was claimed
+by another worker is that worker's now). ``mark_delivered`` applies whoever holds the
+row, because a delivery that happened is the truth. ``attempts`` counts claims.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ class Outbox(Protocol):
         """Durably append one row per sink. Returns once the rows survive a kill -9."""
         ...
 
+    async def enqueue_many(self, events: Sequence[UsageEvent], sinks: Sequence[str]) -> None:
+        """``enqueue`` for several events in one transaction (group commit)."""
+        ...
+
     async def claim(self, sink: str, limit: int, lease_s: float) -> list[OutboxRow]:
         """Take up to ``limit`` due rows of ``sink`` for this worker, oldest first."""
         ...
@@ -71,10 +80,14 @@ class Outbox(Protocol):
     async def mark_dead(self, reasons: dict[int, str]) -> None:
         ...
 
+    async def release(self, ids: Sequence[int], delay_s: float = 0.0) -> None:
+        """Give held rows back unsent: pending, due in ``delay_s``, the claim not counted."""
+        ...
+
     async def stats(self, sink: str | None = None) -> OutboxStats:
         ...
 
-    async def dead_rows(self, limit: int = 100) -> list[DeadRow]:
+    async def dead_rows(self, limit: int = 100, sink: str | None = None) -> list[DeadRow]:
         ...
 
     async def retry_dead(self, ids: Sequence[int] | None = None) -> int:
@@ -82,5 +95,9 @@ class Outbox(Protocol):
         ...
 
     async def replay(self, since_ms: int, sink: str | None = None) -> int:
-        """Make delivered rows since ``since_ms`` pending again (safe: Lago dedupes)."""
+        """Make rows delivered and created since ``since_ms`` pending again (Lago dedupes)."""
+        ...
+
+    async def purge_delivered(self, before_ms: int) -> int:
+        """Delete delivered rows delivered before ``before_ms``; returns how many."""
         ...
