@@ -59,6 +59,10 @@ class ProxySettings:
         base = self.config_path.parent if self.config_path else Path.cwd()
         return str(base / "tallygate.db")
 
+    def default_jsonl_path(self) -> str:
+        base = self.config_path.parent if self.config_path else Path.cwd()
+        return str(base / "tallygate-usage.jsonl")
+
 
 class _Reader:
     """Walks the YAML tree, remembering paths for errors and unknown keys."""

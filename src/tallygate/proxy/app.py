@@ -199,10 +199,12 @@ class Routes:
     async def readiness(self, request: web.Request) -> web.StreamResponse:
         # Degraded delivery (e.g. Lago refusing our key) keeps serving: events wait in
         # the outbox, so the gateway stays in rotation and says so in the body.
-        _, body = await self.gw.readiness()
-        return web.Response(body=orjson.dumps(body), content_type="application/json")
+        ready, body = await self.gw.readiness()
+        return web.Response(body=orjson.dumps(body), status=200 if ready else 503,
+                            content_type="application/json")
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
+        await self.gw.refresh_queue_gauges()
         return web.Response(text=self.gw.metrics.render(),
                             content_type="text/plain", charset="utf-8")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,17 @@ from tallygate.sinks.factory import build_sink, sink_accepts
 
 log = logging.getLogger("tallygate.proxy")
 
-# Without any callback configured, usage still lands somewhere local and visible.
-FALLBACK_SINK = "jsonl"
+LAGO_ENV = ("LAGO_API_BASE", "LAGO_API_KEY", "LAGO_API_EVENT_CODE")
 
 
-def effective_sinks(settings: ProxySettings) -> tuple[str, ...]:
-    return settings.sinks or (FALLBACK_SINK,)
+def effective_sinks(settings: ProxySettings, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The configured callbacks; with none, Lago when LAGO_* are all set, else the local
+    JSONL usage log, so that usage always lands somewhere visible."""
+    if settings.sinks:
+        return settings.sinks
+    if all(environ.get(name) for name in LAGO_ENV):
+        return ("lago",)
+    return ("jsonl",)
 
 
 class Gateway:
@@ -36,13 +41,16 @@ class Gateway:
         self.sinks: list[Sink] = []
         self.outbox: Outbox | None = None
         self.worker: Any = None
-        self.started_at = time.monotonic()
+        self.started_at = time.time()
+        self._queue_gauge_cache: list[tuple[Labels, float]] = []
         environ = settings.extra.get("environ") or os.environ
-        jsonl_path = settings.extra.get("jsonl_path")
-        if jsonl_path:
-            environ = {**environ, "TALLYGATE_JSONL_PATH": str(jsonl_path)}
+        # The local usage log sits beside the outbox, next to the config by default.
+        jsonl_path = (settings.extra.get("jsonl_path") or environ.get("TALLYGATE_JSONL_PATH")
+                      or settings.default_jsonl_path())
+        environ = {**environ, "TALLYGATE_JSONL_PATH": str(jsonl_path)}
         # Build sinks now: a missing LAGO_* variable stops the start, naming it.
-        self.sinks = [build_sink(name, environ) for name in effective_sinks(settings)]
+        self.sinks = [build_sink(name, environ)
+                      for name in effective_sinks(settings, environ)]
         self._sink_names = tuple(s.name for s in self.sinks)
         self._describe_metrics()
 
@@ -74,12 +82,30 @@ class Gateway:
 
         def delivery() -> list[tuple[Labels, float]]:
             out: list[tuple[Labels, float]] = []
-            for name, counters in worker.counters().items():
-                for key, value in counters.items():
-                    out.append(((("sink", name), ("outcome", key)), float(value)))
+            for name, c in worker.sink_counters().items():
+                for outcome, value in (("delivered", c.delivered), ("retried", c.retried),
+                                       ("dead", c.dead), ("batches", c.batches)):
+                    out.append(((("sink", name), ("outcome", outcome)), float(value)))
             return out
 
+        def paused() -> list[tuple[Labels, float]]:
+            return [((("sink", name),), 1.0 if c.paused else 0.0)
+                    for name, c in worker.sink_counters().items()]
+
         self.metrics.gauge("tallygate_delivery_events", delivery)
+        self.metrics.gauge("tallygate_delivery_paused", paused)
+        self.metrics.gauge("tallygate_outbox_rows", lambda: self._queue_gauge_cache)
+
+    async def refresh_queue_gauges(self) -> None:
+        """Read queue depth and age from the outbox (before /metrics renders)."""
+        assert self.outbox is not None
+        stats = await self.outbox.stats()
+        self._queue_gauge_cache = [
+            ((("state", "pending"),), float(stats.pending)),
+            ((("state", "inflight"),), float(stats.inflight)),
+            ((("state", "dead"),), float(stats.dead)),
+            ((("state", "oldest_pending_age_seconds"),), float(stats.oldest_pending_age_s or 0)),
+        ]
 
     async def stop(self) -> None:
         from tallygate import transport
@@ -125,18 +151,25 @@ class Gateway:
             m.inc("tallygate_cost_usd_total", model, event.cost)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready unless the outbox cannot be read; delivery trouble shows as degraded."""
         assert self.outbox is not None and self.worker is not None
-        stats = await self.outbox.stats()
+        try:
+            stats = await self.outbox.stats()
+        except Exception as exc:
+            return False, {"status": "unavailable", "outbox": {"error": type(exc).__name__}}
         status = await self.worker.status()
-        paused = [name for name, s in status.items() if isinstance(s, dict) and s.get("paused")]
-        ready = not paused
-        return ready, {
-            "status": "healthy" if ready else "degraded",
+        sinks = {
+            name: {"paused": s.paused, "degraded": s.degraded,
+                   "delivered": s.counters.delivered, "retried": s.counters.retried,
+                   "dead": s.counters.dead, "last_error": s.counters.last_error}
+            for name, s in status.sinks.items()}
+        return True, {
+            "status": "degraded" if status.degraded else "healthy",
             "outbox": {"pending": stats.pending, "inflight": stats.inflight,
-                       "dead": stats.dead, "oldest_pending_age_s": stats.oldest_pending_age_s,
+                       "delivered": stats.delivered, "dead": stats.dead,
+                       "oldest_pending_age_s": stats.oldest_pending_age_s,
                        "last_error": stats.last_error},
-            "sinks": status,
-            "paused_sinks": paused,
+            "sinks": sinks,
         }
 
     def model_names(self) -> Sequence[str]:

@@ -9,6 +9,8 @@ import bisect
 from collections.abc import Callable
 from decimal import Decimal
 
+from tallygate.event import format_decimal
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 Labels = tuple[tuple[str, str], ...]
@@ -57,7 +59,8 @@ class Metrics:
         for name, series in sorted(self._counters.items()):
             self._head(lines, name, "counter")
             for labels, value in series.items():
-                lines.append(f"{name}{_fmt_labels(labels)} {value}")
+                text = format_decimal(value) if isinstance(value, Decimal) else value
+                lines.append(f"{name}{_fmt_labels(labels)} {text}")
         name = "tallygate_request_duration_seconds"
         if self._hist:
             self._head(lines, name, "histogram")
