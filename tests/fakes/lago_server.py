@@ -382,8 +382,6 @@ class FakeLago:
             return
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
         self._loop = self._thread = None
 
     def __enter__(self) -> FakeLago:
@@ -414,6 +412,9 @@ class FakeLago:
             asyncio.set_event_loop(loop)
             loop.call_soon(ready.set)
             loop.run_forever()
+            # Closed here, on its own thread: the caller may be inside a running loop.
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
         self._loop = loop
         self._thread = threading.Thread(target=run, name="fake-lago", daemon=True)
