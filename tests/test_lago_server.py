@@ -185,7 +185,8 @@ def test_python_client_shape_with_nulls_is_accepted_and_dated_now(lago: FakeLago
     assert body["event"]["timestamp"][:4] >= "2025"
     assert body["event"]["properties"] == {}
     # The official schema does not allow a null timestamp: the stand-in says so.
-    assert any("timestamp" in v for v in lago.schema_violations)
+    if lago.schemas.source == "official":
+        assert any("timestamp" in v for v in lago.schema_violations)
 
 
 @pytest.mark.parametrize("field", ["code", "transaction_id"])

@@ -208,6 +208,19 @@ async def test_500_means_retry_and_the_resend_is_identical(
     assert first.body == second.body  # same transaction_id and timestamp on every attempt
 
 
+async def test_failure_midway_keeps_what_was_delivered(lago: FakeLago) -> None:
+    sink = LagoSink(settings(lago.url, batch_size=10))
+    events = [make_event(i) for i in range(30)]
+    lago.fail_with(502, times=1, after=1)
+    try:
+        result = await sink.send(events)
+    finally:
+        await sink.aclose()
+    assert result.delivered == ids(events[:10])
+    assert result.retry == ids(events[10:]) and "502" in (result.error or "")
+    assert len(lago.requests_to(BATCH)) == 2  # it stops at the first failure
+
+
 async def test_refused_connection_means_retry(lago: FakeLago, sink: LagoSink) -> None:
     lago.stop()
     result = await sink.send([make_event(0)])

@@ -206,6 +206,7 @@ class Fault:
     remaining: int | None           # None: until cleared
     body: Any
     headers: dict[str, str]
+    skip: int = 0                   # requests to let through before it starts
 
 
 @dataclass
@@ -303,10 +304,12 @@ class FakeLago:
     # -- knobs ----------------------------------------------------------------------
 
     def fail_with(self, status: int, times: int | None = None, *, body: Any = None,
-                  headers: dict[str, str] | None = None, reset_s: int = 1) -> None:
-        """Answer the next ``times`` requests (all of them while ``times`` is None, until
-        ``clear_faults()``) with ``status``. A 429 carries Lago Cloud's rate-limit headers,
-        ``X-RateLimit-Reset`` being ``reset_s``."""
+                  headers: dict[str, str] | None = None, reset_s: int = 1,
+                  after: int = 0) -> None:
+        """Answer ``times`` requests (all of them while ``times`` is None, until
+        ``clear_faults()``) with ``status``, starting after ``after`` requests that go
+        through. A 429 carries Lago Cloud's rate-limit headers, ``X-RateLimit-Reset``
+        being ``reset_s``."""
         hdrs = dict(headers or {})
         if status == 429:
             hdrs = {"X-RateLimit-Limit": "500", "X-RateLimit-Remaining": "0",
@@ -316,7 +319,7 @@ class FakeLago:
             default_body = {"status": status, "error": HTTP_REASONS.get(status, "Error")}
         with self._lock:
             self._faults.append(Fault(status, times, default_body if body is None else body,
-                                      hdrs))
+                                      hdrs, skip=after))
 
     def reject(self, transaction_id: str | None = None, *, code: str | None = None,
                detail: ErrorDetail = EXPRESSION_FAILURE) -> None:
@@ -342,6 +345,9 @@ class FakeLago:
         with self._lock:
             while self._faults:
                 fault = self._faults[0]
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    return None
                 if fault.remaining is None:
                     return fault
                 if fault.remaining > 0:
