@@ -11,14 +11,12 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from types import MappingProxyType
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from tallygate import engine
-from tallygate.attribution import resolve_customer
 from tallygate.config import ProxySettings
 from tallygate.engine import CallContext, ChatStream
 from tallygate.errors import (
@@ -30,7 +28,6 @@ from tallygate.errors import (
 from tallygate.event import format_decimal, new_call_id
 from tallygate.providers.base import Deployment
 from tallygate.providers.openai import DONE_FRAME
-from tallygate.proxy.auth import check_master_key
 from tallygate.proxy.gateway import Gateway
 from tallygate.proxy.validation import (
     check_chat,
@@ -75,14 +72,6 @@ def _deployment(gw: Gateway, model: str) -> Deployment:
     return group[0] if len(group) == 1 else random.choice(group)
 
 
-def _context(gw: Gateway, data: dict[str, Any], model: str, call_id: str) -> CallContext:
-    user = data.get("user")
-    metadata = MappingProxyType(dict(data.get("metadata") or {}))
-    customer = resolve_customer(gw.settings.charge_by, end_user=user, metadata=metadata)
-    return CallContext(model=model, customer=customer, call_id=call_id, end_user=user,
-                       metadata=metadata)
-
-
 def _upstream_params(data: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
     params = {k: v for k, v in data.items() if k not in _GATEWAY_PARAMS}
     if deployment.provider != "mock":
@@ -109,17 +98,17 @@ class Routes:
         model: str | None = None
         status = 200
         try:
-            check_master_key(request, gw.settings.master_key)
+            identity = await gw.access.authenticate(request)
             data = parse_json_object(await _read_body(request, gw))
             model = require_model(data)
             check_chat(data)
             deployment = _deployment(gw, model)
-            ctx = _context(gw, data, model, call_id)
+            ctx = await gw.access.admit(identity, data, model, call_id)
             params = _upstream_params(data, deployment)
             if data.get("stream"):
                 return await self._stream(request, deployment, params, ctx)
             result, event = await engine.chat(deployment, params, ctx, gw, gw.prices)
-            headers = {CALL_ID_HEADER: call_id}
+            headers = {CALL_ID_HEADER: call_id, **gw.access.response_headers(call_id)}
             if event.cost is not None:
                 headers[COST_HEADER] = format_decimal(event.cost)
             body = result.raw if result.raw is not None else orjson.dumps(result.body)
@@ -139,7 +128,8 @@ class Routes:
         await stream.open()  # an upstream error here still gets its own status code
         resp = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no", CALL_ID_HEADER: ctx.call_id})
+            "X-Accel-Buffering": "no", CALL_ID_HEADER: ctx.call_id,
+            **self.gw.access.response_headers(ctx.call_id)})
         try:
             await resp.prepare(request)
             async for item in stream:
@@ -163,15 +153,15 @@ class Routes:
         model: str | None = None
         status = 200
         try:
-            check_master_key(request, gw.settings.master_key)
+            identity = await gw.access.authenticate(request)
             data = parse_json_object(await _read_body(request, gw))
             model = require_model(data)
             check_embedding(data)
             deployment = _deployment(gw, model)
-            ctx = _context(gw, data, model, call_id)
+            ctx = await gw.access.admit(identity, data, model, call_id)
             result, event = await engine.embedding(deployment, _upstream_params(data, deployment),
                                                    ctx, gw, gw.prices)
-            headers = {CALL_ID_HEADER: call_id}
+            headers = {CALL_ID_HEADER: call_id, **gw.access.response_headers(call_id)}
             if event.cost is not None:
                 headers[COST_HEADER] = format_decimal(event.cost)
             body = result.raw if result.raw is not None else orjson.dumps(result.body)
@@ -184,7 +174,7 @@ class Routes:
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         try:
-            check_master_key(request, self.gw.settings.master_key)
+            await self.gw.access.authenticate(request)
         except TallygateError as exc:
             return error_response(exc)
         created = int(self.gw.started_at)

@@ -14,6 +14,7 @@ from tallygate.config import ProxySettings
 from tallygate.event import FailureEvent, UsageEvent
 from tallygate.metering.outbox import Outbox
 from tallygate.pricing import PriceBook
+from tallygate.proxy.access import AccessPolicy, MasterKeyPolicy
 from tallygate.proxy.metrics import Labels, Metrics
 from tallygate.sinks.base import Sink
 from tallygate.sinks.factory import build_sink, sink_accepts
@@ -52,6 +53,7 @@ class Gateway:
         self.sinks = [build_sink(name, environ)
                       for name in effective_sinks(settings, environ)]
         self._sink_names = tuple(s.name for s in self.sinks)
+        self.access: AccessPolicy = MasterKeyPolicy(settings.master_key, settings.charge_by)
         self._describe_metrics()
 
     def _describe_metrics(self) -> None:
@@ -133,9 +135,10 @@ class Gateway:
             self.worker.notify()
             self.metrics.inc("tallygate_outbox_enqueued_total", (), len(sinks))
         self._count(event)
+        await self.access.settle(event)
 
     async def record_failure(self, failure: FailureEvent) -> None:
-        return None
+        await self.access.release(failure)
 
     def _count(self, event: UsageEvent) -> None:
         m, u = self.metrics, event.usage
