@@ -64,7 +64,7 @@ def ids(events: list[UsageEvent]) -> list[str]:
 def test_event_body_maps_every_field() -> None:
     ev = make_event(7, end_user="alice", user_id="u1", team_id="t1", key_id="k1",
                     price_source="genai-prices", flags=frozenset({FLAG_STREAM}))
-    body = lago_event_body(ev, CODE)
+    body = lago_event_body(ev, CODE, send_amount=True)
     assert body == {
         "transaction_id": "tg-0007",
         "external_subscription_id": "cus_1",
@@ -116,6 +116,8 @@ async def test_sent_events_are_schema_valid_and_stored_as_mapped(
     unpriced = lago.events["tg-0001"].properties
     assert unpriced["unknown_price"] == "true" and "response_cost" not in unpriced
     assert lago.events["tg-0001"].precise_total_amount_cents is None
+    # The amount in cents is opt-in (TALLYGATE_LAGO_SEND_AMOUNT): not sent by default.
+    assert lago.events["tg-0000"].precise_total_amount_cents is None
     request = lago.requests_to(BATCH)[0]
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers["Authorization"] == f"Bearer {TEST_API_KEY}"

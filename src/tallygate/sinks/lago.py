@@ -53,6 +53,9 @@ class LagoSettings:
     batch_size: int = LAGO_MAX_BATCH
     single_event_mode: bool = False   # for old Lago installs without /events/batch
     timeout_s: float = 10.0
+    # precise_total_amount_cents is in the plan's currency and only read by Lago's
+    # dynamic charge model; our costs are USD, so sending it is a choice, not a default.
+    send_amount: bool = False
 
     def __post_init__(self) -> None:
         base = self.api_base.strip().rstrip("/")
@@ -72,7 +75,8 @@ class LagoSettings:
         """Read LiteLLM's variables (``LAGO_API_BASE``, ``LAGO_API_KEY``,
         ``LAGO_API_EVENT_CODE``, ``LAGO_API_CHARGE_BY``) and tallygate's optional
         ``TALLYGATE_LAGO_BATCH_SIZE``, ``TALLYGATE_LAGO_SINGLE_EVENT``,
-        ``TALLYGATE_LAGO_TIMEOUT_S``. A ConfigError names every missing variable."""
+        ``TALLYGATE_LAGO_TIMEOUT_S``, ``TALLYGATE_LAGO_SEND_AMOUNT``.
+        A ConfigError names every missing variable."""
         env = os.environ if environ is None else environ
         missing = [name for name in REQUIRED_ENV if not (env.get(name) or "").strip()]
         if missing:
@@ -85,6 +89,7 @@ class LagoSettings:
             batch_size=_env_int(env, "TALLYGATE_LAGO_BATCH_SIZE", LAGO_MAX_BATCH),
             single_event_mode=_env_bool(env, "TALLYGATE_LAGO_SINGLE_EVENT"),
             timeout_s=_env_float(env, "TALLYGATE_LAGO_TIMEOUT_S", 10.0),
+            send_amount=_env_bool(env, "TALLYGATE_LAGO_SEND_AMOUNT"),
         )
 
 
@@ -116,7 +121,8 @@ def _env_bool(env: Mapping[str, str], name: str) -> bool:
 # --- the event body ----------------------------------------------------------------
 
 
-def lago_event_body(event: UsageEvent, code: str) -> dict[str, Any]:
+def lago_event_body(event: UsageEvent, code: str, *,
+                    send_amount: bool = False) -> dict[str, Any]:
     """One Lago event for one call. Property values are strings and integers only (the
     schema allows string|integer|number; a bool or a null would not pass).
 
@@ -176,7 +182,7 @@ def lago_event_body(event: UsageEvent, code: str) -> dict[str, Any]:
         "timestamp": event.timestamp,
         "properties": props,
     }
-    if event.cost is not None:
+    if send_amount and event.cost is not None:
         body["precise_total_amount_cents"] = format_decimal(event.cost * Decimal(100))
     return body
 
@@ -288,11 +294,11 @@ class LagoSink:
     async def _send_batch(self, chunk: list[UsageEvent], result: BatchResult,
                           ) -> tuple[_Stop | None, list[UsageEvent]]:
         """Deliver one batch; returns (why to stop, events to send again)."""
-        code = self.settings.event_code
+        code, amount = self.settings.event_code, self.settings.send_amount
         remaining = chunk
         for _ in range(MAX_ROUNDS):
-            reply = await self._post(BATCH_PATH,
-                                     {"events": [lago_event_body(e, code) for e in remaining]})
+            bodies = [lago_event_body(e, code, send_amount=amount) for e in remaining]
+            reply = await self._post(BATCH_PATH, {"events": bodies})
             if reply.status == 200:
                 result.delivered.extend(e.call_id for e in remaining)
                 return None, []
@@ -334,7 +340,8 @@ class LagoSink:
     async def _send_one(self, event: UsageEvent, result: BatchResult,
                         ) -> tuple[_Stop | None, list[UsageEvent]]:
         reply = await self._post(EVENTS_PATH,
-                                 {"event": lago_event_body(event, self.settings.event_code)})
+                                 {"event": lago_event_body(event, self.settings.event_code,
+                                                           send_amount=self.settings.send_amount)})
         details = _error_details(reply)
         if reply.status == 200 or (reply.status == 422 and _is_duplicate(details)):
             result.delivered.append(event.call_id)
