@@ -73,6 +73,7 @@ class _Lane:
     batch_size: int
     counters: SinkCounters = field(default_factory=SinkCounters)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    unblock: asyncio.Event = field(default_factory=asyncio.Event)   # resume() ends a wait
     held: list[int] = field(default_factory=list)   # claimed, not yet marked
     blocked_until: float = 0.0                       # loop time; pause or backoff
 
@@ -142,6 +143,7 @@ class DeliveryWorker:
             size = self._batch_size or sink.max_batch
             lane = self._lanes.get(sink.name) or _Lane(sink, max(1, min(size, sink.max_batch)))
             lane.wake = asyncio.Event()
+            lane.unblock = asyncio.Event()
             lane.wake.set()  # look at the outbox at once: rows may be left from a last run
             self._lanes[sink.name] = lane
             self._tasks.append(asyncio.create_task(
@@ -177,7 +179,7 @@ class DeliveryWorker:
             if sink is None or lane.sink.name == sink:
                 lane.blocked_until = 0.0
                 lane.counters.paused = False
-                lane.wake.set()
+                lane.unblock.set()
 
     async def stop(self, drain_timeout_s: float = 10.0) -> None:
         """Deliver what is due for up to ``drain_timeout_s``, then stop.
@@ -254,7 +256,8 @@ class DeliveryWorker:
         while not self._stop.is_set():
             wait = lane.blocked_until - self._now()
             if wait > 0:  # paused or backing off: notify() does not cut this short
-                await _wait_any(self._stop, timeout=wait)
+                lane.unblock.clear()
+                await _wait_any(self._stop, lane.unblock, timeout=wait)
                 continue
             lane.wake.clear()
             try:

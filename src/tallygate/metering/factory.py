@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tallygate.errors import ConfigError
 from tallygate.metering.outbox import Outbox
@@ -16,14 +17,15 @@ _SQLITE_PREFIX = "sqlite:///"
 def outbox_for(url_or_path: str | Path) -> SQLiteOutbox | PostgresOutbox:
     """The unopened outbox that ``url_or_path`` names.
 
-    ``postgresql://...`` or ``postgres://...`` is PostgreSQL. A plain path or a
+    ``postgresql://...`` or ``postgres://...`` is PostgreSQL; a ``schema=name`` query
+    parameter picks the schema of its tables (default ``tallygate``). A plain path or a
     ``sqlite:///`` URL is a SQLite file, with SQLAlchemy's convention: three slashes
     then a relative path (``sqlite:///tallygate.db``), four for an absolute one
     (``sqlite:////var/lib/tallygate/outbox.db``).
     """
     text = str(url_or_path)
     if text.startswith(_POSTGRES_SCHEMES):
-        return PostgresOutbox(text)
+        return _postgres(text)
     if text.startswith(_SQLITE_PREFIX):
         text = text[len(_SQLITE_PREFIX):]
     elif "://" in text:
@@ -33,6 +35,15 @@ def outbox_for(url_or_path: str | Path) -> SQLiteOutbox | PostgresOutbox:
         # Every thread has its own connection, so an in-memory database cannot work.
         raise ConfigError(f"the outbox needs a file path, got {str(url_or_path)!r}")
     return SQLiteOutbox(text)
+
+
+def _postgres(url: str) -> PostgresOutbox:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    dsn = urlunsplit(parts._replace(query=rest))
+    return PostgresOutbox(dsn, schema=schemas[-1]) if schemas else PostgresOutbox(dsn)
 
 
 async def open_outbox(url_or_path: str | Path) -> Outbox:
