@@ -14,7 +14,7 @@ import atexit
 import logging
 import os
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,7 +63,7 @@ class Runtime:
                 ready.wait()
                 self._loop = loop
                 if not self._atexit:
-                    atexit.register(self.shutdown)
+                    _at_exit(self.shutdown)
                     self._atexit = True
             return self._loop
 
@@ -153,10 +153,33 @@ class Runtime:
         except Exception:
             log.exception("tallygate runtime did not shut down cleanly")
         loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
+        if thread is None or not thread.is_alive():
+            loop.close()
         self._loop = None
         self._thread = None
+
+
+def _at_exit(fn: Callable[[], None]) -> None:
+    """Run ``fn`` at interpreter exit while thread pools still take work.
+
+    ``atexit`` handlers run after ``concurrent.futures`` has stopped every executor (it
+    hooks ``threading``'s exit), and the SQLite outbox works through one: a drain from
+    ``atexit`` could not read the outbox. ``threading``'s exit hooks run newest first,
+    so one registered now runs before the executors stop.
+    """
+    import concurrent.futures.thread  # noqa: F401  # its exit hook must come before ours
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        atexit.register(fn)
+        return
+    try:
+        register(fn)
+    except RuntimeError:  # already shutting down
+        atexit.register(fn)
 
 
 runtime = Runtime()
