@@ -41,6 +41,7 @@ from tallygate.metering.rowcodec import (
 T = TypeVar("T")
 
 BUSY_TIMEOUT_S = 10.0
+REQUEST_PATH_CHECKPOINT_PAGES = 20_000  # ~80 MB of WAL
 
 # Forward-only: a migration is never edited once released; add a new one instead.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
@@ -131,8 +132,9 @@ class SQLiteOutbox:
         conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
         if not background:
             # A checkpoint fsyncs the database: keep it off the request path. The
-            # background connection checkpoints (automatically, every 1000 pages).
-            conn.execute("PRAGMA wal_autocheckpoint=0")
+            # background connection checkpoints at the default 1000 pages; the request
+            # path only steps in if no worker does, so that the WAL stays bounded.
+            conn.execute(f"PRAGMA wal_autocheckpoint={REQUEST_PATH_CHECKPOINT_PAGES}")
         return conn
 
     def _conn(self) -> sqlite3.Connection:
