@@ -289,3 +289,14 @@ async def test_delivery_from_postgres_with_two_workers_delivers_each_event_once(
         for box in boxes:
             await box.close()
         await drop_pg_schema(schema)
+
+
+async def test_stop_flushes_rows_an_earlier_run_backed_off(outbox: SQLiteOutbox) -> None:
+    await outbox.enqueue(make_event(), ["lago"])
+    [row] = await outbox.claim("lago", 10, 60)
+    await outbox.mark_retry([row.id], "lago was down", 30)  # as a previous process left it
+    sink = ScriptedSink()
+    worker = DeliveryWorker(outbox, [sink], poll_interval_s=60)
+    worker.start()
+    await worker.stop(drain_timeout_s=5)  # a script's flush at exit
+    assert len(sink.delivered) == 1

@@ -307,3 +307,13 @@ async def test_open_outbox_opens_and_migrates(tmp_path: Path) -> None:
         assert (await box.stats()).pending == 1
     finally:
         await box.close()
+
+
+async def test_a_flush_claim_takes_backed_off_rows_but_not_leased_ones(
+        outbox: SQLiteOutbox) -> None:
+    await outbox.enqueue_many([make_event(), make_event()], ["lago"])
+    first, _leased = await outbox.claim("lago", 10, 60)
+    await outbox.mark_retry([first.id], "503", 30)
+    assert await outbox.claim("lago", 10, 60) == []
+    [flushed] = await outbox.claim("lago", 10, 60, ignore_backoff=True)
+    assert flushed.id == first.id  # the other row is still under its lease

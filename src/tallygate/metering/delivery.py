@@ -273,19 +273,24 @@ class DeliveryWorker:
         await self._drain_lane(lane)
 
     async def _drain_lane(self, lane: _Lane) -> None:
-        """On stop: keep delivering due rows until none are left or time is up."""
+        """On stop: keep delivering until nothing is left, time is up or the sink fails.
+
+        A drain is a flush: it also sends rows still waiting out a retry delay (set by
+        an earlier process, say), unless this sink is paused or failing right now.
+        """
         while (self._drain_deadline is not None and self._now() < self._drain_deadline
                and lane.blocked_until <= self._now()):
             try:
-                if await self._deliver_batch(lane) == 0:
+                if await self._deliver_batch(lane, flush=True) == 0:
                     return
             except Exception:
                 logger.exception("outbox call failed while draining sink %s", lane.sink.name)
                 return
 
-    async def _deliver_batch(self, lane: _Lane) -> int:
+    async def _deliver_batch(self, lane: _Lane, *, flush: bool = False) -> int:
         """Claim, send and settle one batch; returns how many rows were claimed."""
-        rows = await self.outbox.claim(lane.sink.name, lane.batch_size, self.lease_s)
+        rows = await self.outbox.claim(lane.sink.name, lane.batch_size, self.lease_s,
+                                       ignore_backoff=flush)
         if not rows:
             return 0
         lane.held = [r.id for r in rows]

@@ -66,8 +66,13 @@ class Outbox(Protocol):
         """``enqueue`` for several events in one transaction (group commit)."""
         ...
 
-    async def claim(self, sink: str, limit: int, lease_s: float) -> list[OutboxRow]:
-        """Take up to ``limit`` due rows of ``sink`` for this worker, oldest first."""
+    async def claim(self, sink: str, limit: int, lease_s: float, *,
+                    ignore_backoff: bool = False) -> list[OutboxRow]:
+        """Take up to ``limit`` due rows of ``sink`` for this worker, oldest first.
+
+        ``ignore_backoff`` also takes pending rows whose retry delay has not passed (a
+        flush on shutdown); rows under another worker's live lease are never taken.
+        """
         ...
 
     async def mark_delivered(self, ids: Sequence[int]) -> None:

@@ -223,7 +223,12 @@ class PostgresOutbox:
 
     # -- worker side ---------------------------------------------------------------
 
-    async def claim(self, sink: str, limit: int, lease_s: float) -> list[OutboxRow]:
+    async def claim(self, sink: str, limit: int, lease_s: float, *,
+                    ignore_backoff: bool = False) -> list[OutboxRow]:
+        due = f"next_attempt_at_ms <= {_NOW_MS}"
+        if ignore_backoff:
+            due = f"({due} OR state = 'pending')"
+
         async def run() -> list[OutboxRow]:
             raw = await self._pool.fetch(
                 f"""UPDATE {self._t} SET state = 'inflight', owner = $1,
@@ -232,7 +237,7 @@ class PostgresOutbox:
                 WHERE id IN (
                     SELECT id FROM {self._t}
                     WHERE sink = $3 AND state IN ('pending', 'inflight')
-                        AND next_attempt_at_ms <= {_NOW_MS}
+                        AND {due}
                     ORDER BY next_attempt_at_ms, id LIMIT $4
                     FOR UPDATE SKIP LOCKED)
                 RETURNING id, sink, call_id, event, attempts""",

@@ -82,10 +82,12 @@ UPDATE outbox SET state = 'inflight', owner = ?, lease_until_ms = ?, next_attemp
     attempts = attempts + 1, updated_at_ms = ?
 WHERE id IN (
     SELECT id FROM outbox
-    WHERE sink = ? AND state IN ('pending', 'inflight') AND next_attempt_at_ms <= ?
+    WHERE sink = ? AND state IN ('pending', 'inflight') AND {due}
     ORDER BY next_attempt_at_ms, id LIMIT ?)
 RETURNING id, sink, call_id, event, attempts
 """
+_CLAIM_DUE = _CLAIM.format(due="next_attempt_at_ms <= ?")
+_CLAIM_FLUSH = _CLAIM.format(due="(next_attempt_at_ms <= ? OR state = 'pending')")
 
 _IDS = "(SELECT value FROM json_each(?))"
 
@@ -238,15 +240,18 @@ class SQLiteOutbox:
 
     # -- worker side ---------------------------------------------------------------
 
-    async def claim(self, sink: str, limit: int, lease_s: float) -> list[OutboxRow]:
-        return await self._background(self._claim, sink, limit, lease_s)
+    async def claim(self, sink: str, limit: int, lease_s: float, *,
+                    ignore_backoff: bool = False) -> list[OutboxRow]:
+        return await self._background(self._claim, sink, limit, lease_s, ignore_backoff)
 
-    def _claim(self, sink: str, limit: int, lease_s: float) -> list[OutboxRow]:
+    def _claim(self, sink: str, limit: int, lease_s: float,
+               ignore_backoff: bool) -> list[OutboxRow]:
         conn = self._conn()
         now = wall_ms()
         until = now + int(lease_s * 1000)
         with _write_transaction(conn):
-            raw = conn.execute(_CLAIM, (self.owner, until, until, now, sink, now, limit)
+            sql = _CLAIM_FLUSH if ignore_backoff else _CLAIM_DUE
+            raw = conn.execute(sql, (self.owner, until, until, now, sink, now, limit)
                                ).fetchall()
         rows: list[OutboxRow] = []
         corrupt: dict[int, str] = {}
