@@ -9,6 +9,7 @@ model: never a silent $0.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib.metadata import version
@@ -49,11 +50,37 @@ def cost_from_override(usage: Usage, o: PriceOverride) -> Decimal:
             + write * usage.cache_write_tokens + out * usage.output_tokens)
 
 
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """USD per token of each bucket, for a model whose price is linear in tokens."""
+
+    input: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    output: Decimal
+    expires_at: float
+
+    def cost(self, u: Usage) -> Decimal:
+        return (self.input * u.input_tokens + self.cache_read * u.cache_read_tokens
+                + self.cache_write * u.cache_write_tokens + self.output * u.output_tokens)
+
+
+_PROBE = 1_000_000
+# Prices can change on a date (genai-prices knows dated prices): re-derive rates hourly.
+_RATES_TTL_S = 3600.0
+
+
 class PriceBook:
-    """Prices calls; remembers which models have no price so each is warned about once."""
+    """Prices calls; remembers which models have no price so each is warned about once.
+
+    The price library costs tens of microseconds a call. For models priced per token
+    without tiers, the per-bucket rates are derived once from the library itself and
+    reused, so the hot path is four Decimal multiplications with the library's numbers.
+    """
 
     def __init__(self) -> None:
         self._unknown: set[tuple[str, str]] = set()
+        self._rates: dict[tuple[str, str], _Rates | None] = {}
         self._library: Any = None
         self._source = ""
 
@@ -80,17 +107,44 @@ class PriceBook:
         provider_id = _PRICE_PROVIDER_IDS.get(provider)
         if provider_id is None:
             return self._mark_unknown(key)
-        lib = self._lib()
+        rates = self._rates.get(key)
+        if rates is not None and rates.expires_at > time.monotonic():
+            return Price(rates.cost(usage), self._source)
         try:
-            calc = lib.calc_price(
-                lib.Usage(input_tokens=usage.prompt_tokens,
-                          cache_read_tokens=usage.cache_read_tokens,
-                          cache_write_tokens=usage.cache_write_tokens,
-                          output_tokens=usage.output_tokens),
-                model, provider_id=provider_id)
+            total = self._library_cost(provider_id, model, usage)
+            if key not in self._rates or rates is not None:
+                self._rates[key] = self._linear_rates(provider_id, model)
         except LookupError:
             return self._mark_unknown(key)
-        return Price(Decimal(calc.total_price), self._source)
+        return Price(total, self._source)
+
+    def _library_cost(self, provider_id: str, model: str, usage: Usage) -> Decimal:
+        lib = self._lib()
+        # genai-prices counts cached tokens inside input_tokens, as OpenAI does.
+        calc = lib.calc_price(
+            lib.Usage(input_tokens=usage.prompt_tokens,
+                      cache_read_tokens=usage.cache_read_tokens,
+                      cache_write_tokens=usage.cache_write_tokens,
+                      output_tokens=usage.output_tokens),
+            model, provider_id=provider_id)
+        return Decimal(calc.total_price)
+
+    def _linear_rates(self, provider_id: str, model: str) -> _Rates | None:
+        """Per-token rates when the model's price is linear; None when it is tiered."""
+        lib = self._lib()
+        calc = lib.calc_price(lib.Usage(input_tokens=1), model, provider_id=provider_id)
+        tiered = getattr(lib.types, "TieredPrices", ())
+        if any(isinstance(v, tiered) for v in vars(calc.model_price).values()):
+            return None
+        n = _PROBE
+        inp = self._library_cost(provider_id, model, Usage(input_tokens=n)) / n
+        return _Rates(
+            input=inp,
+            cache_read=self._library_cost(provider_id, model, Usage(cache_read_tokens=n)) / n,
+            cache_write=self._library_cost(provider_id, model, Usage(cache_write_tokens=n)) / n,
+            output=self._library_cost(provider_id, model, Usage(output_tokens=n)) / n,
+            expires_at=time.monotonic() + _RATES_TTL_S,
+        )
 
     def _mark_unknown(self, key: tuple[str, str]) -> Price:
         if key not in self._unknown:
