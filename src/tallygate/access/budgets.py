@@ -1,0 +1,237 @@
+"""Budgets that hold under concurrency: reserve before a call, settle or release after.
+
+Money here is integer micro-USD. A call is admitted while a budget's ``spend + reserved``
+is below its maximum, and its worst-case cost is added to ``reserved`` in the same
+atomic step (SQLite: one ``BEGIN IMMEDIATE`` transaction; PostgreSQL: one statement
+whose ``FOR UPDATE`` locks the budget rows in a fixed order). So concurrent calls can
+pass a budget by at most one call's reservation. Settling moves the reservation to the
+real cost and writes the ledger row in the same transaction; a failed call releases it.
+A budget whose ``reset_at_ms`` has passed starts again from zero on its next use.
+
+Reservations are also stored (``access_reservations``), so that a gateway killed
+mid-call does not hold budget forever: ``sweep_stale`` gives back old ones.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from tallygate.access.db import Database, PostgresDatabase, SQLiteDatabase, wall_ms
+from tallygate.errors import BadRequestError
+
+MICROS = Decimal(1_000_000)
+Scope = tuple[str, str]  # ("key" | "team" | "customer", id)
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w|mo)\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800, "mo": 2_592_000}
+
+
+def to_micros(usd: Decimal) -> int:
+    """USD -> micro-USD, rounded up (a budget never undercounts)."""
+    return int((usd * MICROS).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_micros(micros: int | None) -> Decimal | None:
+    return None if micros is None else Decimal(micros) / MICROS
+
+
+def parse_usd(value: Any, field: str) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise BadRequestError(f"{field} must be a number", param=field)
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise BadRequestError(f"{field} must be a number", param=field) from None
+    if not number.is_finite() or number < 0:
+        raise BadRequestError(f"{field} must be a non-negative number", param=field)
+    return number
+
+
+def parse_duration_s(value: Any, field: str) -> int | None:
+    """``30s``, ``10m``, ``1h``, ``30d``, ``1w``, ``1mo`` (30 days) -> seconds."""
+    if value is None or value == "":
+        return None
+    match = _DURATION.match(str(value))
+    if not match or int(match.group(1)) == 0:
+        raise BadRequestError(f"{field} must be a duration like 30s, 10m, 1h, 30d, 1mo",
+                              param=field)
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+@dataclass(frozen=True, slots=True)
+class Exceeded:
+    scope: str
+    id: str
+    max_micros: int
+    spend_micros: int
+    reserved_micros: int
+
+
+# --- reserve ----------------------------------------------------------------------------
+
+_SQLITE_RESERVE = """UPDATE access_budgets SET
+    spend_micros = CASE WHEN reset_at_ms IS NOT NULL AND reset_at_ms <= ?1 THEN 0
+                        ELSE spend_micros END,
+    reset_at_ms = CASE WHEN reset_at_ms IS NOT NULL AND reset_at_ms <= ?1
+                       THEN ?1 + duration_s * 1000 ELSE reset_at_ms END,
+    reserved_micros = reserved_micros + ?2
+WHERE scope = ?3 AND id = ?4
+RETURNING max_micros, spend_micros, reserved_micros"""
+
+_PG_RESERVE = """
+WITH cur AS (
+    SELECT b.scope, b.id, b.max_micros, b.reserved_micros,
+        (b.reset_at_ms IS NOT NULL AND b.reset_at_ms <= $5) AS due,
+        CASE WHEN b.reset_at_ms IS NOT NULL AND b.reset_at_ms <= $5 THEN 0
+             ELSE b.spend_micros END AS spend
+    FROM access_budgets b
+    JOIN unnest($1::text[], $2::text[]) AS t(scope, id) ON b.scope = t.scope AND b.id = t.id
+    ORDER BY b.scope, b.id
+    FOR UPDATE OF b
+), bad AS (
+    SELECT scope, id, max_micros, spend, reserved_micros FROM cur
+    WHERE max_micros IS NOT NULL AND spend + reserved_micros >= max_micros
+), upd AS (
+    UPDATE access_budgets b SET
+        spend_micros = CASE WHEN cur.due THEN 0 ELSE b.spend_micros END,
+        reset_at_ms = CASE WHEN cur.due THEN $5 + b.duration_s * 1000 ELSE b.reset_at_ms END,
+        reserved_micros = b.reserved_micros + $3
+    FROM cur WHERE b.scope = cur.scope AND b.id = cur.id AND NOT EXISTS (SELECT 1 FROM bad)
+    RETURNING b.scope
+), ins AS (
+    INSERT INTO access_reservations (call_id, scopes, amount_micros, created_at_ms)
+    SELECT $4, $6, $3, $5 WHERE NOT EXISTS (SELECT 1 FROM bad)
+    ON CONFLICT (call_id) DO NOTHING
+    RETURNING 1
+)
+SELECT scope, id, max_micros, spend, reserved_micros FROM bad"""
+
+
+async def reserve(db: Database, call_id: str, scopes: Sequence[Scope],
+                  amount_micros: int) -> Exceeded | None:
+    """Reserve ``amount_micros`` on every budget in ``scopes``, all or none.
+    Returns the first budget that is used up (nothing reserved), else None."""
+    if not scopes:
+        return None
+    now = wall_ms()
+    scopes_json = orjson.dumps([list(s) for s in scopes]).decode()
+    if isinstance(db, SQLiteDatabase):
+        return db.transaction(
+            lambda conn: _reserve_sqlite(conn, call_id, scopes, amount_micros, now,
+                                         scopes_json))
+    assert isinstance(db, PostgresDatabase)
+    rows = await db.pool.fetch(_PG_RESERVE, [s for s, _ in scopes], [i for _, i in scopes],
+                               amount_micros, call_id, now, scopes_json)
+    if not rows:
+        return None
+    r = min(rows, key=lambda r: (r["scope"], r["id"]))
+    return Exceeded(r["scope"], r["id"], r["max_micros"], r["spend"], r["reserved_micros"])
+
+
+class _Rollback(Exception):
+    def __init__(self, exceeded: Exceeded) -> None:
+        self.exceeded = exceeded
+
+
+def _reserve_sqlite(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Scope],
+                    amount: int, now: int, scopes_json: str) -> Exceeded | None:
+    try:
+        for scope, ident in sorted(scopes):
+            row = conn.execute(_SQLITE_RESERVE, (now, amount, scope, ident)).fetchone()
+            if row is None:
+                continue
+            max_micros, spend, reserved = row
+            if max_micros is not None and spend + reserved - amount >= max_micros:
+                raise _Rollback(Exceeded(scope, ident, max_micros, spend, reserved - amount))
+        conn.execute("""INSERT INTO access_reservations VALUES (?, ?, ?, ?)
+            ON CONFLICT (call_id) DO NOTHING""", (call_id, scopes_json, amount, now))
+    except _Rollback as rb:
+        conn.execute("ROLLBACK")
+        return rb.exceeded
+    return None
+
+
+# --- settle / release -------------------------------------------------------------------
+
+LEDGER_COLUMNS = ("call_id", "ts_ms", "key_token", "key_alias", "user_id", "team_id",
+                  "customer_id", "billed_to", "end_user", "model", "provider",
+                  "provider_model", "kind", "input_tokens", "cache_read_tokens",
+                  "cache_write_tokens", "output_tokens", "cost", "status", "flags")
+
+_LEDGER_INSERT_SQLITE = (f"INSERT INTO access_ledger ({', '.join(LEDGER_COLUMNS)}) VALUES "
+                         f"({', '.join('?' for _ in LEDGER_COLUMNS)}) "
+                         "ON CONFLICT (call_id) DO NOTHING")
+
+_PG_SETTLE = f"""
+WITH del AS (
+    DELETE FROM access_reservations WHERE call_id = $1 RETURNING amount_micros
+), upd AS (
+    UPDATE access_budgets b SET
+        spend_micros = b.spend_micros + $5,
+        reserved_micros = greatest(b.reserved_micros - CASE WHEN t.held
+            THEN coalesce((SELECT amount_micros FROM del), 0) ELSE 0 END, 0)
+    FROM unnest($2::text[], $3::text[], $4::bool[]) AS t(scope, id, held)
+    WHERE b.scope = t.scope AND b.id = t.id
+    RETURNING 1
+)
+INSERT INTO access_ledger ({', '.join(LEDGER_COLUMNS)})
+SELECT {', '.join(f'${i}' for i in range(6, 6 + len(LEDGER_COLUMNS)))}
+WHERE ${6 + len(LEDGER_COLUMNS)}::bool
+ON CONFLICT (call_id) DO NOTHING"""
+
+
+async def settle(db: Database, call_id: str, scopes: Sequence[Scope],
+                 reserved: Sequence[Scope], cost_micros: int,
+                 ledger_row: Sequence[Any] | None) -> None:
+    """Move the call's reservation to its real cost on every budget in ``scopes`` and
+    write its ledger row, in one transaction. ``cost_micros`` 0 and no ledger row is a
+    release."""
+    held = set(reserved)
+    if isinstance(db, SQLiteDatabase):
+        db.transaction(lambda conn: _settle_sqlite(conn, call_id, scopes, held, cost_micros,
+                                                   ledger_row))
+        return
+    assert isinstance(db, PostgresDatabase)
+    row = list(ledger_row) if ledger_row is not None else [None] * len(LEDGER_COLUMNS)
+    if ledger_row is None:
+        row[0], row[1], row[9:13] = call_id, 0, ["", "", "", ""]
+        row[13:17] = [0, 0, 0, 0]
+        row[18], row[19] = "", ""
+    await db.pool.execute(_PG_SETTLE, call_id, [s for s, _ in scopes], [i for _, i in scopes],
+                          [s in held for s in scopes], cost_micros, *row,
+                          ledger_row is not None)
+
+
+def _settle_sqlite(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Scope],
+                   held: set[Scope], cost: int, ledger_row: Sequence[Any] | None) -> None:
+    deleted = conn.execute("DELETE FROM access_reservations WHERE call_id = ? "
+                           "RETURNING amount_micros", (call_id,)).fetchone()
+    amount = deleted[0] if deleted else 0
+    for scope, ident in scopes:
+        give_back = amount if (scope, ident) in held else 0
+        if cost or give_back:
+            conn.execute("""UPDATE access_budgets SET spend_micros = spend_micros + ?,
+                reserved_micros = max(reserved_micros - ?, 0) WHERE scope = ? AND id = ?""",
+                         (cost, give_back, scope, ident))
+    if ledger_row is not None:
+        conn.execute(_LEDGER_INSERT_SQLITE, tuple(ledger_row))
+
+
+async def sweep_stale(db: Database, older_than_ms: int) -> int:
+    """Give back reservations older than ``older_than_ms`` (their gateway died)."""
+    cutoff = wall_ms() - older_than_ms
+    rows = await db.fetch("SELECT call_id, scopes FROM access_reservations "
+                          "WHERE created_at_ms < ?", cutoff)
+    for row in rows:
+        scopes = [(str(s), str(i)) for s, i in orjson.loads(row["scopes"])]
+        await settle(db, row["call_id"], scopes, scopes, 0, None)
+    return len(rows)

@@ -1,0 +1,309 @@
+"""The access tables' database: the outbox's own SQLite file or PostgreSQL database.
+
+SQL is written once with ``?`` placeholders; the Postgres backend renumbers them to
+``$1, $2, ...``. Postgres connections set ``search_path`` to the outbox's schema
+(``tallygate`` unless the URL says ``?schema=name``), so table names are the same in
+both. SQLite calls run on the caller's thread with its own connection (WAL, like the
+outbox): a local statement costs less than a thread hop. The hot-path operations
+(reserve, settle) have a hand-written statement per dialect in ``budgets.py``.
+
+Migrations are forward-only and recorded in ``tallygate_access_schema_version``,
+separate from the outbox's ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from tallygate.errors import ConfigError
+
+T = TypeVar("T")
+Dialect = Literal["sqlite", "postgres"]
+Row = dict[str, Any]
+
+VERSION_TABLE = "tallygate_access_schema_version"
+BUSY_TIMEOUT_S = 10.0
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_MIGRATION_LOCK_KEY = "tallygate.access.migrate"
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _migrations(d: Dialect) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    big = "INTEGER" if d == "sqlite" else "bigint"
+    ledger_id = ("INTEGER PRIMARY KEY AUTOINCREMENT" if d == "sqlite"
+                 else "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+    return (
+        (1, (
+            f"""CREATE TABLE access_keys (
+                token TEXT PRIMARY KEY,
+                key_alias TEXT,
+                key_name TEXT NOT NULL,
+                user_id TEXT, team_id TEXT, customer_id TEXT,
+                models TEXT NOT NULL DEFAULT '[]',
+                rpm_limit {big}, tpm_limit {big},
+                expires_at_ms {big},
+                metadata TEXT NOT NULL DEFAULT '{{}}',
+                blocked INTEGER NOT NULL DEFAULT 0,
+                created_at_ms {big} NOT NULL, updated_at_ms {big} NOT NULL)""",
+            "CREATE UNIQUE INDEX access_keys_alias ON access_keys (key_alias)",
+            "CREATE INDEX access_keys_user ON access_keys (user_id)",
+            "CREATE INDEX access_keys_team ON access_keys (team_id)",
+            f"""CREATE TABLE access_teams (
+                team_id TEXT PRIMARY KEY, team_alias TEXT,
+                models TEXT NOT NULL DEFAULT '[]',
+                rpm_limit {big}, tpm_limit {big},
+                metadata TEXT NOT NULL DEFAULT '{{}}',
+                blocked INTEGER NOT NULL DEFAULT 0,
+                created_at_ms {big} NOT NULL, updated_at_ms {big} NOT NULL)""",
+            f"""CREATE TABLE access_customers (
+                customer_id TEXT PRIMARY KEY, alias TEXT,
+                external_subscription_id TEXT,
+                metadata TEXT NOT NULL DEFAULT '{{}}',
+                blocked INTEGER NOT NULL DEFAULT 0,
+                created_at_ms {big} NOT NULL, updated_at_ms {big} NOT NULL)""",
+            # One row per budgeted thing: scope is key | team | customer; money in
+            # integer micro-USD; reset_at_ms is when spend next goes back to zero.
+            f"""CREATE TABLE access_budgets (
+                scope TEXT NOT NULL, id TEXT NOT NULL,
+                max_micros {big}, duration_s {big},
+                spend_micros {big} NOT NULL DEFAULT 0,
+                reserved_micros {big} NOT NULL DEFAULT 0,
+                reset_at_ms {big},
+                PRIMARY KEY (scope, id))""",
+            f"""CREATE TABLE access_reservations (
+                call_id TEXT PRIMARY KEY,
+                scopes TEXT NOT NULL,
+                amount_micros {big} NOT NULL,
+                created_at_ms {big} NOT NULL)""",
+            f"""CREATE TABLE access_ledger (
+                seq {ledger_id},
+                call_id TEXT NOT NULL UNIQUE,
+                ts_ms {big} NOT NULL,
+                key_token TEXT, key_alias TEXT,
+                user_id TEXT, team_id TEXT, customer_id TEXT,
+                billed_to TEXT, end_user TEXT,
+                model TEXT NOT NULL, provider TEXT NOT NULL, provider_model TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                input_tokens {big} NOT NULL, cache_read_tokens {big} NOT NULL,
+                cache_write_tokens {big} NOT NULL, output_tokens {big} NOT NULL,
+                cost TEXT,
+                status TEXT NOT NULL,
+                flags TEXT NOT NULL DEFAULT '')""",
+            "CREATE INDEX access_ledger_ts ON access_ledger (ts_ms)",
+            "CREATE INDEX access_ledger_customer ON access_ledger (customer_id, ts_ms)",
+            "CREATE INDEX access_ledger_key ON access_ledger (key_token, ts_ms)",
+            "CREATE INDEX access_ledger_status ON access_ledger (status, ts_ms)",
+        )),
+    )
+
+
+class Database:
+    """What the access store needs from either backend."""
+
+    dialect: Dialect
+    label: str
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        raise NotImplementedError
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        raise NotImplementedError
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+
+# --- SQLite ---------------------------------------------------------------------------
+
+
+class SQLiteDatabase(Database):
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.label = str(Path(path))
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise RuntimeError("access database is closed")
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            with self._lock:
+                self._conns.append(conn)
+            self._local.conn = conn
+        return conn
+
+    def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` under BEGIN IMMEDIATE (the write lock first), commit or roll back."""
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if conn.in_transaction:  # ``fn`` may have rolled back itself
+            conn.execute("COMMIT")
+        return result
+
+    async def open(self) -> None:
+        self.transaction(lambda conn: _migrate_sqlite(conn, self.label))
+
+    async def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return self.conn().execute(sql, args).rowcount
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        cur = self.conn().execute(sql, args)
+        names = [c[0] for c in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _migrate_sqlite(conn: sqlite3.Connection, label: str) -> None:
+    conn.execute(f"""CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (
+        version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)""")
+    current = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()[0] or 0
+    steps = _migrations("sqlite")
+    if current > steps[-1][0]:
+        raise ConfigError(f"access tables in {label} are at version {current}, newer than "
+                          f"this tallygate knows ({steps[-1][0]}); upgrade tallygate")
+    for version, statements in steps:
+        if version > current:
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES (?, ?)", (version, wall_ms()))
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+_QMARK = re.compile(r"\?")
+
+
+def to_dollar(sql: str) -> str:
+    counter = iter(range(1, 10_000))
+    return _QMARK.sub(lambda _: f"${next(counter)}", sql)
+
+
+class PostgresDatabase(Database):
+    dialect: Dialect = "postgres"
+
+    def __init__(self, dsn: str, schema: str = "tallygate", pool_max_size: int = 10) -> None:
+        if not _SCHEMA_NAME.match(schema):
+            raise ConfigError(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
+        self.dsn = dsn
+        self.schema = schema
+        self.label = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", dsn)
+        self._pool_max_size = pool_max_size
+        self.pool: Any = None
+        self._sql_cache: dict[str, str] = {}
+
+    async def open(self) -> None:
+        import asyncpg
+
+        if self.pool is not None:
+            return
+        # The schema may not exist yet: create it on a plain connection first.
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                                   f"{_MIGRATION_LOCK_KEY}:{self.schema}")
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
+                await self._migrate(conn)
+        finally:
+            await conn.close()
+        self.pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=self._pool_max_size,
+            server_settings={"search_path": self.schema})
+
+    async def _migrate(self, conn: Any) -> None:
+        await conn.execute(f"""CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (
+            version integer PRIMARY KEY, applied_at_ms bigint NOT NULL)""")
+        current = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {VERSION_TABLE}")
+        steps = _migrations("postgres")
+        if current > steps[-1][0]:
+            raise ConfigError(f"access tables in schema {self.schema} are at version "
+                              f"{current}, newer than this tallygate knows ({steps[-1][0]})")
+        for version, statements in steps:
+            if version > current:
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES ($1, $2)",
+                                   version, wall_ms())
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            await pool.close()
+
+    def sql(self, text: str) -> str:
+        out = self._sql_cache.get(text)
+        if out is None:
+            out = self._sql_cache[text] = to_dollar(text)
+        return out
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status: str = await self.pool.execute(self.sql(sql), *args)
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return [dict(r) for r in await self.pool.fetch(self.sql(sql), *args)]
+
+
+def database_for(url_or_path: str | Path) -> Database:
+    """The access database beside the outbox that ``url_or_path`` names (same rules as
+    the outbox: postgresql://...?schema=name, sqlite:///path or a plain path)."""
+    text = str(url_or_path)
+    if text.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(text)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        schemas = [v for k, v in query if k == "schema"]
+        dsn = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query
+                                                         if k != "schema"])))
+        return PostgresDatabase(dsn, schemas[-1]) if schemas else PostgresDatabase(dsn)
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///"):]
+    elif "://" in text:
+        raise ConfigError(f"unsupported database URL scheme {text.split('://', 1)[0]!r}")
+    if not text or text == ":memory:":
+        raise ConfigError(f"the access tables need a file path, got {text!r}")
+    return SQLiteDatabase(text)
+
+
+def placeholders(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values)
