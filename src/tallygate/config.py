@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from tallygate.access.settings import AccessSettings, parse_access_settings
 from tallygate.attribution import ChargeBy, parse_charge_by
 from tallygate.callback_dispatch import SINK_NAMES
 from tallygate.errors import ConfigError
@@ -38,7 +39,7 @@ _SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "request_
 _GENERAL_KEYS = {"master_key", "database_url", "max_request_size_mb", "drain_timeout_s",
                  "outbox_batch_size", "charge_by", "jsonl_path"}
 _TOP_KEYS = {"model_list", "litellm_settings", "tallygate_settings", "general_settings",
-             "environment_variables", "router_settings"}
+             "environment_variables", "router_settings", "access_settings"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class ProxySettings:
     charge_by: ChargeBy = "end_user_id"
     config_path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     def default_database_path(self) -> str:
         """The outbox lives next to the config file unless told otherwise."""
@@ -223,6 +225,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         charge_by = parse_charge_by(charge_by_raw or r.environ.get("LAGO_API_CHARGE_BY"))
     except ConfigError as exc:
         raise ConfigError(f"general_settings.charge_by: {exc.message}") from None
+    access = parse_access_settings(top.get("access_settings"), entries, env=r.env,
+                                   decimal=r.decimal, number=r.number, unknown=r.unknown)
 
     if r.unknown:
         log.warning("config: ignoring unknown keys: %s", ", ".join(r.unknown))
@@ -239,6 +243,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         charge_by=charge_by,
         config_path=config_path,
         extra={"environ": r.environ, "jsonl_path": g.get("jsonl_path")},
+        access=access,
     )
 
 
