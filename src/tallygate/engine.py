@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -126,13 +126,14 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
     try:
         provider = get_provider(deployment.provider)
         body = await _send(provider, deployment, params)
-        result = provider.chat_response(deployment, body)
+        result = _read_answer(lambda: provider.chat_response(deployment, body),
+                              "choices", "a chat completion")
+        usage = result.usage
+        if usage is None:
+            usage = _estimated_usage(params, _answer_text(result.body), None)
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    usage = result.usage
-    if usage is None:
-        usage = _estimated_usage(params, _answer_text(result.body), None)
     event = make_event(ctx, deployment, usage, prices)
     await recorder.record(event)
     return result, event
@@ -144,7 +145,8 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     try:
         provider = get_provider(deployment.provider)
         body = await _send(provider, deployment, params, embedding=True)
-        result = provider.embedding_response(deployment, body)
+        result = _read_answer(lambda: provider.embedding_response(deployment, body),
+                              "data", "an embeddings list")
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
@@ -154,11 +156,27 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     return result, event
 
 
+def _read_answer(read: Callable[[], ChatResult], key: str, what: str) -> ChatResult:
+    """The provider's reading of a 200 answer; a body that is not JSON or lacks the
+    ``key`` list is the upstream's failure (502), never an internal error."""
+    try:
+        result = read()
+    except TallygateError:
+        raise
+    except Exception as exc:
+        raise UpstreamError(f"upstream answered 200 with a body that is not {what} "
+                            f"({type(exc).__name__})") from None
+    if not isinstance(result.body, Mapping) or not isinstance(result.body.get(key), list):
+        raise UpstreamError(f"upstream answered 200 with a body that is not {what} "
+                            f"(no {key!r} list)")
+    return result
+
+
 def _answer_text(body: Mapping[str, Any]) -> str:
     parts = []
     for choice in body.get("choices") or ():
-        message = choice.get("message") or {}
-        if isinstance(message.get("content"), str):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
             parts.append(message["content"])
     return "".join(parts)
 
