@@ -14,6 +14,7 @@ import pytest
 
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.server_base import FakeError
 from tests.proxy_harness import (  # noqa: F401  (fixtures)
     CALL_ID_HEADER,
     MASTER_KEY,
@@ -164,6 +165,17 @@ def test_refused_connection_is_502(proxy: RunningProxy, stream: bool) -> None:
     assert_openai_error(_chat(proxy, {"model": "nowhere", "messages": MESSAGES,
                                       "stream": stream, "user": "u"}), 502,
                         code="upstream_unreachable")
+
+
+@pytest.mark.parametrize("body", [b"<html>bad gateway</html>", b'{"choices": 5}', b"[]"])
+@pytest.mark.parametrize("path", [CHAT, "/v1/embeddings"])
+def test_upstream_unreadable_200_is_502(proxy: RunningProxy, upstream: FakeOpenAI,
+                                        body: bytes, path: str) -> None:
+    upstream.errors.append(FakeError(200, body))  # a 200 that is not a completion
+    model = "embedder" if path != CHAT else "gpt-4o-mini"
+    err = assert_openai_error(_chat(proxy, {"model": model, "messages": MESSAGES, "input": "x",
+                                            "user": "u"}, path=path), 502)
+    assert "upstream" in err["message"]
 
 
 def test_upstream_drops_connection_is_502(proxy: RunningProxy, upstream: FakeOpenAI) -> None:
