@@ -140,8 +140,13 @@ class Routes:
         except UpstreamError as exc:
             # Headers are gone already: report the failure in-band, as OpenAI does.
             await _write_quietly(resp, b"data: " + orjson.dumps(exc.to_body()) + b"\n\n")
-        except (ConnectionError, asyncio.CancelledError):
-            # The client left: stop reading upstream, bill what was generated.
+        except ConnectionError:
+            # The client left: stop reading upstream, bill what was generated. A normal
+            # event, not a server error: no traceback in the log.
+            await stream.finish(disconnected=True)
+            log.info("call %s: the client disconnected mid-stream; billed what was generated",
+                     ctx.call_id)
+        except asyncio.CancelledError:
             await asyncio.shield(stream.finish(disconnected=True))
             raise
         return resp
