@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,9 +56,8 @@ class CountingOpenAI(FakeOpenAI):
                 await response.write(frame)
                 self.frames_sent += 1
             await response.write_eof()
-        except (ConnectionError, asyncio.CancelledError):
-            self.stream_aborted = True
-            raise
+        except ConnectionError:
+            self.stream_aborted = True  # the proxy hung up on us
         return response
 
 
@@ -106,7 +106,9 @@ async def test_200_concurrent_streams(proxy: RunningProxy, lago: FakeLago,
         assert "stream" in ev.properties["flags"]
 
 
-async def test_client_disconnect_mid_stream(tmp_path: Path, lago: FakeLago) -> None:
+async def test_client_disconnect_mid_stream(tmp_path: Path, lago: FakeLago,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     with run_in_thread(CountingOpenAI()) as fake:
         fake.reply_text = "word " * 200
         fake.stream_chunks = 200
@@ -138,3 +140,29 @@ async def test_client_disconnect_mid_stream(tmp_path: Path, lago: FakeLago) -> N
             await asyncio.sleep(0.3)
             assert lago.count(call_id) == 1
             assert len(lago.stored) == 1
+    # A client hanging up is normal: no error and no traceback in the proxy's log.
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+async def test_client_leaves_before_first_chunk(proxy: RunningProxy, lago: FakeLago,
+                                                upstream: FakeOpenAI,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Gone while upstream is still thinking: the prompt was sent, so it is billed once
+    (estimated, flagged) and nothing is logged as an error."""
+    upstream.latency = 0.5
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await s.post(proxy.base_url + "/v1/chat/completions", json={
+                    "model": "gpt", "messages": MESSAGES, "user": "early", "stream": True},
+                    headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    await await_for(lambda: len(lago.stored) == 1, timeout=5)
+    ev = lago.stored[0]
+    assert ev.external_subscription_id == "early"
+    assert "client_disconnected" in ev.properties["flags"].split(",")
+    assert ev.properties["usage_source"] == "estimated"
+    await asyncio.sleep(0.2)
+    assert len(lago.stored) == 1
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
