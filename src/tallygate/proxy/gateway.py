@@ -14,7 +14,7 @@ from tallygate.config import ProxySettings
 from tallygate.event import FailureEvent, UsageEvent
 from tallygate.metering.outbox import Outbox
 from tallygate.pricing import PriceBook
-from tallygate.proxy.access import AccessPolicy, MasterKeyPolicy
+from tallygate.proxy.access import AccessPolicy
 from tallygate.proxy.metrics import Labels, Metrics
 from tallygate.sinks.base import Sink
 from tallygate.sinks.factory import build_sink, sink_accepts
@@ -53,7 +53,12 @@ class Gateway:
         self.sinks = [build_sink(name, environ)
                       for name in effective_sinks(settings, environ)]
         self._sink_names = tuple(s.name for s in self.sinks)
-        self.access: AccessPolicy = MasterKeyPolicy(settings.master_key, settings.charge_by)
+        # Virtual keys, budgets and limits (tallygate.access); with no keys created it
+        # behaves as MasterKeyPolicy: the master key (if set) calls, the body's user pays.
+        from tallygate.access.policy import VirtualKeyPolicy
+
+        self.keys = VirtualKeyPolicy(settings, self.prices)
+        self.access: AccessPolicy = self.keys
         self._describe_metrics()
 
     def _describe_metrics(self) -> None:
@@ -72,6 +77,7 @@ class Gateway:
         self.prices.warm()
         url = self.settings.database_url or self.settings.default_database_path()
         self.outbox = await open_outbox(url)
+        await self.keys.start(url)
         self.worker = DeliveryWorker(self.outbox, self.sinks,
                                      batch_size=self.settings.outbox_batch_size)
         self.worker.start()
@@ -117,6 +123,7 @@ class Gateway:
             self.worker = None
         for sink in self.sinks:
             await sink.aclose()
+        await self.keys.stop()
         if self.outbox is not None:
             await self.outbox.close()
             self.outbox = None
