@@ -244,5 +244,8 @@ def create_app(settings: ProxySettings) -> web.Application:
     r.add_get("/health/liveness", routes.liveness)
     r.add_get("/health/readiness", routes.readiness)
     r.add_get("/metrics", routes.metrics)
+    from tallygate.access.admin_routes import add_admin_routes
+
+    add_admin_routes(app, gw.keys)
     r.add_route("*", "/{tail:.*}", _json_404)
     return app
