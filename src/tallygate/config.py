@@ -78,6 +78,9 @@ class _Reader:
             name = value[len(ENV_PREFIX):]
             if name not in self.environ:
                 raise ConfigError(f"{path}: environment variable {name} is not set")
+            if not self.environ[name].strip():
+                # An empty master_key would otherwise mean "no auth": refuse, as for unset.
+                raise ConfigError(f"{path}: environment variable {name} is empty")
             return self.environ[name]
         return value
 
