@@ -87,7 +87,7 @@ class Budget:
 
 
 def _duration_text(seconds: int) -> str:
-    for unit, size in (("mo", 2_592_000), ("w", 604_800), ("d", 86_400), ("h", 3600),
+    for unit, size in (("d", 86_400), ("h", 3600),
                        ("m", 60)):
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
