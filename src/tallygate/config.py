@@ -22,7 +22,7 @@ from tallygate.attribution import ChargeBy, parse_charge_by
 from tallygate.callback_dispatch import SINK_NAMES
 from tallygate.errors import ConfigError
 from tallygate.providers.base import Deployment, PriceOverride
-from tallygate.providers.registry import provider_names, split_model
+from tallygate.providers.registry import get_provider, provider_names, split_model
 
 log = logging.getLogger("tallygate.config")
 
@@ -71,6 +71,7 @@ class _Reader:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
+        self.config_env: dict[str, str] = {}  # the config's environment_variables block
         self.unknown: list[str] = []
 
     def env(self, value: Any, path: str) -> Any:
@@ -173,10 +174,16 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
     if not isinstance(headers, dict):
         raise ConfigError(f"{ppath}.extra_headers: must be a mapping")
     mock = params.get("mock_response")
+    api_key = r.text(params.get("api_key"), f"{ppath}.api_key")
+    if api_key is None:
+        # LiteLLM puts environment_variables into the process environment, where the
+        # provider finds its key (OPENAI_API_KEY...); ours are not, so bind it here.
+        env_name = get_provider(provider).api_key_env
+        api_key = r.config_env.get(env_name) if env_name else None
     return name, Deployment(
         provider=provider, model=provider_model,
         api_base=r.text(params.get("api_base"), f"{ppath}.api_base"),
-        api_key=r.text(params.get("api_key"), f"{ppath}.api_key"),
+        api_key=api_key,
         timeout=r.number(params.get("timeout"), f"{ppath}.timeout"),
         headers={str(k): str(r.env(v, f"{ppath}.extra_headers.{k}")) for k, v in headers.items()},
         price=override,
@@ -194,7 +201,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
                              set(top["environment_variables"] or {}))
         # LiteLLM sets these into the process environment before reading the rest.
         merged = dict(environ)
-        merged.update({str(k): str(v) for k, v in env_vars.items()})
+        r.config_env = {str(k): str(v) for k, v in env_vars.items()}
+        merged.update(r.config_env)
         r.environ = merged
     entries = top.get("model_list")
     if entries is None:
