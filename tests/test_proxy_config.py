@@ -152,3 +152,28 @@ def test_missing_lago_env_exits_2_naming_them(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "LAGO_API_KEY" in done.stderr and "LAGO_API_EVENT_CODE" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_empty_environ_master_key_exits_2(tmp_path: Path) -> None:
+    """``master_key: os.environ/NAME`` with NAME set to "" must not start an open proxy."""
+    cfg = config_dict([openai_entry("gpt-4o-mini", "http://127.0.0.1:9/v1")], tmp_path,
+                      lago=False, general={"master_key": "os.environ/MY_EMPTY_MASTER"})
+    done = run_cli_once(write_config(tmp_path, cfg), cli_env({"MY_EMPTY_MASTER": ""}),
+                        timeout=10)
+    assert done.returncode == 2, done.stderr
+    assert "general_settings.master_key" in done.stderr and "MY_EMPTY_MASTER" in done.stderr
+
+
+def test_environment_variables_give_the_provider_key(tmp_path: Path,
+                                                     upstream: FakeOpenAI) -> None:
+    """LiteLLM's ``environment_variables`` block: OPENAI_API_KEY set there is the key of
+    deployments that name none."""
+    entry = openai_entry("gpt-4o-mini", upstream.base_url)
+    del entry["litellm_params"]["api_key"]
+    cfg = config_dict([entry], tmp_path, lago=False)
+    cfg["environment_variables"] = {"OPENAI_API_KEY": UPSTREAM_KEY}
+    with run_cli(tmp_path, cfg, cli_env()) as proc:
+        reply = http("POST", proc.base_url + "/v1/chat/completions",
+                     {"model": "gpt-4o-mini", "messages": MESSAGES, "user": "u"})
+        assert reply.status == 200, reply.text
+    assert upstream.received[-1].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
