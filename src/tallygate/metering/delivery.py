@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tallygate.errors import ConfigError
 from tallygate.metering.backoff import full_jitter
 from tallygate.metering.outbox import Outbox, OutboxRow, OutboxStats
 from tallygate.metering.rowcodec import clip_error, wall_ms
@@ -25,6 +27,26 @@ from tallygate.sinks.base import BatchResult, Sink
 logger = logging.getLogger("tallygate.delivery")
 
 DAY_S = 86_400.0
+LEASE_ENV = "TALLYGATE_OUTBOX_LEASE_S"
+DEFAULT_LEASE_S = 60.0
+
+
+def default_lease_s(environ: Mapping[str, str] | None = None) -> float:
+    """The claim lease: ``$TALLYGATE_OUTBOX_LEASE_S`` seconds, else 60.
+
+    It is how long the rows of a worker that died mid-send (kill -9, OOM) wait before
+    another worker, or the restarted process, takes them again.
+    """
+    raw = ((os.environ if environ is None else environ).get(LEASE_ENV) or "").strip()
+    if not raw:
+        return DEFAULT_LEASE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{LEASE_ENV} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{LEASE_ENV} must be positive, got {raw!r}")
+    return value
 
 
 @dataclass(slots=True)
@@ -91,7 +113,7 @@ class DeliveryWorker:
     """
 
     def __init__(self, outbox: Outbox, sinks: Sequence[Sink], *,
-                 batch_size: int | None = None, lease_s: float = 60.0,
+                 batch_size: int | None = None, lease_s: float | None = None,
                  backoff_base_s: float = 0.5, backoff_cap_s: float = 60.0,
                  max_attempts: int | None = None, poll_interval_s: float = 1.0,
                  pause_recheck_s: float = 30.0, send_timeout_s: float | None = None,
@@ -104,6 +126,8 @@ class DeliveryWorker:
             raise ValueError("batch_size must be at least 1")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be at least 1 or None")
+        if lease_s is None:
+            lease_s = default_lease_s()
         # A send must end well inside its lease, or another worker may take the rows
         # while they are still being sent.
         self.send_timeout_s = send_timeout_s if send_timeout_s is not None else lease_s / 2
