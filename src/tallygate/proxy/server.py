@@ -43,7 +43,11 @@ async def serve_async(settings: ProxySettings, host: str, port: int, *,
                            shutdown_timeout=INFLIGHT_GRACE_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=2048)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()  # the gateway started: close its outbox and worker
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -56,9 +60,17 @@ async def serve_async(settings: ProxySettings, host: str, port: int, *,
     await runner.cleanup()
 
 
+class ListenError(Exception):
+    """The port cannot be bound (in use, no permission)."""
+
+
 def _worker_main(settings: ProxySettings, host: str, port: int, reuse_port: bool) -> None:
     _install_uvloop()
-    asyncio.run(serve_async(settings, host, port, reuse_port=reuse_port))
+    try:
+        asyncio.run(serve_async(settings, host, port, reuse_port=reuse_port))
+    except ListenError as exc:
+        log.error("tallygate: %s", exc)
+        sys.exit(1)
 
 
 def serve(settings: ProxySettings, host: str, port: int, workers: int = 1) -> int:
