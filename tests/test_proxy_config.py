@@ -177,3 +177,23 @@ def test_environment_variables_give_the_provider_key(tmp_path: Path,
                      {"model": "gpt-4o-mini", "messages": MESSAGES, "user": "u"})
         assert reply.status == 200, reply.text
     assert upstream.received[-1].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_port_in_use_exits_1_with_a_message(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    from tests.proxy_harness import CLI
+
+    cfg = config_dict([openai_entry("gpt-4o-mini", "http://127.0.0.1:9/v1")], tmp_path,
+                      lago=False)
+    path = write_config(tmp_path, cfg)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([str(CLI), "--config", str(path), "--host", "127.0.0.1",
+                               "--port", str(port)], env=cli_env(), capture_output=True,
+                              text=True, timeout=20)
+    assert done.returncode == 1, done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
