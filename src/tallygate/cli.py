@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_outbox_commands(sub)
+    from tallygate.access.commands import add_access_commands
+
+    add_access_commands(sub)
     return parser
 
 
