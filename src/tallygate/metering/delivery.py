@@ -44,8 +44,8 @@ def default_lease_s(environ: Mapping[str, str] | None = None) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{LEASE_ENV} must be a number of seconds, got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{LEASE_ENV} must be positive, got {raw!r}")
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{LEASE_ENV} must be a positive number of seconds, got {raw!r}")
     return value
 
 
