@@ -259,3 +259,14 @@ def test_one_invalid_event_is_dead_lettered_the_rest_delivered(
     assert (counts["delivered"], counts["dead"], counts["pending"]) == ("99", "1", "0"), \
         status.stdout
     assert EXPRESSION_FAILURE in counts["last error"], status.stdout
+
+
+def test_lease_setting_is_read_and_checked() -> None:
+    from tallygate.errors import ConfigError
+    from tallygate.metering.delivery import default_lease_s
+
+    assert default_lease_s({}) == 60.0
+    assert default_lease_s({"TALLYGATE_OUTBOX_LEASE_S": " 2.5 "}) == 2.5
+    for bad in ("soon", "0", "-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="TALLYGATE_OUTBOX_LEASE_S"):
+            default_lease_s({"TALLYGATE_OUTBOX_LEASE_S": bad})
