@@ -90,10 +90,23 @@ class Runtime:
         built = {n: build_sink(n, os.environ) for n in new}
         self.run(self._add_sinks(built))
 
+    async def aensure_sinks(self, names: Sequence[str]) -> None:
+        """``ensure_sinks`` for async code, including code running on the runtime loop
+        itself (the sync API's calls), where waiting on the loop would deadlock."""
+        new = [n for n in names if n not in self._sinks]
+        if not new:
+            return
+        built = {n: build_sink(n, os.environ) for n in new}
+        await self.on_loop(self._add_sinks(built))
+
     async def _add_sinks(self, built: dict[str, Sink]) -> None:
         from tallygate.metering.delivery import DeliveryWorker
         from tallygate.metering.factory import open_outbox
 
+        # Two calls may have built the same sink at once: the first one in wins.
+        built = {n: s for n, s in built.items() if n not in self._sinks}
+        if not built:
+            return
         if self._outbox is None:
             url = default_database_url()
             if "://" not in url:

@@ -73,7 +73,6 @@ def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | N
     if not isinstance(model, str) or not model:
         raise BadRequestError("model is required", param="model")
     resolved = _module_callbacks(callbacks)
-    runtime.ensure_sinks(resolved.sinks)
     provider, provider_model = split_model(model)
     mock_response = kwargs.pop("mock_response", None)
     deployment = Deployment(provider=provider, model=provider_model, api_base=api_base,
@@ -105,6 +104,7 @@ async def acompletion(model: str, messages: list[dict[str, Any]], *, stream: boo
     deployment, params, ctx, recorder = _prepare(
         model, messages, kwargs, user=user, metadata=metadata, callbacks=callbacks,
         api_base=api_base, api_key=api_key, timeout=timeout)
+    await runtime.aensure_sinks(recorder.resolved.sinks)
     if stream:
         options = params.pop("stream_options", None) or {}
         include_usage = bool(options.get("include_usage"))
@@ -134,6 +134,7 @@ async def aembedding(model: str, input: str | list[str], *, user: str | None = N
     deployment, params, ctx, recorder = _prepare(
         model, None, kwargs, user=user, metadata=metadata, callbacks=callbacks,
         api_base=api_base, api_key=api_key, timeout=timeout)
+    await runtime.aensure_sinks(recorder.resolved.sinks)
     result, event = await engine.embedding(deployment, params, ctx, recorder,
                                            default_price_book)
     return ModelResponse(result.body, event)
