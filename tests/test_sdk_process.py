@@ -16,6 +16,8 @@ import tallygate
 from tests.fakes.lago_server import TEST_API_KEY, FakeLago
 from tests.sdk_fixtures import EVENT_CODE, SdkPaths
 
+ROOT = Path(__file__).resolve().parents[1]
+
 pytestmark = pytest.mark.timeout(30)  # a hang (deadlock) fails, not blocks
 
 EXPECTED_ALL = {
@@ -110,3 +112,38 @@ def test_the_sdk_fixture_points_the_outbox_at_a_temp_file(sdk: SdkPaths) -> None
     assert not sdk.outbox.exists()
     tallygate.success_callback = ["jsonl"]
     assert sdk.outbox.exists()
+
+
+def test_asyncio_run_leaves_no_open_session_and_provider_429_is_a_rate_limit_error(
+        tmp_path: Path) -> None:
+    """Each asyncio.run() closes the HTTP session it used (no 'Unclosed client session'
+    at exit), and a provider's 429 is catchable as tallygate.RateLimitError."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import asyncio, gc, warnings
+        warnings.simplefilter("error")
+        import tallygate
+        from tests.fakes.openai_server import FakeOpenAI, run_in_thread
+
+        with run_in_thread(FakeOpenAI()) as fake:
+            async def call():
+                return await tallygate.acompletion(
+                    model="openai/gpt-4o-mini", api_base=fake.base_url, api_key="k",
+                    messages=[{"role": "user", "content": "hi"}])
+            for _ in range(2):
+                asyncio.run(call())
+            fake.fail(429, "slow down", headers={"retry-after": "3"})
+            try:
+                asyncio.run(call())
+            except tallygate.RateLimitError as exc:
+                print("rate-limited", exc.status_code, exc.headers.get("Retry-After"))
+            gc.collect()
+        print("clean")
+    """))
+    env = {**os.environ, "TALLYGATE_DATABASE_URL": str(tmp_path / "outbox.db"),
+           "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "error"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "rate-limited 429 3" in proc.stdout and "clean" in proc.stdout
+    assert "Unclosed" not in proc.stderr, proc.stderr

@@ -90,6 +90,44 @@ class UpstreamError(TallygateError):
             self.error_type = error_type  # type: ignore[misc]
 
 
+class UpstreamBadRequestError(UpstreamError, BadRequestError):
+    """The provider refused the request (400, 422)."""
+
+
+class UpstreamAuthenticationError(UpstreamError, AuthenticationError):
+    """The provider refused the key (401)."""
+
+
+class UpstreamPermissionDeniedError(UpstreamError, PermissionDeniedError):
+    """The provider refused the key access (403)."""
+
+
+class UpstreamNotFoundError(UpstreamError, NotFoundError):
+    """The provider knows no such model or route (404)."""
+
+
+class UpstreamRateLimitError(UpstreamError, RateLimitError):
+    """The provider is rate limiting us (429); ``headers`` keep its Retry-After."""
+
+
+_UPSTREAM_BY_STATUS: dict[int, type[UpstreamError]] = {
+    400: UpstreamBadRequestError, 422: UpstreamBadRequestError,
+    401: UpstreamAuthenticationError, 403: UpstreamPermissionDeniedError,
+    404: UpstreamNotFoundError, 429: UpstreamRateLimitError,
+}
+
+
+def upstream_error_for(status: int, message: str, *, param: str | None = None,
+                       code: str | None = None, error_type: str | None = None,
+                       headers: dict[str, str] | None = None) -> UpstreamError:
+    """The UpstreamError for an upstream's error status: 4xx keep their status (and are
+    also catchable as the matching tallygate error, e.g. RateLimitError), 5xx are 502."""
+    out_status = status if 400 <= status < 500 else 502
+    cls = _UPSTREAM_BY_STATUS.get(status, UpstreamError)
+    return cls(message, status_code=out_status, param=param, code=code,
+               error_type=error_type, headers=headers)
+
+
 class UpstreamTimeoutError(UpstreamError):
     error_type = "timeout"
 

@@ -33,10 +33,24 @@ class UpstreamResponse:
 
 
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+_closers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
+
+
+async def _close_at_loop_shutdown(s: aiohttp.ClientSession) -> AsyncIterator[None]:
+    # A suspended async generator is finalised by the loop's shutdown_asyncgens(), which
+    # asyncio.run() calls before closing the loop: the session closes on its own loop.
+    try:
+        yield
+    finally:
+        loop = asyncio.get_running_loop()
+        _sessions.pop(loop, None)
+        _closers.pop(loop, None)
+        await s.close()
 
 
 def session() -> aiohttp.ClientSession:
-    """The pooled session of the running loop, made on first use."""
+    """The pooled session of the running loop, made on first use and closed when the
+    loop shuts down (so ``asyncio.run(acompletion(...))`` leaves nothing open)."""
     loop = asyncio.get_running_loop()
     s = _sessions.get(loop)
     if s is None or s.closed:
@@ -46,15 +60,25 @@ def session() -> aiohttp.ClientSession:
                                   timeout=aiohttp.ClientTimeout(total=None),
                                   auto_decompress=True, skip_auto_headers=("User-Agent",))
         _sessions[loop] = s
+        closer = _close_at_loop_shutdown(s)
+        _closers[loop] = closer
+        loop.create_task(_start(closer))
     return s
+
+
+async def _start(gen: AsyncIterator[None]) -> None:
+    await gen.__anext__()
 
 
 async def close_session() -> None:
     """Close the running loop's session (proxy shutdown, tests)."""
     loop = asyncio.get_running_loop()
     s = _sessions.pop(loop, None)
+    closer = _closers.pop(loop, None)
     if s is not None and not s.closed:
         await s.close()
+    if closer is not None:
+        await closer.aclose()  # type: ignore[attr-defined]
 
 
 def _late(timeout: float | None) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from tallygate.errors import BadRequestError, UpstreamError
+from tallygate.errors import BadRequestError, UpstreamError, upstream_error_for
 from tallygate.providers.base import (
     ChatResult,
     Deployment,
@@ -317,8 +317,7 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upst
     if retry_after:
         keep["Retry-After"] = retry_after
     # 529 (overloaded) and every 5xx are the provider's fault: a bad gateway for us.
-    out_status = status if 400 <= status < 500 else 502
-    return UpstreamError(message, status_code=out_status, error_type=err_type, headers=keep)
+    return upstream_error_for(status, message, error_type=err_type, headers=keep)
 
 
 # --- stream: Anthropic SSE events -> OpenAI chat.completion.chunk ----------------------

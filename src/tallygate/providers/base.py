@@ -40,7 +40,7 @@ class Deployment:
     provider: str
     model: str
     api_base: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a log line
     timeout: float | None = None
     headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
     price: PriceOverride | None = None

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from tallygate.errors import UpstreamError
+from tallygate.errors import UpstreamError, upstream_error_for
 from tallygate.providers.base import (
     ChatResult,
     Deployment,
@@ -62,9 +62,8 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upst
         value = headers.get(name) or headers.get(name.title())
         if value:
             keep["Retry-After" if name == "retry-after" else "retry-after-ms"] = value
-    out_status = status if 400 <= status < 500 else 502
-    return UpstreamError(message, status_code=out_status, param=param, code=code,
-                         error_type=err_type, headers=keep)
+    return upstream_error_for(status, message, param=param, code=code,
+                              error_type=err_type, headers=keep)
 
 
 class OpenAIStreamDecoder(StreamDecoder):
