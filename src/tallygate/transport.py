@@ -34,6 +34,7 @@ class UpstreamResponse:
 
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 _closers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
+_starting: set[asyncio.Task[None]] = set()
 
 
 async def _close_at_loop_shutdown(s: aiohttp.ClientSession) -> AsyncIterator[None]:
@@ -62,7 +63,9 @@ def session() -> aiohttp.ClientSession:
         _sessions[loop] = s
         closer = _close_at_loop_shutdown(s)
         _closers[loop] = closer
-        loop.create_task(_start(closer))
+        task = loop.create_task(_start(closer))
+        _starting.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(_starting.discard)
     return s
 
 
