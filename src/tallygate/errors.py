@@ -26,6 +26,12 @@ class TallygateError(Exception):
                           "param": self.param, "code": self.code}}
 
 
+class InternalError(TallygateError):
+    """Something failed inside tallygate itself (500)."""
+
+    default_code = "internal_error"
+
+
 class ConfigError(TallygateError):
     """A configuration value is missing or wrong; raised at start, not at the first call."""
 

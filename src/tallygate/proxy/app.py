@@ -20,6 +20,7 @@ from tallygate import engine
 from tallygate.config import ProxySettings
 from tallygate.engine import CallContext, ChatStream
 from tallygate.errors import (
+    InternalError,
     ModelNotFoundError,
     RequestTooLargeError,
     TallygateError,
@@ -116,6 +117,11 @@ class Routes:
         except TallygateError as exc:
             status = exc.status_code
             return error_response(exc, call_id)
+        except Exception:
+            # A bug or a broken outbox: say so in the OpenAI shape, with the call id.
+            log.exception("call %s failed inside the gateway", call_id)
+            status = 500
+            return error_response(InternalError("internal gateway error"), call_id)
         finally:
             self._observe("chat", model, status, started)
 
@@ -174,6 +180,11 @@ class Routes:
         except TallygateError as exc:
             status = exc.status_code
             return error_response(exc, call_id)
+        except Exception:
+            # A bug or a broken outbox: say so in the OpenAI shape, with the call id.
+            log.exception("call %s failed inside the gateway", call_id)
+            status = 500
+            return error_response(InternalError("internal gateway error"), call_id)
         finally:
             self._observe("embeddings", model, status, started)
 
