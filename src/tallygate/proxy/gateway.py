@@ -12,6 +12,7 @@ from typing import Any
 
 from tallygate.config import ProxySettings
 from tallygate.event import FailureEvent, UsageEvent
+from tallygate.metering.group_commit import GroupCommitter
 from tallygate.metering.outbox import Outbox
 from tallygate.pricing import PriceBook
 from tallygate.proxy.access import AccessPolicy
@@ -41,6 +42,7 @@ class Gateway:
         self.metrics = Metrics()
         self.sinks: list[Sink] = []
         self.outbox: Outbox | None = None
+        self._writer: GroupCommitter[tuple[UsageEvent, tuple[str, ...]]] | None = None
         self.worker: Any = None
         self.started_at = time.time()
         self._queue_gauge_cache: list[tuple[Labels, float]] = []
@@ -77,6 +79,7 @@ class Gateway:
         self.prices.warm()
         url = self.settings.database_url or self.settings.default_database_path()
         self.outbox = await open_outbox(url)
+        self._writer = GroupCommitter(self._write_outbox)
         await self.keys.start(url)
         self.worker = DeliveryWorker(self.outbox, self.sinks,
                                      batch_size=self.settings.outbox_batch_size)
@@ -118,6 +121,8 @@ class Gateway:
     async def stop(self) -> None:
         from tallygate import transport
 
+        if self._writer is not None:
+            await self._writer.wait_idle()
         if self.worker is not None:
             await self.worker.stop(self.settings.drain_timeout_s)
             self.worker = None
@@ -137,12 +142,21 @@ class Gateway:
             log.warning("call %s is unattributed: no customer to bill (not sent to Lago)",
                         event.call_id)
         if sinks:
-            assert self.outbox is not None, "gateway not started"
-            await self.outbox.enqueue(event, sinks)
-            self.worker.notify()
+            assert self._writer is not None, "gateway not started"
+            await self._writer.submit((event, tuple(sinks)))
             self.metrics.inc("tallygate_outbox_enqueued_total", (), len(sinks))
         self._count(event)
         await self.access.settle(event)
+
+    async def _write_outbox(self, items: Sequence[tuple[UsageEvent, tuple[str, ...]]]) -> None:
+        """One outbox write for every call that finished in this turn of the loop."""
+        assert self.outbox is not None
+        by_sinks: dict[tuple[str, ...], list[UsageEvent]] = {}
+        for event, sinks in items:
+            by_sinks.setdefault(sinks, []).append(event)
+        for sinks, events in by_sinks.items():
+            await self.outbox.enqueue_many(events, sinks)
+        self.worker.notify()
 
     async def record_failure(self, failure: FailureEvent) -> None:
         await self.access.release(failure)

@@ -1,0 +1,70 @@
+"""Group commit: many concurrent callers, one write per turn of the event loop.
+
+Each caller waits for its own item to be written; items that arrive while the loop is
+busy with other handlers are written together, so under load one commit serves many
+calls and a lone call pays for exactly one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class GroupCommitter(Generic[T]):
+    def __init__(self, write: Callable[[Sequence[T]], Awaitable[None]]) -> None:
+        self._write = write
+        self._pending: list[tuple[T, asyncio.Future[None] | None]] = []
+        self._scheduled = False
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: T) -> None:
+        """Return once ``item`` is written (raise what the write raised)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._add(item, future)
+        await future
+
+    def submit_nowait(self, item: T) -> None:
+        """Queue ``item`` for the next write and return at once; the write function
+        reports its own failures (``wait_idle`` waits for it at shutdown)."""
+        self._add(item, None)
+
+    def _add(self, item: T, future: asyncio.Future[None] | None) -> None:
+        self._pending.append((item, future))
+        if not self._scheduled:
+            self._scheduled = True
+            # call_soon: let the other handlers that are ready this turn add theirs.
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[None] | None]]) -> None:
+        try:
+            await self._write([item for item, _ in batch])
+        except BaseException as exc:
+            for _, future in batch:
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for _, future in batch:
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    async def wait_idle(self) -> None:
+        """Wait for the writes under way (shutdown)."""
+        while self._pending or self._running:
+            if self._pending and not self._scheduled:
+                self._flush()
+            await asyncio.gather(*self._running, return_exceptions=True)
+            await asyncio.sleep(0)
