@@ -224,6 +224,7 @@ class AdminRoutes:
         except ValueError:
             raise BadRequestError("limit must be an integer", param="limit") from None
         assert self.policy.db is not None
+        await self.policy.flush_settlements()  # read this gateway's own writes
         found = await ledger.rows(self.policy.db, since_ms=since, until_ms=until,
                                   filters=filters)
         total = ledger.Totals()
@@ -235,6 +236,7 @@ class AdminRoutes:
     async def _spend_by(self, request: web.Request, by: str, name: str) -> web.StreamResponse:
         since, until, filters = self._filters(request)
         assert self.policy.db is not None
+        await self.policy.flush_settlements()
         groups, total = await ledger.grouped(self.policy.db, by, since_ms=since,
                                              until_ms=until, filters=filters)
         items = [{name: g.label, **g.extra, **ledger.totals_json(g)} for g in groups]

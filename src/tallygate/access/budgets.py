@@ -201,21 +201,47 @@ async def settle(db: Database, call_id: str, scopes: Sequence[Scope],
                                                    ledger_row))
         return
     assert isinstance(db, PostgresDatabase)
+    await db.pool.execute(_PG_SETTLE, *_pg_settle_args(call_id, scopes, reserved,
+                                                       cost_micros, ledger_row))
+
+
+Settlement = tuple[str, Sequence[Scope], Sequence[Scope], int, Sequence[Any] | None]
+
+
+async def settle_many(db: Database, items: Sequence[Settlement]) -> None:
+    """``settle`` for many calls (call_id, scopes, reserved, cost_micros, ledger_row) in
+    one transaction: one commit serves every call that finished together."""
+    if isinstance(db, SQLiteDatabase):
+        def run(conn: sqlite3.Connection) -> None:
+            for call_id, scopes, reserved, cost, row in items:
+                _settle_sqlite(conn, call_id, scopes, set(reserved), cost, row)
+
+        db.transaction(run)
+        return
+    assert isinstance(db, PostgresDatabase)
+    async with db.pool.acquire() as conn, conn.transaction():
+        await conn.executemany(_PG_SETTLE, [_pg_settle_args(*item) for item in items])
+
+
+def _pg_settle_args(call_id: str, scopes: Sequence[Scope], reserved: Sequence[Scope],
+                    cost_micros: int, ledger_row: Sequence[Any] | None) -> list[Any]:
+    held = set(reserved)
     row = list(ledger_row) if ledger_row is not None else [None] * len(LEDGER_COLUMNS)
     if ledger_row is None:
         row[0], row[1], row[9:13] = call_id, 0, ["", "", "", ""]
         row[13:17] = [0, 0, 0, 0]
         row[18], row[19] = "", ""
-    await db.pool.execute(_PG_SETTLE, call_id, [s for s, _ in scopes], [i for _, i in scopes],
-                          [s in held for s in scopes], cost_micros, *row,
-                          ledger_row is not None)
+    return [call_id, [s for s, _ in scopes], [i for _, i in scopes],
+            [s in held for s in scopes], cost_micros, *row, ledger_row is not None]
 
 
 def _settle_sqlite(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Scope],
                    held: set[Scope], cost: int, ledger_row: Sequence[Any] | None) -> None:
-    deleted = conn.execute("DELETE FROM access_reservations WHERE call_id = ? "
-                           "RETURNING amount_micros", (call_id,)).fetchone()
-    amount = deleted[0] if deleted else 0
+    amount = 0
+    if held:  # only calls that reserved have a reservation row
+        deleted = conn.execute("DELETE FROM access_reservations WHERE call_id = ? "
+                               "RETURNING amount_micros", (call_id,)).fetchone()
+        amount = deleted[0] if deleted else 0
     for scope, ident in scopes:
         give_back = amount if (scope, ident) in held else 0
         if cost or give_back:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
@@ -38,6 +38,7 @@ from tallygate.errors import (
 )
 from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.event import FailureEvent, UsageEvent, format_decimal
+from tallygate.metering.group_commit import GroupCommitter
 from tallygate.pricing import PriceBook
 from tallygate.proxy.auth import presented_key
 from tallygate.usage import Usage
@@ -103,6 +104,8 @@ class VirtualKeyPolicy:
         self._calls: dict[str, _Call] = {}
         self._headers: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._cap_micros = to_micros(self.access.max_reservation_usd)
+        self._settler: GroupCommitter[budgets.Settlement] = GroupCommitter(
+            self._write_settlements)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -121,6 +124,7 @@ class VirtualKeyPolicy:
             log.warning("gave back %d budget reservation(s) left by a stopped gateway", swept)
 
     async def stop(self) -> None:
+        await self.flush_settlements()
         await self.limiter.close()
         if self.lago is not None:
             await self.lago.close()
@@ -336,6 +340,9 @@ class VirtualKeyPolicy:
     # -- after the call ------------------------------------------------------------------
 
     async def settle(self, event: UsageEvent) -> None:
+        """Queue the call's settlement; it is written after the answer has gone, in one
+        transaction with the others of its turn (the event itself is already safe in
+        the outbox, so the answer need not wait for the ledger)."""
         call = self._calls.pop(event.call_id, None)
         if self.db is None:
             return
@@ -350,14 +357,27 @@ class VirtualKeyPolicy:
                u.input_tokens, u.cache_read_tokens, u.cache_write_tokens, u.output_tokens,
                None if event.cost is None else format_decimal(event.cost),
                "billed" if event.customer else "unattributed", ",".join(sorted(event.flags)))
+        self._settler.submit_nowait((event.call_id, call.scopes if call else [],
+                                     call.reserved if call else [], cost, row))
+        if call is not None and call.token_limits:
+            try:
+                await self.limiter.adjust(call.token_limits,
+                                          u.total_tokens - call.token_estimate)
+            except Exception:
+                log.exception("could not adjust the token limits of call %s", event.call_id)
+
+    async def flush_settlements(self) -> None:
+        """Wait until every queued settlement is written (spend reads, shutdown)."""
+        await self._settler.wait_idle()
+
+    async def _write_settlements(self, items: Sequence[budgets.Settlement]) -> None:
+        assert self.db is not None
         try:
-            await budgets.settle(self.db, event.call_id, call.scopes if call else [],
-                                 call.reserved if call else [], cost, row)
-            if call is not None and call.token_limits:
-                await self.limiter.adjust(call.token_limits, u.total_tokens - call.token_estimate)
+            await budgets.settle_many(self.db, items)
         except Exception:
-            # The event is safe in the outbox already; the ledger and budget lag.
-            log.exception("could not settle call %s in the spend ledger", event.call_id)
+            # The events are safe in the outbox; `tallygate reconcile` shows the gap.
+            log.exception("could not settle %d call(s) in the spend ledger: %s", len(items),
+                          ", ".join(item[0] for item in items))
 
     async def release(self, failure: FailureEvent) -> None:
         call = self._calls.pop(failure.call_id, None)
