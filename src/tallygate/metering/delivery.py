@@ -116,6 +116,7 @@ class DeliveryWorker:
                  batch_size: int | None = None, lease_s: float | None = None,
                  backoff_base_s: float = 0.5, backoff_cap_s: float = 60.0,
                  max_attempts: int | None = None, poll_interval_s: float = 1.0,
+                 linger_s: float = 0.05,
                  pause_recheck_s: float = 30.0, send_timeout_s: float | None = None,
                  delivered_retention_s: float | None = 7 * DAY_S,
                  purge_interval_s: float = 600.0, rng: random.Random | None = None) -> None:
@@ -139,6 +140,7 @@ class DeliveryWorker:
         self.backoff_cap_s = backoff_cap_s
         self.max_attempts = max_attempts
         self.poll_interval_s = poll_interval_s
+        self.linger_s = linger_s
         self.pause_recheck_s = pause_recheck_s
         self.delivered_retention_s = delivered_retention_s
         self.purge_interval_s = purge_interval_s
@@ -294,6 +296,13 @@ class DeliveryWorker:
                 continue
             if claimed == 0:
                 await _wait_any(self._stop, lane.wake, timeout=self.poll_interval_s)
+                woken = lane.wake.is_set()
+            else:
+                woken = claimed < lane.batch_size
+            if woken and self.linger_s > 0:
+                # Let a batch build up: under load one send carries many events, and a
+                # lone call does not cost a claim, a send and a mark of its own at once.
+                await _wait_any(self._stop, timeout=self.linger_s)
         await self._drain_lane(lane)
 
     async def _drain_lane(self, lane: _Lane) -> None:
