@@ -9,6 +9,7 @@ loop calling ``acompletion``) gets its own.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -88,12 +89,14 @@ def _late(timeout: float | None) -> str:
     return f"upstream did not answer within {timeout or DEFAULT_TIMEOUT_S}s"
 
 
+@functools.lru_cache(maxsize=64)
 def _timeout(total: float | None) -> aiohttp.ClientTimeout:
     t = total if total is not None else DEFAULT_TIMEOUT_S
     # sock_read bounds the wait for each piece of a stream, total bounds a plain call.
     return aiohttp.ClientTimeout(total=t, sock_connect=min(t, 30.0))
 
 
+@functools.lru_cache(maxsize=64)
 def _stream_timeout(total: float | None) -> aiohttp.ClientTimeout:
     t = total if total is not None else DEFAULT_TIMEOUT_S
     return aiohttp.ClientTimeout(total=None, sock_connect=min(t, 30.0), sock_read=t)
