@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tallygate.errors import ConfigError
+from tallygate.sqlite_connect import connect
 
 T = TypeVar("T")
 Dialect = Literal["sqlite", "postgres"]
@@ -149,11 +150,7 @@ class SQLiteDatabase(Database):
         if conn is None:
             if self._closed:
                 raise RuntimeError("access database is closed")
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            conn = connect(self.path, BUSY_TIMEOUT_S)
             with self._lock:
                 self._conns.append(conn)
             self._local.conn = conn

@@ -37,6 +37,7 @@ from tallygate.metering.rowcodec import (
     new_owner_id,
     wall_ms,
 )
+from tallygate.sqlite_connect import connect
 
 T = TypeVar("T")
 
@@ -125,13 +126,7 @@ class SQLiteOutbox:
     # -- connections -------------------------------------------------------------
 
     def _connect(self, background: bool) -> sqlite3.Connection:
-        # check_same_thread=False only so that close() may close every connection;
-        # each one is still used by its own thread only.
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s,
-                               isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+        conn = connect(self.path, self._busy_timeout_s)
         if not background:
             # A checkpoint fsyncs the database: keep it off the request path. The
             # background connection checkpoints at the default 1000 pages; the request
