@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from aiohttp import web
 
@@ -25,7 +26,7 @@ from tallygate.access.budgets import Scope, from_micros, to_micros
 from tallygate.access.db import Database, database_for, wall_ms
 from tallygate.access.keys import AccessStore, KeyRecord, TeamRecord, hash_key, iso
 from tallygate.access.lago_api import LagoReader, lago_base
-from tallygate.access.ratelimit import Limit, LocalLimiter, RedisLimiter
+from tallygate.access.ratelimit import Decision, Limit, LocalLimiter, RedisLimiter
 from tallygate.attribution import resolve_customer
 from tallygate.config import ProxySettings
 from tallygate.engine import CallContext
@@ -40,6 +41,7 @@ from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.event import FailureEvent, UsageEvent, format_decimal
 from tallygate.metering.group_commit import GroupCommitter
 from tallygate.pricing import PriceBook
+from tallygate.providers.base import Deployment
 from tallygate.proxy.auth import presented_key
 from tallygate.usage import Usage
 
@@ -104,8 +106,9 @@ class VirtualKeyPolicy:
         self._calls: dict[str, _Call] = {}
         self._headers: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._cap_micros = to_micros(self.access.max_reservation_usd)
+        # Nobody waits on a settlement: gather 10 ms of them per transaction.
         self._settler: GroupCommitter[budgets.Settlement] = GroupCommitter(
-            self._write_settlements)
+            self._write_settlements, linger_s=0.01)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -165,8 +168,10 @@ class VirtualKeyPolicy:
 
     # -- admission -----------------------------------------------------------------------
 
-    async def admit(self, identity: Any, data: Mapping[str, Any], model: str,
-                    call_id: str) -> CallContext:
+    async def admit(self, identity: Any, data: Mapping[str, Any], model: str, call_id: str,
+                    deployments: Sequence[Deployment]) -> tuple[CallContext, Deployment]:
+        """Admit the call and pick the deployment of ``model`` that serves it: one
+        with room under its own rpm/tpm (at random among them), 429 when none has."""
         caller: Caller = identity
         assert self.store is not None and self.db is not None, "gateway not started"
         key, team = caller.key, caller.team
@@ -199,18 +204,8 @@ class VirtualKeyPolicy:
 
         # Rate limits: in memory (or one Redis call); nothing is reserved yet.
         token_estimate = self._token_estimate(data)
-        limits = self._limits(key, team, model, token_estimate)
-        headers: dict[str, str] = {}
-        if limits:
-            decision = await self.limiter.acquire(limits)
-            headers = decision.headers
-            if not decision.ok:
-                failed = decision.failed
-                assert failed is not None
-                raise RateLimitError(
-                    f"rate limit reached for {failed.scope} {self._label(failed, key)}: "
-                    f"{failed.limit} {failed.kind} per minute; retry in "
-                    f"{decision.retry_after_s}s", headers=headers)
+        index, limits, headers = await self._rate_limit(key, team, model, len(deployments),
+                                                        token_estimate)
 
         # Budgets: one atomic reservation over every budget that has a maximum.
         scopes: list[Scope] = []
@@ -251,7 +246,7 @@ class VirtualKeyPolicy:
             user_id=key.user_id if key else None,
             team_id=key.team_id if key else None,
             key_id=(key.key_alias or key.token[:16]) if key else None,
-            metadata=metadata)
+            metadata=metadata), deployments[index]
 
     def _payer(self, caller: Caller, user: str | None,
                metadata: Mapping[str, Any]) -> str | None:
@@ -288,20 +283,77 @@ class VirtualKeyPolicy:
             return f"team {ident!r}"
         return f"customer {ident!r}"
 
-    def _limits(self, key: KeyRecord | None, team: TeamRecord | None, model: str,
-                tokens: int) -> list[Limit]:
+    async def _rate_limit(self, key: KeyRecord | None, team: TeamRecord | None, model: str,
+                          count: int, tokens: int) -> tuple[int, list[Limit], dict[str, str]]:
+        """Check and count the call's limits; returns the chosen deployment's index in
+        its group, the limits counted and the x-ratelimit-* headers. Raises 429 when a
+        key or team limit is reached, or every deployment is at its own limit."""
+        common = self._limits(key, team, tokens)
+        per_deployment = self.access.deployment_limits.get(model)
+        if not per_deployment or len(per_deployment) != count:
+            index = 0 if count == 1 else random.randrange(count)
+            if not common:
+                return index, [], {}
+            decision = await self.limiter.acquire(common)
+            if not decision.ok:
+                self._refuse(decision, key)
+            return index, common, decision.headers
+        order = list(range(count))
+        random.shuffle(order)
+        refused: Decision | None = None
+        for index in order:
+            limits = common + self._deployment_limits(model, index, per_deployment[index],
+                                                      tokens)
+            if not limits:
+                return index, [], {}
+            decision = await self.limiter.acquire(limits)
+            if decision.ok:
+                return index, limits, decision.headers
+            assert decision.failed is not None
+            if decision.failed.scope != "deployment":
+                self._refuse(decision, key)  # no other deployment helps
+            if refused is None or decision.retry_after_s < refused.retry_after_s:
+                refused = decision
+        assert refused is not None
+        self._refuse(refused, key, model if count > 1 else None)
+
+    def _refuse(self, decision: Decision, key: KeyRecord | None,
+                every_of: str | None = None) -> NoReturn:
+        failed = decision.failed
+        assert failed is not None
+        what = (f"every deployment of model {every_of!r}" if every_of is not None
+                else f"{failed.scope} {self._label(failed, key)}")
+        each = " each" if every_of is not None else ""
+        raise RateLimitError(
+            f"rate limit reached for {what}: {failed.limit} {failed.kind} per minute{each}; "
+            f"retry in {decision.retry_after_s}s", headers=decision.headers)
+
+    @staticmethod
+    def _limits(key: KeyRecord | None, team: TeamRecord | None, tokens: int) -> list[Limit]:
         out: list[Limit] = []
-        model_rpm, model_tpm = self.access.model_limits.get(model, (None, None))
         for scope, ident, rpm, tpm in (
                 ("key", key.token if key else "", key.rpm_limit if key else None,
                  key.tpm_limit if key else None),
                 ("team", team.team_id if team else "", team.rpm_limit if team else None,
-                 team.tpm_limit if team else None),
-                ("model", model, model_rpm, model_tpm)):
+                 team.tpm_limit if team else None)):
             if rpm is not None:
                 out.append(Limit(scope, ident, "requests", rpm, 1))
             if tpm is not None:
                 out.append(Limit(scope, ident, "tokens", tpm, tokens))
+        return out
+
+    @staticmethod
+    def _deployment_limits(model: str, index: int, limits: tuple[int | None, int | None],
+                           tokens: int) -> list[Limit]:
+        """The deployment's own rpm/tpm (``litellm_params``); counted under
+        ``<model group>#<position in the group>``, the same on every gateway."""
+        rpm, tpm = limits
+        ident = f"{model}#{index}"
+        out: list[Limit] = []
+        if rpm is not None:
+            out.append(Limit("deployment", ident, "requests", rpm, 1))
+        if tpm is not None:
+            out.append(Limit("deployment", ident, "tokens", tpm, tokens))
         return out
 
     @staticmethod

@@ -15,8 +15,12 @@ T = TypeVar("T")
 
 
 class GroupCommitter(Generic[T]):
-    def __init__(self, write: Callable[[Sequence[T]], Awaitable[None]]) -> None:
+    def __init__(self, write: Callable[[Sequence[T]], Awaitable[None]], *,
+                 linger_s: float = 0.0) -> None:
+        """``linger_s`` > 0 waits that long for more items before writing: for writes
+        nobody waits on (``submit_nowait``), bigger batches for the same commit."""
         self._write = write
+        self._linger_s = linger_s
         self._pending: list[tuple[T, asyncio.Future[None] | None]] = []
         self._scheduled = False
         self._running: set[asyncio.Task[None]] = set()
@@ -36,8 +40,12 @@ class GroupCommitter(Generic[T]):
         self._pending.append((item, future))
         if not self._scheduled:
             self._scheduled = True
-            # call_soon: let the other handlers that are ready this turn add theirs.
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            if self._linger_s > 0:
+                loop.call_later(self._linger_s, self._flush)
+            else:
+                # call_soon: let the other handlers that are ready this turn add theirs.
+                loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -64,7 +72,7 @@ class GroupCommitter(Generic[T]):
     async def wait_idle(self) -> None:
         """Wait for the writes under way (shutdown)."""
         while self._pending or self._running:
-            if self._pending and not self._scheduled:
-                self._flush()
+            if self._pending:
+                self._flush()  # do not wait out the linger
             await asyncio.gather(*self._running, return_exceptions=True)
             await asyncio.sleep(0)
