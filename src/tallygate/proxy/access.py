@@ -9,7 +9,8 @@ limits) are never left hanging. The default policy is the master key alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from aiohttp import web
 from tallygate.attribution import ChargeBy, resolve_customer
 from tallygate.engine import CallContext
 from tallygate.event import FailureEvent, UsageEvent
+from tallygate.providers.base import Deployment
 from tallygate.proxy.auth import check_master_key
 
 
@@ -27,9 +29,10 @@ class AccessPolicy(Protocol):
         Runs before the body is read, so a stranger learns nothing about the body."""
         ...
 
-    async def admit(self, identity: Any, data: Mapping[str, Any], model: str,
-                    call_id: str) -> CallContext:
-        """May this identity make this call? Reserve what it may spend; raise to refuse."""
+    async def admit(self, identity: Any, data: Mapping[str, Any], model: str, call_id: str,
+                    deployments: Sequence[Deployment]) -> tuple[CallContext, Deployment]:
+        """May this identity make this call? Reserve what it may spend and pick the
+        deployment of the model group that serves it; raise to refuse."""
         ...
 
     async def settle(self, event: UsageEvent) -> None:
@@ -55,13 +58,13 @@ class MasterKeyPolicy:
     async def authenticate(self, request: web.Request) -> None:
         check_master_key(request, self.master_key)
 
-    async def admit(self, identity: Any, data: Mapping[str, Any], model: str,
-                    call_id: str) -> CallContext:
+    async def admit(self, identity: Any, data: Mapping[str, Any], model: str, call_id: str,
+                    deployments: Sequence[Deployment]) -> tuple[CallContext, Deployment]:
         user = data.get("user")
         metadata = MappingProxyType(dict(data.get("metadata") or {}))
         customer = resolve_customer(self.charge_by, end_user=user, metadata=metadata)
         return CallContext(model=model, customer=customer, call_id=call_id, end_user=user,
-                           metadata=metadata)
+                           metadata=metadata), random.choice(deployments)
 
     async def settle(self, event: UsageEvent) -> None:
         return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -65,12 +64,13 @@ async def _read_body(request: web.Request, gw: Gateway) -> bytes:
         raise RequestTooLargeError(f"the request body is over the {limit}-byte limit") from None
 
 
-def _deployment(gw: Gateway, model: str) -> Deployment:
+def _group(gw: Gateway, model: str) -> tuple[Deployment, ...]:
+    """The model group's deployments; the access policy picks one (rate limits)."""
     group = gw.settings.models.get(model)
     if not group:
         raise ModelNotFoundError(f"the model {model!r} does not exist on this gateway; "
                                  "GET /v1/models lists the models", param="model")
-    return group[0] if len(group) == 1 else random.choice(group)
+    return group
 
 
 def _upstream_params(data: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
@@ -103,8 +103,8 @@ class Routes:
             data = parse_json_object(await _read_body(request, gw))
             model = require_model(data)
             check_chat(data)
-            deployment = _deployment(gw, model)
-            ctx = await gw.access.admit(identity, data, model, call_id)
+            group = _group(gw, model)
+            ctx, deployment = await gw.access.admit(identity, data, model, call_id, group)
             params = _upstream_params(data, deployment)
             if data.get("stream"):
                 return await self._stream(request, deployment, params, ctx)
@@ -168,8 +168,8 @@ class Routes:
             data = parse_json_object(await _read_body(request, gw))
             model = require_model(data)
             check_embedding(data)
-            deployment = _deployment(gw, model)
-            ctx = await gw.access.admit(identity, data, model, call_id)
+            group = _group(gw, model)
+            ctx, deployment = await gw.access.admit(identity, data, model, call_id, group)
             result, event = await engine.embedding(deployment, _upstream_params(data, deployment),
                                                    ctx, gw, gw.prices)
             headers = {CALL_ID_HEADER: call_id, **gw.access.response_headers(call_id)}
