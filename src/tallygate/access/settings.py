@@ -9,8 +9,8 @@
       resolve_subscription_from_lago: false
       key_cache_ttl_s: 5
 
-Per-deployment limits are LiteLLM's ``rpm`` / ``tpm`` in ``litellm_params``; a model
-group's limit is the sum of its deployments'.
+Per-deployment limits are LiteLLM's ``rpm`` / ``tpm`` in ``litellm_params``: each limits
+its own deployment; a call goes to a deployment of its group that has room.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ class AccessSettings:
     resolve_subscription_from_lago: bool = False
     key_cache_ttl_s: float = 5.0
     stale_reservation_s: float = 900.0
-    model_limits: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    # model group -> (rpm, tpm) per deployment, in the group's order (config order).
+    deployment_limits: Mapping[str, tuple[tuple[int | None, int | None], ...]] = field(
+        default_factory=dict)
 
 
 def _choice(value: Any, path: str, choices: tuple[str, ...], default: str) -> str:
@@ -63,8 +65,8 @@ def parse_access_settings(raw: Any, entries: list[Any], *,
                           decimal: Callable[[Any, str], Decimal | None],
                           number: Callable[[Any, str], float | None],
                           unknown: list[str]) -> AccessSettings:
-    """Validate ``access_settings`` (ConfigError names the path) and collect per-model
-    rpm/tpm from ``model_list``."""
+    """Validate ``access_settings`` (ConfigError names the path) and collect each
+    deployment's rpm/tpm from ``model_list``."""
     path = "access_settings"
     if raw is None:
         raw = {}
@@ -89,7 +91,7 @@ def parse_access_settings(raw: Any, entries: list[Any], *,
         raise ConfigError(f"{path}.resolve_subscription_from_lago: must be true or false")
     ttl = number(raw.get("key_cache_ttl_s"), f"{path}.key_cache_ttl_s")
     stale = number(raw.get("stale_reservation_s"), f"{path}.stale_reservation_s")
-    limits: dict[str, tuple[int | None, int | None]] = {}
+    limits: dict[str, list[tuple[int | None, int | None]]] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             continue
@@ -99,11 +101,7 @@ def parse_access_settings(raw: Any, entries: list[Any], *,
             continue
         rpm = _limit(params.get("rpm"), f"model_list[{i}].litellm_params.rpm")
         tpm = _limit(params.get("tpm"), f"model_list[{i}].litellm_params.tpm")
-        if rpm is None and tpm is None:
-            continue
-        old_rpm, old_tpm = limits.get(name, (None, None))
-        limits[name] = (None if rpm is None else (old_rpm or 0) + rpm,
-                        None if tpm is None else (old_tpm or 0) + tpm)
+        limits.setdefault(name, []).append((rpm, tpm))
     return AccessSettings(
         user_field=user_field,  # type: ignore[arg-type]
         unattributed=unattributed,  # type: ignore[arg-type]
@@ -113,4 +111,5 @@ def parse_access_settings(raw: Any, entries: list[Any], *,
         resolve_subscription_from_lago=resolve,
         key_cache_ttl_s=ttl if ttl is not None else 5.0,
         stale_reservation_s=stale if stale is not None else 900.0,
-        model_limits=limits)
+        deployment_limits={name: tuple(group) for name, group in limits.items()
+                           if any(rpm is not None or tpm is not None for rpm, tpm in group)})
