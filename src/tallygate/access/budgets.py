@@ -165,7 +165,7 @@ def _reserve_sqlite(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Sco
 LEDGER_COLUMNS = ("call_id", "ts_ms", "key_token", "key_alias", "user_id", "team_id",
                   "customer_id", "billed_to", "end_user", "model", "provider",
                   "provider_model", "kind", "input_tokens", "cache_read_tokens",
-                  "cache_write_tokens", "output_tokens", "cost", "status", "flags")
+                  "cache_write_tokens", "output_tokens", "cost", "status", "flags", "event")
 
 _LEDGER_INSERT_SQLITE = (f"INSERT INTO access_ledger ({', '.join(LEDGER_COLUMNS)}) VALUES "
                          f"({', '.join('?' for _ in LEDGER_COLUMNS)}) "

@@ -105,6 +105,9 @@ def _migrations(d: Dialect) -> tuple[tuple[int, tuple[str, ...]], ...]:
             "CREATE INDEX access_ledger_key ON access_ledger (key_token, ts_ms)",
             "CREATE INDEX access_ledger_status ON access_ledger (status, ts_ms)",
         )),
+        # A held (unattributed) call keeps its whole UsageEvent (JSON) in its ledger
+        # row, so that `tallygate outbox assign` can bill it later.
+        (2, ("ALTER TABLE access_ledger ADD COLUMN event TEXT",)),
     )
 
 
@@ -114,7 +117,8 @@ class Database:
     dialect: Dialect
     label: str
 
-    async def open(self) -> None:
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect; ``migrate=False`` only reads what is there (a status command)."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -170,8 +174,9 @@ class SQLiteDatabase(Database):
             conn.execute("COMMIT")
         return result
 
-    async def open(self) -> None:
-        self.transaction(lambda conn: _migrate_sqlite(conn, self.label))
+    async def open(self, *, migrate: bool = True) -> None:
+        if migrate:
+            self.transaction(lambda conn: _migrate_sqlite(conn, self.label))
 
     async def close(self) -> None:
         self._closed = True
@@ -227,10 +232,14 @@ class PostgresDatabase(Database):
         self.pool: Any = None
         self._sql_cache: dict[str, str] = {}
 
-    async def open(self) -> None:
+    async def open(self, *, migrate: bool = True) -> None:
         import asyncpg
 
         if self.pool is not None:
+            return
+        if not migrate:
+            self.pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=2, server_settings={"search_path": self.schema})
             return
         # The schema may not exist yet: create it on a plain connection first.
         conn = await asyncpg.connect(self.dsn)

@@ -40,6 +40,7 @@ from tallygate.errors import (
 from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.event import FailureEvent, UsageEvent, format_decimal
 from tallygate.metering.group_commit import GroupCommitter
+from tallygate.metering.rowcodec import encode_event
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
 from tallygate.proxy.auth import presented_key
@@ -408,9 +409,17 @@ class VirtualKeyPolicy:
                event.model, event.provider, event.provider_model, event.kind,
                u.input_tokens, u.cache_read_tokens, u.cache_write_tokens, u.output_tokens,
                None if event.cost is None else format_decimal(event.cost),
-               "billed" if event.customer else "unattributed", ",".join(sorted(event.flags)))
-        self._settler.submit_nowait((event.call_id, call.scopes if call else [],
-                                     call.reserved if call else [], cost, row))
+               "billed" if event.customer else "unattributed", ",".join(sorted(event.flags)),
+               None if event.customer else encode_event(event).decode())
+        item = (event.call_id, call.scopes if call else [], call.reserved if call else [],
+                cost, row)
+        if event.customer:
+            self._settler.submit_nowait(item)
+        else:
+            # A held call: its ledger row (with the whole event) is the one durable copy
+            # that Lago can get later (`tallygate outbox assign`), so it is written before
+            # the answer, and a failure fails the call, as a failed outbox write does.
+            await budgets.settle_many(self.db, [item])
         if call is not None and call.token_limits:
             try:
                 await self.limiter.adjust(call.token_limits,
