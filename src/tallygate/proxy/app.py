@@ -25,7 +25,7 @@ from tallygate.errors import (
     TallygateError,
     UpstreamError,
 )
-from tallygate.event import format_decimal, new_call_id
+from tallygate.event import UsageEvent, format_decimal, new_call_id
 from tallygate.providers.base import Deployment
 from tallygate.providers.openai import DONE_FRAME
 from tallygate.proxy.gateway import Gateway
@@ -44,6 +44,10 @@ COST_HEADER = "x-tallygate-response-cost"
 _GATEWAY_PARAMS = ("metadata",)  # read by the gateway, never sent upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A model route's own work, once the call is admitted: (request, body, deployment, ctx).
+CallRunner = Callable[[web.Request, dict[str, Any], Deployment, CallContext],
+                      Awaitable[web.StreamResponse]]
+ErrorRenderer = Callable[[TallygateError, str | None], web.Response]
 
 
 def error_response(exc: TallygateError, call_id: str | None = None) -> web.Response:
@@ -92,7 +96,11 @@ class Routes:
               (("route", route), ("model", label), ("status", str(status))))
         m.observe_latency((("route", route),), time.perf_counter() - started)
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def model_call(self, request: web.Request, route: str,
+                         check: Callable[[dict[str, Any]], None], run: CallRunner,
+                         on_error: ErrorRenderer = error_response) -> web.StreamResponse:
+        """What every model route shares: a call id, auth, the body, the model group,
+        admission, errors in the route's shape, and the request metrics."""
         started = time.perf_counter()
         gw = self.gw
         call_id = new_call_id()
@@ -102,28 +110,39 @@ class Routes:
             identity = await gw.access.authenticate(request)
             data = parse_json_object(await _read_body(request, gw))
             model = require_model(data)
-            check_chat(data)
+            check(data)
             group = _group(gw, model)
             ctx, deployment = await gw.access.admit(identity, data, model, call_id, group)
-            params = _upstream_params(data, deployment)
-            if data.get("stream"):
-                return await self._stream(request, deployment, params, ctx)
-            result, event = await engine.chat(deployment, params, ctx, gw, gw.prices)
-            headers = {CALL_ID_HEADER: call_id, **gw.access.response_headers(call_id)}
-            if event.cost is not None:
-                headers[COST_HEADER] = format_decimal(event.cost)
-            body = result.raw if result.raw is not None else orjson.dumps(result.body)
-            return web.Response(body=body, headers=headers, content_type="application/json")
+            return await run(request, data, deployment, ctx)
         except TallygateError as exc:
             status = exc.status_code
-            return error_response(exc, call_id)
+            return on_error(exc, call_id)
         except Exception:
-            # A bug or a broken outbox: say so in the OpenAI shape, with the call id.
+            # A bug or a broken outbox: say so in the route's shape, with the call id.
             log.exception("call %s failed inside the gateway", call_id)
             status = 500
-            return error_response(InternalError("internal gateway error"), call_id)
+            return on_error(InternalError("internal gateway error"), call_id)
         finally:
-            self._observe("chat", model, status, started)
+            self._observe(route, model, status, started)
+
+    def _billed_response(self, body: bytes, event: UsageEvent) -> web.Response:
+        headers = {CALL_ID_HEADER: event.call_id,
+                   **self.gw.access.response_headers(event.call_id)}
+        if event.cost is not None:
+            headers[COST_HEADER] = format_decimal(event.cost)
+        return web.Response(body=body, headers=headers, content_type="application/json")
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.model_call(request, "chat", check_chat, self._chat)
+
+    async def _chat(self, request: web.Request, data: dict[str, Any], deployment: Deployment,
+                    ctx: CallContext) -> web.StreamResponse:
+        params = _upstream_params(data, deployment)
+        if data.get("stream"):
+            return await self._stream(request, deployment, params, ctx)
+        result, event = await engine.chat(deployment, params, ctx, self.gw, self.gw.prices)
+        return self._billed_response(
+            result.raw if result.raw is not None else orjson.dumps(result.body), event)
 
     async def _stream(self, request: web.Request, deployment: Deployment,
                       params: dict[str, Any], ctx: CallContext) -> web.StreamResponse:
@@ -158,35 +177,14 @@ class Routes:
         return resp
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        gw = self.gw
-        call_id = new_call_id()
-        model: str | None = None
-        status = 200
-        try:
-            identity = await gw.access.authenticate(request)
-            data = parse_json_object(await _read_body(request, gw))
-            model = require_model(data)
-            check_embedding(data)
-            group = _group(gw, model)
-            ctx, deployment = await gw.access.admit(identity, data, model, call_id, group)
-            result, event = await engine.embedding(deployment, _upstream_params(data, deployment),
-                                                   ctx, gw, gw.prices)
-            headers = {CALL_ID_HEADER: call_id, **gw.access.response_headers(call_id)}
-            if event.cost is not None:
-                headers[COST_HEADER] = format_decimal(event.cost)
-            body = result.raw if result.raw is not None else orjson.dumps(result.body)
-            return web.Response(body=body, headers=headers, content_type="application/json")
-        except TallygateError as exc:
-            status = exc.status_code
-            return error_response(exc, call_id)
-        except Exception:
-            # A bug or a broken outbox: say so in the OpenAI shape, with the call id.
-            log.exception("call %s failed inside the gateway", call_id)
-            status = 500
-            return error_response(InternalError("internal gateway error"), call_id)
-        finally:
-            self._observe("embeddings", model, status, started)
+        return await self.model_call(request, "embeddings", check_embedding, self._embed)
+
+    async def _embed(self, request: web.Request, data: dict[str, Any], deployment: Deployment,
+                     ctx: CallContext) -> web.StreamResponse:
+        result, event = await engine.embedding(deployment, _upstream_params(data, deployment),
+                                               ctx, self.gw, self.gw.prices)
+        return self._billed_response(
+            result.raw if result.raw is not None else orjson.dumps(result.body), event)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         try:
