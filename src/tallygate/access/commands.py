@@ -128,6 +128,10 @@ async def _reconcile(args: argparse.Namespace, db: Database, out: TextIO) -> int
     diffs: list[str] = []
     for call_id, r in in_ledger.items():
         sinks = outbox.get(call_id)
+        if r["status"] == "unattributed":
+            diffs.append(f"{call_id}: held unattributed, not billed (tallygate outbox "
+                         "assign --id ... --customer C)")
+            continue
         if not sinks:
             diffs.append(f"{call_id}: in the ledger, not in the outbox")
             continue
