@@ -1,4 +1,4 @@
-"""``tallygate outbox status|dead|retry|replay``: the operator's view of the outbox.
+"""``tallygate outbox status|dead|retry|replay|held|assign``: the operator's view of the outbox.
 
 ``add_outbox_commands(subparsers)`` adds the ``outbox`` command; each subcommand sets
 ``args.handler``, a plain function ``(args) -> exit code`` that runs the async work.
@@ -91,6 +91,11 @@ def add_outbox_commands(subparsers: Any) -> argparse.ArgumentParser:
     replay.add_argument("--since", required=True, type=parse_since,
                         help="events created since: a duration (30m, 1h, 7d) or ISO time")
     replay.add_argument("--sink", help="only this sink")
+
+    # Calls held with no customer to bill (the access ledger): `held`, `assign`.
+    from tallygate.access.held import add_held_commands
+
+    add_held_commands(command, parse_since)
     return outbox
 
 
@@ -162,6 +167,13 @@ async def _status(args: argparse.Namespace, outbox: Outbox, out: TextIO) -> int:
     print(f"  dead:        {stats.dead}", file=out)
     print(f"  oldest undelivered: {_age(stats.oldest_pending_age_s)}", file=out)
     print(f"  last error:  {stats.last_error or '-'}", file=out)
+    if args.sink in (None, "lago"):
+        from tallygate.access.held import held_count
+
+        held = await held_count(args.db or default_db())
+        if held is not None:
+            print(f"  held:        {held} unattributed call(s), not sent to Lago "
+                  "(`tallygate outbox held`)", file=out)
     return EXIT_OK
 
 
