@@ -226,7 +226,8 @@ class FakeLago:
 
     State (read it any time, from any thread): ``stored`` (every stored event, in
     order), ``events`` (the first stored event per transaction_id, in order, as GET
-    would find it), ``requests`` (every request received), ``schema_violations``.
+    would find it), ``requests`` (every request received), ``schema_violations``,
+    ``subscriptions`` (``add_subscription()``; listed by ``GET /api/v1/subscriptions``).
 
     Knobs (set them while it runs): ``fail_with()``, ``slow``, ``drop_after_store``,
     ``reject()``, ``forbidden``, ``api_keys``, ``stop()``/``start()``, ``clear_faults()``.
@@ -248,6 +249,7 @@ class FakeLago:
         self._faults: list[Fault] = []
         # State.
         self.stored: list[StoredEvent] = []
+        self.subscriptions: list[dict[str, Any]] = []   # add_subscription()
         self.requests: list[RecordedRequest] = []
         self.schema_violations: list[str] = []
         self._lock = threading.RLock()
@@ -331,6 +333,28 @@ class FakeLago:
                 self.rejections[transaction_id] = detail
             if code is not None:
                 self.code_rejections[code] = detail
+
+    def add_subscription(self, external_customer_id: str, external_id: str, *,
+                         status: str = "active", plan_code: str = "llm_usage") -> dict[str, Any]:
+        """A subscription as ``GET /api/v1/subscriptions`` lists it (SubscriptionObject's
+        required fields; only ``external_id``, ``external_customer_id``, ``status`` and
+        ``plan_code`` carry meaning here)."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        sub: dict[str, Any] = {
+            "lago_id": str(uuid.uuid4()), "external_id": external_id,
+            "lago_customer_id": str(uuid.uuid5(uuid.NAMESPACE_URL, external_customer_id)),
+            "external_customer_id": external_customer_id, "billing_time": "calendar",
+            "name": None, "plan_code": plan_code, "status": status, "created_at": now,
+            "canceled_at": None, "started_at": now if status == "active" else None,
+            "ending_at": None, "subscription_at": now,
+            "terminated_at": now if status == "terminated" else None,
+            "previous_plan_code": None, "next_plan_code": None, "downgrade_plan_date": None,
+            "trial_ended_at": None, "current_billing_period_started_at": now,
+            "current_billing_period_ending_at": None, "on_termination_credit_note": None,
+            "on_termination_invoice": "generate"}
+        with self._lock:
+            self.subscriptions.append(sub)
+        return sub
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -455,6 +479,7 @@ class FakeLago:
         app.router.add_post("/api/v1/events/batch", self._batch)
         app.router.add_get("/api/v1/events", self._index)
         app.router.add_get("/api/v1/events/{transaction_id}", self._show)
+        app.router.add_get("/api/v1/subscriptions", self._subscriptions)
         return app
 
     @web.middleware
@@ -591,6 +616,29 @@ class FakeLago:
                 "prev_page": page - 1 if page > 1 else None,
                 "total_pages": total_pages, "total_count": len(chosen)}
         return web.json_response({"events": [ev.as_json() for ev in window], "meta": meta})
+
+    async def _subscriptions(self, request: web.Request) -> web.StreamResponse:
+        """``findAllSubscriptions``: only ``active`` ones unless ``status[]`` says
+        otherwise; filters ``external_customer_id`` and ``plan_code``; paginated."""
+        q = request.query
+        statuses = set(q.getall("status[]", [])) or {"active"}
+        try:
+            page = max(int(q.get("page", "1")), 1)
+            per_page = max(int(q.get("per_page", "20")), 1)
+        except ValueError:
+            page, per_page = 1, 20
+        with self._lock:
+            chosen = [copy.deepcopy(s) for s in self.subscriptions
+                      if s["status"] in statuses
+                      and q.get("external_customer_id") in (None, s["external_customer_id"])
+                      and q.get("plan_code") in (None, s["plan_code"])]
+        total_pages = (len(chosen) + per_page - 1) // per_page
+        window = chosen[(page - 1) * per_page: page * per_page]
+        meta = {"current_page": page,
+                "next_page": page + 1 if page < total_pages else None,
+                "prev_page": page - 1 if page > 1 else None,
+                "total_pages": total_pages, "total_count": len(chosen)}
+        return web.json_response({"subscriptions": window, "meta": meta})
 
     # -- the service layer ----------------------------------------------------------
 
