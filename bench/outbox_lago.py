@@ -1,7 +1,8 @@
 """Outbox delivery throughput into the Lago stand-in over HTTP, SQLite and PostgreSQL.
 
 Fills an outbox with N events, then times the DeliveryWorker with the real LagoSink
-(batches of 100 to ``POST /api/v1/events/batch``) until bench/lago_counter.py has all N.
+(batches of 100 to ``POST /api/v1/events/batch``) until bench/lago_counter.py has all N;
+and, for comparison, the same from SQLite with one ``POST /api/v1/events`` per event.
 bench/outbox_bench.py measures the enqueue latency and in-process delivery; this adds
 the HTTP hop to (a stand-in for) Lago. Needs the Lago stand-in running:
 
@@ -40,12 +41,14 @@ def lago_stats(base: str, reset: bool = False) -> dict[str, int]:
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
-async def deliver(outbox: Outbox, n: int, base: str, key: str) -> float:
+async def deliver(outbox: Outbox, n: int, base: str, key: str, *,
+                  single_event: bool = False) -> float:
     await asyncio.to_thread(lago_stats, base, True)
     events = [make_event() for _ in range(n)]
     for i in range(0, n, 500):
         await outbox.enqueue_many(events[i:i + 500], ["lago"])
-    sink = LagoSink(LagoSettings(api_base=base, api_key=key, event_code="llm_usage"))
+    sink = LagoSink(LagoSettings(api_base=base, api_key=key, event_code="llm_usage",
+                                 single_event_mode=single_event))
     worker = DeliveryWorker(outbox, [sink], poll_interval_s=0.02)
     start = time.perf_counter()
     worker.start()
@@ -79,6 +82,14 @@ async def main() -> None:
             out["sqlite_events_per_s"] = await deliver(sq, a.n, a.lago, a.lago_key)
         finally:
             await sq.close()
+        # The one-POST-per-event way (LiteLLM's, and ours for old Lago), for comparison.
+        single = SQLiteOutbox(Path(tmp) / "single.db")
+        await single.open()
+        try:
+            out["sqlite_single_event_per_s"] = await deliver(
+                single, a.n, a.lago, a.lago_key, single_event=True)
+        finally:
+            await single.close()
     schema = f"tg_bench_{uuid.uuid4().hex[:10]}"
     pg = PostgresOutbox(a.pg, schema=schema)
     await pg.open()

@@ -234,6 +234,8 @@ def main() -> None:
     dl = ob.get("delivery_to_lago", {})
     w(f"| delivery into the Lago stand-in (events/s) | {f(dl.get('sqlite_events_per_s'), 0)} | "
       f"{f(dl.get('postgres_events_per_s'), 0)} |")
+    w(f"| delivery, one POST per event (events/s) | "
+      f"{f(dl.get('sqlite_single_event_per_s'), 0)} | n/a |")
     dp = ob.get("delivery_in_process", {})
     w(f"| delivery into an in-process sink (events/s) | {f(dp.get('sqlite'), 0)} | "
       f"{f(dp.get('postgres'), 0)} |")
