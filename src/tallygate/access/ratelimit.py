@@ -1,4 +1,4 @@
-"""Requests and tokens per minute, per key, team and model: in-process or in Redis.
+"""Requests and tokens per minute, per key, team and deployment: in-process or Redis.
 
 A sliding-window counter: the current minute's count plus the previous minute's,
 weighted by how much of it still lies inside the last 60 seconds. A request is admitted
@@ -25,7 +25,7 @@ Kind = Literal["requests", "tokens"]
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    scope: str          # key | team | model
+    scope: str          # key | team | deployment
     ident: str
     kind: Kind
     limit: int
