@@ -157,11 +157,10 @@ class Routes:
             **self.gw.access.response_headers(ctx.call_id)})
         try:
             await resp.prepare(request)
-            async for item in stream:
-                await resp.write(item.frame)
+            async for items in stream.pieces():
+                await resp.write(b"".join([item.frame for item in items]))
             # The stream billed itself (outbox write) before the last byte goes out.
-            await resp.write(DONE_FRAME)
-            await resp.write_eof()
+            await resp.write_eof(DONE_FRAME)
         except UpstreamError as exc:
             # Headers are gone already: report the failure in-band, as OpenAI does.
             await _write_quietly(resp, b"data: " + orjson.dumps(exc.to_body()) + b"\n\n")
@@ -256,5 +255,8 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.access.admin_routes import add_admin_routes
 
     add_admin_routes(app, gw.keys)
+    from tallygate.proxy.messages_api import add_messages_routes
+
+    add_messages_routes(app, gw)  # the Anthropic Messages API door
     r.add_route("*", "/{tail:.*}", _json_404)
     return app
