@@ -222,11 +222,19 @@ class ChatStream:
         return self
 
     async def __aiter__(self) -> AsyncIterator[StreamItem]:
+        async for items in self.pieces():
+            for item in items:
+                yield item
+
+    async def pieces(self) -> AsyncIterator[list[StreamItem]]:
+        """The chunks of each upstream read together, so that a proxy can forward them
+        in one write (one syscall) rather than one write per chunk."""
         assert self._source is not None, "open() the stream first"
         try:
             async for data in self._source:
-                for item in self._decoder.feed(data):
-                    yield item
+                items = self._decoder.feed(data)
+                if items:
+                    yield items
                 if self._decoder.done:
                     break
         except UpstreamError as exc:

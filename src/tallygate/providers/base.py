@@ -14,6 +14,8 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+import orjson
+
 from tallygate.errors import BadRequestError, UpstreamError
 from tallygate.usage import Usage
 
@@ -67,12 +69,33 @@ class ChatResult:
     raw: bytes | None = None
 
 
-@dataclass(slots=True)
 class StreamItem:
-    """One ChatCompletionChunk: its dict and its SSE frame as an OpenAI client reads it."""
+    """One ChatCompletionChunk: its SSE frame as an OpenAI client reads it, and its dict.
 
-    data: dict[str, Any]
-    frame: bytes
+    A pass-through chunk keeps only its JSON bytes and is parsed when ``data`` is read:
+    the proxy forwards frames and never needs most chunks as dicts.
+    """
+
+    __slots__ = ("_data", "_payload", "frame")
+
+    def __init__(self, data: dict[str, Any] | None, frame: bytes,
+                 payload: bytes | None = None) -> None:
+        if data is None and payload is None:
+            raise ValueError("a StreamItem needs its dict or its JSON payload")
+        self._data = data
+        self._payload = payload
+        self.frame = frame
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            assert self._payload is not None
+            parsed: dict[str, Any] = orjson.loads(self._payload)
+            self._data = parsed
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"StreamItem({self.frame!r})"
 
 
 class StreamDecoder(ABC):

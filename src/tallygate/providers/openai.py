@@ -66,13 +66,28 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upst
                               error_type=err_type, headers=keep)
 
 
+def _has_usage(payload: bytes) -> bool:
+    """Whether a chunk may carry usage: with include_usage, OpenAI puts ``"usage":null``
+    in every chunk, so only a non-null usage needs the chunk parsed."""
+    at = payload.find(b'"usage"')
+    if at < 0:
+        return False
+    rest = payload[at + 7:at + 16].lstrip(b": \t")
+    return not rest.startswith(b"null")
+
+
 class OpenAIStreamDecoder(StreamDecoder):
-    """Forwards OpenAI chunks as they are; reads usage and text on the way."""
+    """Forwards OpenAI chunks as they are; reads usage and text on the way.
+
+    Chunks are parsed only when they carry usage. The text of the others is read back
+    from their bytes only if an estimate is needed (the stream ended without usage).
+    """
 
     def __init__(self, include_usage: bool) -> None:
         super().__init__()
         self._sse = SSEParser()
         self._include_usage = include_usage
+        self._payloads: list[bytes] = []
 
     def feed(self, data: bytes) -> list[StreamItem]:
         out: list[StreamItem] = []
@@ -83,6 +98,10 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue
             if not payload:
                 continue
+            if not _has_usage(payload):
+                self._payloads.append(payload)
+                out.append(StreamItem(None, b"data: " + payload + b"\n\n", payload))
+                continue
             try:
                 chunk = orjson.loads(payload)
             except orjson.JSONDecodeError:
@@ -90,18 +109,11 @@ class OpenAIStreamDecoder(StreamDecoder):
             if not isinstance(chunk, dict):
                 continue
             usage = chunk.get("usage")
-            if usage:
+            if isinstance(usage, dict):
                 self.usage = Usage.from_openai(usage)
             choices = chunk.get("choices") or ()
-            for choice in choices:
-                delta = choice.get("delta") or {}
-                content = delta.get("content")
-                if content:
-                    self.output_parts.append(content)
-                for call in delta.get("tool_calls") or ():
-                    args = (call.get("function") or {}).get("arguments")
-                    if args:
-                        self.output_parts.append(args)
+            if choices:
+                self._payloads.append(payload)
             if usage and not choices and not self._include_usage:
                 continue  # the usage-only chunk the caller did not ask for
             if usage and choices and not self._include_usage:
@@ -111,6 +123,23 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue
             out.append(StreamItem(chunk, b"data: " + payload + b"\n\n"))
         return out
+
+    def output_text(self) -> str:
+        parts: list[str] = []
+        for payload in self._payloads:
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            for choice in (chunk.get("choices") or ()) if isinstance(chunk, dict) else ():
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    parts.append(delta["content"])
+                for call in delta.get("tool_calls") or ():
+                    args = (call.get("function") or {}).get("arguments")
+                    if args:
+                        parts.append(args)
+        return "".join(parts)
 
 
 class OpenAIProvider(Provider):
