@@ -139,7 +139,8 @@ class Gateway:
         sinks = [n for n in self._sink_names if sink_accepts(n, event.customer is not None)]
         if event.customer is None:
             self.metrics.inc("tallygate_unattributed_total", (("model", event.model),))
-            log.warning("call %s is unattributed: no customer to bill (not sent to Lago)",
+            log.warning("call %s is unattributed: no customer to bill; held, not sent to "
+                        "Lago (`tallygate outbox held` lists it, `assign` bills it)",
                         event.call_id)
         if sinks:
             assert self._writer is not None, "gateway not started"
