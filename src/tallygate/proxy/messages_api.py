@@ -597,8 +597,8 @@ class MessagesRoute:
         try:
             await resp.prepare(request)
             await resp.write(encoder.start())
-            async for item in stream:
-                frames = encoder.feed(item.data)
+            async for items in stream.pieces():  # one write per upstream read
+                frames = [frame for item in items for frame in encoder.feed(item.data)]
                 if frames:
                     await resp.write(b"".join(frames))
             # The iteration ended with the bill written (finish); its usage closes the
