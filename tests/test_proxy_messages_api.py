@@ -65,6 +65,13 @@ def _client(proxy: RunningProxy, key: str = MASTER_KEY) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=proxy.base_url, api_key=key, max_retries=0)
 
 
+@pytest.fixture(name="client")
+def client_fixture(proxy: RunningProxy) -> Iterator[anthropic.Anthropic]:
+    """The sync SDK client, closed after the test (its pooled sockets with it)."""
+    with _client(proxy) as client:
+        yield client
+
+
 def _reply_text(model: str, upstream: FakeOpenAI, claude: FakeAnthropic) -> str:
     return {"claude": claude.reply_text, "gpt": upstream.reply_text, "mocked": MOCK_REPLY}[model]
 
@@ -88,11 +95,12 @@ def _check_event(lago: FakeLago, call_id: str, customer: str,
 
 @pytest.mark.parametrize("model", ["claude", "gpt", "mocked"])
 def test_sync_create_billed_once(proxy: RunningProxy, lago: FakeLago, upstream: FakeOpenAI,
-                                 claude: FakeAnthropic, model: str) -> None:
+                                 claude: FakeAnthropic, model: str,
+                                 client: anthropic.Anthropic) -> None:
     claude.input_tokens, claude.output_tokens = 17, 6
     upstream.prompt_tokens, upstream.completion_tokens = 21, 5
     customer = f"cust-{model}"
-    raw = _client(proxy).messages.with_raw_response.create(
+    raw = client.messages.with_raw_response.create(
         model=model, max_tokens=64, system="Be brief.", messages=MESSAGES,
         stop_sequences=["END"], metadata={"user_id": customer},
         extra_body={"temperature": 0.5})  # this SDK version has no temperature argument
@@ -132,11 +140,12 @@ def test_sync_create_billed_once(proxy: RunningProxy, lago: FakeLago, upstream: 
 
 @pytest.mark.parametrize("model", ["claude", "gpt", "mocked"])
 def test_sync_stream_billed_once(proxy: RunningProxy, lago: FakeLago, upstream: FakeOpenAI,
-                                 claude: FakeAnthropic, model: str) -> None:
+                                 claude: FakeAnthropic, model: str,
+                                 client: anthropic.Anthropic) -> None:
     claude.input_tokens, claude.output_tokens, claude.stream_chunks = 30, 9, 4
     upstream.prompt_tokens, upstream.completion_tokens, upstream.stream_chunks = 31, 8, 4
     customer = f"stream-{model}"
-    with _client(proxy).messages.stream(model=model, max_tokens=100, messages=MESSAGES,
+    with client.messages.stream(model=model, max_tokens=100, messages=MESSAGES,
                                         metadata={"user_id": customer}) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
@@ -225,7 +234,8 @@ def test_sse_framing_and_x_api_key(proxy: RunningProxy, lago: FakeLago,
 
 
 def test_images_system_turns_and_top_k(proxy: RunningProxy, lago: FakeLago,
-                                       upstream: FakeOpenAI, claude: FakeAnthropic) -> None:
+                                       upstream: FakeOpenAI, claude: FakeAnthropic,
+                                       client: anthropic.Anthropic) -> None:
     """Image blocks (base64 and url), a system turn inside messages, top_k: each reaches
     the upstream in its own shape (top_k only where it is understood)."""
     messages: list[Any] = [
@@ -236,7 +246,6 @@ def test_images_system_turns_and_top_k(proxy: RunningProxy, lago: FakeLago,
             {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
             {"type": "text", "text": "What are these?"}]},
     ]
-    client = _client(proxy)
     for model in ("claude", "gpt"):
         client.messages.create(model=model, max_tokens=30, messages=messages,
                                metadata={"user_id": "images"}, extra_body={"top_k": 5})
@@ -263,13 +272,13 @@ def test_images_system_turns_and_top_k(proxy: RunningProxy, lago: FakeLago,
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_cache_buckets_from_anthropic(proxy: RunningProxy, lago: FakeLago,
-                                      claude: FakeAnthropic, stream: bool) -> None:
+                                      claude: FakeAnthropic, stream: bool,
+                                      client: anthropic.Anthropic) -> None:
     claude.input_tokens, claude.cache_read_tokens, claude.cache_write_tokens = 200, 800, 100
     claude.output_tokens = 20
     claude.full_delta_usage = True
     system = [{"type": "text", "text": "A long, cached system prompt.",
                "cache_control": {"type": "ephemeral"}}]
-    client = _client(proxy)
     if stream:
         with client.messages.stream(model="claude", max_tokens=64, messages=MESSAGES,
                                     system=system,  # type: ignore[arg-type]
@@ -291,10 +300,10 @@ def test_cache_buckets_from_anthropic(proxy: RunningProxy, lago: FakeLago,
 
 
 def test_cache_buckets_from_openai(proxy: RunningProxy, lago: FakeLago,
-                                   upstream: FakeOpenAI) -> None:
+                                   upstream: FakeOpenAI, client: anthropic.Anthropic) -> None:
     """OpenAI counts cached tokens inside prompt_tokens; Anthropic's usage does not."""
     upstream.prompt_tokens, upstream.cached_tokens, upstream.completion_tokens = 1000, 800, 50
-    raw = _client(proxy).messages.with_raw_response.create(
+    raw = client.messages.with_raw_response.create(
         model="gpt", max_tokens=64, messages=MESSAGES, metadata={"user_id": "oa-cache"},
         system=[{"type": "text", "text": "cached", "cache_control": {"type": "ephemeral"}}])
     u = raw.parse().usage
@@ -311,11 +320,11 @@ def test_cache_buckets_from_openai(proxy: RunningProxy, lago: FakeLago,
 
 @pytest.mark.parametrize("model", ["claude", "gpt"])
 def test_tool_use_round_trip(proxy: RunningProxy, lago: FakeLago, upstream: FakeOpenAI,
-                             claude: FakeAnthropic, model: str) -> None:
+                             claude: FakeAnthropic, model: str,
+                             client: anthropic.Anthropic) -> None:
     call = FakeToolCall("get_weather", {"city": "Paris"}, id="toolu_fake_1")
     claude.tool_call = upstream.tool_call = call
     claude.reply_text = ""
-    client = _client(proxy)
     first = client.messages.create(model=model, max_tokens=200, messages=MESSAGES,
                                    tools=[WEATHER_TOOL],  # type: ignore[list-item]
                                    tool_choice={"type": "any"},
@@ -374,12 +383,12 @@ def test_tool_use_round_trip(proxy: RunningProxy, lago: FakeLago, upstream: Fake
 
 @pytest.mark.parametrize("model", ["claude", "gpt"])
 def test_tool_use_streamed(proxy: RunningProxy, lago: FakeLago, upstream: FakeOpenAI,
-                           claude: FakeAnthropic, model: str) -> None:
+                           claude: FakeAnthropic, model: str, client: anthropic.Anthropic) -> None:
     args = {"city": "Paris", "days": 3, "units": "metric"}
     claude.tool_call = upstream.tool_call = FakeToolCall("get_weather", args, id="toolu_s")
     claude.reply_text = "Let me look."
     claude.stream_chunks = upstream.stream_chunks = 4
-    with _client(proxy).messages.stream(model=model, max_tokens=200, messages=MESSAGES,
+    with client.messages.stream(model=model, max_tokens=200, messages=MESSAGES,
                                         tools=[WEATHER_TOOL],  # type: ignore[list-item]
                                         metadata={"user_id": "tool-stream"}) as stream:
         kinds = [e.type for e in stream]
@@ -408,18 +417,19 @@ def _error_body(exc: anthropic.APIStatusError, error_type: str) -> None:
 
 def test_errors_raise_the_sdk_exception_classes(proxy: RunningProxy, lago: FakeLago,
                                                 claude: FakeAnthropic,
-                                                upstream: FakeOpenAI) -> None:
+                                                upstream: FakeOpenAI,
+                                                client: anthropic.Anthropic) -> None:
     def create(client: anthropic.Anthropic, **kwargs: Any) -> Any:
         params: dict[str, Any] = {"model": "claude", "max_tokens": 10, "messages": MESSAGES,
                                   "metadata": {"user_id": "errs"}}
         return client.messages.create(**{**params, **kwargs})
 
-    with pytest.raises(anthropic.AuthenticationError) as auth:
-        create(_client(proxy, key="sk-wrong"))
+    with _client(proxy, key="sk-wrong") as wrong, \
+            pytest.raises(anthropic.AuthenticationError) as auth:
+        create(wrong)
     _error_body(auth.value, "authentication_error")
     assert "sk-wrong" not in auth.value.message
 
-    client = _client(proxy)
     with pytest.raises(anthropic.NotFoundError) as missing:
         create(client, model="no-such-model")
     _error_body(missing.value, "not_found_error")
@@ -472,11 +482,11 @@ def test_errors_raise_the_sdk_exception_classes(proxy: RunningProxy, lago: FakeL
 
 
 def test_stream_error_in_band(proxy: RunningProxy, lago: FakeLago,
-                              claude: FakeAnthropic) -> None:
+                              claude: FakeAnthropic, client: anthropic.Anthropic) -> None:
     """An upstream error after the stream began: an Anthropic ``error`` event the SDK
     raises, and what was generated is billed."""
     claude.stream_error_type = "overloaded_error"
-    manager = _client(proxy).messages.stream(model="claude", max_tokens=10, messages=MESSAGES,
+    manager = client.messages.stream(model="claude", max_tokens=10, messages=MESSAGES,
                                              metadata={"user_id": "broken"})
     with pytest.raises(anthropic.APIStatusError) as info, manager as stream:
         for _ in stream:
@@ -492,12 +502,13 @@ def test_stream_error_in_band(proxy: RunningProxy, lago: FakeLago,
 
 
 def test_client_disconnect_mid_stream_billed_once(proxy: RunningProxy, lago: FakeLago,
-                                                  claude: FakeAnthropic) -> None:
+                                                  claude: FakeAnthropic,
+                                                  client: anthropic.Anthropic) -> None:
     claude.reply_text = "word " * 200
     claude.stream_chunks = 200
     claude.chunk_delay = 0.02  # a 4 s stream if nobody leaves
     claude.input_tokens, claude.output_tokens = 50, 200
-    with _client(proxy).messages.stream(model="claude", max_tokens=500, messages=MESSAGES,
+    with client.messages.stream(model="claude", max_tokens=500, messages=MESSAGES,
                                         metadata={"user_id": "leaver"}) as stream:
         call_id = stream.response.headers[CALL_ID_HEADER]
         got = 0
