@@ -6,10 +6,7 @@ passed through untouched where no translation is needed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -18,63 +15,25 @@ from aiohttp import web
 from tallygate import engine
 from tallygate.config import ProxySettings
 from tallygate.engine import CallContext, ChatStream
-from tallygate.errors import (
-    InternalError,
-    ModelNotFoundError,
-    RequestTooLargeError,
-    TallygateError,
-    UpstreamError,
-)
-from tallygate.event import UsageEvent, format_decimal, new_call_id
+from tallygate.errors import TallygateError, UpstreamError
+from tallygate.event import UsageEvent, format_decimal
 from tallygate.providers.base import Deployment
 from tallygate.providers.openai import DONE_FRAME
-from tallygate.proxy.gateway import Gateway
-from tallygate.proxy.validation import (
-    check_chat,
-    check_embedding,
-    parse_json_object,
-    require_model,
+from tallygate.proxy.calls import (
+    CALL_ID_HEADER,
+    COST_HEADER,
+    CallFrame,
+    openai_error_response,
+    serve_stream,
 )
+from tallygate.proxy.gateway import Gateway
+from tallygate.proxy.validation import check_chat, check_embedding
 
 log = logging.getLogger("tallygate.proxy")
 
 GATEWAY = web.AppKey("gateway", Gateway)
-CALL_ID_HEADER = "x-tallygate-call-id"
-COST_HEADER = "x-tallygate-response-cost"
 _GATEWAY_PARAMS = ("metadata",)  # read by the gateway, never sent upstream
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# A model route's own work, once the call is admitted: (request, body, deployment, ctx).
-CallRunner = Callable[[web.Request, dict[str, Any], Deployment, CallContext],
-                      Awaitable[web.StreamResponse]]
-ErrorRenderer = Callable[[TallygateError, str | None], web.Response]
-
-
-def error_response(exc: TallygateError, call_id: str | None = None) -> web.Response:
-    headers = dict(exc.headers)
-    if call_id:
-        headers[CALL_ID_HEADER] = call_id
-    return web.Response(body=orjson.dumps(exc.to_body()), status=exc.status_code,
-                        headers=headers, content_type="application/json")
-
-
-async def _read_body(request: web.Request, gw: Gateway) -> bytes:
-    limit = gw.settings.max_request_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLargeError(f"the request body is over the {limit}-byte limit")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise RequestTooLargeError(f"the request body is over the {limit}-byte limit") from None
-
-
-def _group(gw: Gateway, model: str) -> tuple[Deployment, ...]:
-    """The model group's deployments; the access policy picks one (rate limits)."""
-    group = gw.settings.models.get(model)
-    if not group:
-        raise ModelNotFoundError(f"the model {model!r} does not exist on this gateway; "
-                                 "GET /v1/models lists the models", param="model")
-    return group
+error_response = openai_error_response
 
 
 def _upstream_params(data: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
@@ -84,46 +43,27 @@ def _upstream_params(data: dict[str, Any], deployment: Deployment) -> dict[str, 
     return params
 
 
+def _chat_params(data: dict[str, Any]) -> dict[str, Any]:
+    check_chat(data)
+    return data
+
+
+def _embedding_params(data: dict[str, Any]) -> dict[str, Any]:
+    check_embedding(data)
+    return data
+
+
+def _openai_error_frame(exc: UpstreamError) -> bytes:
+    # Headers are gone already: report the failure in-band, as OpenAI does.
+    return b"data: " + orjson.dumps(exc.to_body()) + b"\n\n"
+
+
 class Routes:
+    """The OpenAI-compatible routes."""
+
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self._known_models = frozenset(gw.settings.models)
-
-    def _observe(self, route: str, model: str | None, status: int, started: float) -> None:
-        label = model if model in self._known_models else "unknown"
-        m = self.gw.metrics
-        m.inc("tallygate_requests_total",
-              (("route", route), ("model", label), ("status", str(status))))
-        m.observe_latency((("route", route),), time.perf_counter() - started)
-
-    async def model_call(self, request: web.Request, route: str,
-                         check: Callable[[dict[str, Any]], None], run: CallRunner,
-                         on_error: ErrorRenderer = error_response) -> web.StreamResponse:
-        """What every model route shares: a call id, auth, the body, the model group,
-        admission, errors in the route's shape, and the request metrics."""
-        started = time.perf_counter()
-        gw = self.gw
-        call_id = new_call_id()
-        model: str | None = None
-        status = 200
-        try:
-            identity = await gw.access.authenticate(request)
-            data = parse_json_object(await _read_body(request, gw))
-            model = require_model(data)
-            check(data)
-            group = _group(gw, model)
-            ctx, deployment = await gw.access.admit(identity, data, model, call_id, group)
-            return await run(request, data, deployment, ctx)
-        except TallygateError as exc:
-            status = exc.status_code
-            return on_error(exc, call_id)
-        except Exception:
-            # A bug or a broken outbox: say so in the route's shape, with the call id.
-            log.exception("call %s failed inside the gateway", call_id)
-            status = 500
-            return on_error(InternalError("internal gateway error"), call_id)
-        finally:
-            self._observe(route, model, status, started)
+        self.calls = CallFrame(gw)
 
     def _billed_response(self, body: bytes, event: UsageEvent) -> web.Response:
         headers = {CALL_ID_HEADER: event.call_id,
@@ -133,7 +73,7 @@ class Routes:
         return web.Response(body=body, headers=headers, content_type="application/json")
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self.model_call(request, "chat", check_chat, self._chat)
+        return await self.calls.run(request, "chat", _chat_params, self._chat)
 
     async def _chat(self, request: web.Request, data: dict[str, Any], deployment: Deployment,
                     ctx: CallContext) -> web.StreamResponse:
@@ -150,33 +90,18 @@ class Routes:
         params.pop("stream", None)
         stream = ChatStream(deployment, params, ctx, self.gw, self.gw.prices,
                             include_usage=bool(options.get("include_usage")))
-        await stream.open()  # an upstream error here still gets its own status code
-        resp = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no", CALL_ID_HEADER: ctx.call_id,
-            **self.gw.access.response_headers(ctx.call_id)})
-        try:
-            await resp.prepare(request)
-            async for items in stream.pieces():
+
+        async def write(resp: web.StreamResponse) -> None:
+            async for items in stream.pieces():  # one write per upstream read
                 await resp.write(b"".join([item.frame for item in items]))
             # The stream billed itself (outbox write) before the last byte goes out.
             await resp.write_eof(DONE_FRAME)
-        except UpstreamError as exc:
-            # Headers are gone already: report the failure in-band, as OpenAI does.
-            await _write_quietly(resp, b"data: " + orjson.dumps(exc.to_body()) + b"\n\n")
-        except ConnectionError:
-            # The client left: stop reading upstream, bill what was generated. A normal
-            # event, not a server error: no traceback in the log.
-            await stream.finish(disconnected=True)
-            log.info("call %s: the client disconnected mid-stream; billed what was generated",
-                     ctx.call_id)
-        except asyncio.CancelledError:
-            await asyncio.shield(stream.finish(disconnected=True))
-            raise
-        return resp
+
+        headers = {CALL_ID_HEADER: ctx.call_id, **self.gw.access.response_headers(ctx.call_id)}
+        return await serve_stream(request, stream, headers, write, _openai_error_frame)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
-        return await self.model_call(request, "embeddings", check_embedding, self._embed)
+        return await self.calls.run(request, "embeddings", _embedding_params, self._embed)
 
     async def _embed(self, request: web.Request, data: dict[str, Any], deployment: Deployment,
                      ctx: CallContext) -> web.StreamResponse:
@@ -210,14 +135,6 @@ class Routes:
         await self.gw.refresh_queue_gauges()
         return web.Response(text=self.gw.metrics.render(),
                             content_type="text/plain", charset="utf-8")
-
-
-async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
-    try:
-        await resp.write(data)
-        await resp.write_eof()
-    except ConnectionError:
-        pass
 
 
 async def _json_404(request: web.Request) -> web.StreamResponse:

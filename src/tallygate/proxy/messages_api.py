@@ -14,10 +14,8 @@ client reads is what Lago is sent. Errors use Anthropic's error shape and status
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,13 +24,18 @@ from aiohttp import web
 
 from tallygate import engine
 from tallygate.engine import CallContext, ChatStream
-from tallygate.errors import BadRequestError, InternalError, TallygateError, UpstreamError
+from tallygate.errors import BadRequestError, TallygateError
 from tallygate.estimate import estimate_prompt_tokens
-from tallygate.event import format_decimal, new_call_id
+from tallygate.event import format_decimal
 from tallygate.providers.base import Deployment
-from tallygate.proxy.app import CALL_ID_HEADER, COST_HEADER, _group, _read_body
+from tallygate.proxy.calls import (
+    CALL_ID_HEADER,
+    COST_HEADER,
+    CallFrame,
+    serve_stream,
+)
 from tallygate.proxy.gateway import Gateway
-from tallygate.proxy.validation import parse_json_object, require_model
+from tallygate.proxy.validation import require_model
 from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.proxy")
@@ -529,73 +532,53 @@ class MessageStreamEncoder:
 
 # --- routes ---------------------------------------------------------------------------
 
+def _prepare(data: dict[str, Any]) -> dict[str, Any]:
+    """The call's OpenAI-shaped params, with the gateway's ``metadata`` and ``stream``
+    (both taken off again before the upstream request)."""
+    params, metadata, stream = to_chat_params(data)
+    return {**params, "metadata": metadata, "stream": stream}
+
+
 class MessagesRoute:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self._known_models = frozenset(gw.settings.models)
-
-    def _observe(self, model: str | None, status: int, started: float) -> None:
-        label = model if model in self._known_models else "unknown"
-        m = self.gw.metrics
-        m.inc("tallygate_requests_total",
-              (("route", "messages"), ("model", label), ("status", str(status))))
-        m.observe_latency((("route", "messages"),), time.perf_counter() - started)
+        self.calls = CallFrame(gw)
 
     def _headers(self, call_id: str) -> dict[str, str]:
         return {CALL_ID_HEADER: call_id, REQUEST_ID_HEADER: call_id,
                 **self.gw.access.response_headers(call_id)}
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        gw = self.gw
-        call_id = new_call_id()
-        model: str | None = None
-        status = 200
-        try:
-            identity = await gw.access.authenticate(request)
-            data = parse_json_object(await _read_body(request, gw))
-            params, metadata, stream = to_chat_params(data)
-            model = params["model"]
-            group = _group(gw, model)
-            ctx, deployment = await gw.access.admit(
-                identity, {**params, "metadata": metadata}, model, call_id, group)
-            params = for_deployment(params, deployment)
-            message_id = "msg_" + call_id.replace("-", "_")
-            if stream:
-                return await self._stream(request, deployment, params, ctx, message_id)
-            result, event = await engine.chat(deployment, params, ctx, gw, gw.prices)
-            upstream_id = result.body.get("id")
-            if isinstance(upstream_id, str) and upstream_id.startswith("msg_"):
-                message_id = upstream_id
-            body = to_message(result.body, event.usage, message_id, deployment.model)
-            headers = self._headers(call_id)
-            if event.cost is not None:
-                headers[COST_HEADER] = format_decimal(event.cost)
-            return web.Response(body=orjson.dumps(body), headers=headers,
-                                content_type="application/json")
-        except TallygateError as exc:
-            status = error_status(exc)[0]
-            return error_response(exc, call_id)
-        except Exception:
-            log.exception("call %s failed inside the gateway", call_id)
-            status = 500
-            return error_response(InternalError("internal gateway error"), call_id)
-        finally:
-            self._observe(model, status, started)
+        return await self.calls.run(request, "messages", _prepare, self._create,
+                                    on_error=error_response)
+
+    async def _create(self, request: web.Request, data: dict[str, Any],
+                      deployment: Deployment, ctx: CallContext) -> web.StreamResponse:
+        params = for_deployment({k: v for k, v in data.items()
+                                 if k not in ("metadata", "stream")}, deployment)
+        message_id = "msg_" + ctx.call_id.replace("-", "_")
+        if data["stream"]:
+            return await self._stream(request, deployment, params, ctx, message_id)
+        result, event = await engine.chat(deployment, params, ctx, self.gw, self.gw.prices)
+        upstream_id = result.body.get("id")
+        if isinstance(upstream_id, str) and upstream_id.startswith("msg_"):
+            message_id = upstream_id
+        body = to_message(result.body, event.usage, message_id, deployment.model)
+        headers = self._headers(ctx.call_id)
+        if event.cost is not None:
+            headers[COST_HEADER] = format_decimal(event.cost)
+        return web.Response(body=orjson.dumps(body), headers=headers,
+                            content_type="application/json")
 
     async def _stream(self, request: web.Request, deployment: Deployment,
                       params: dict[str, Any], ctx: CallContext,
                       message_id: str) -> web.StreamResponse:
         stream = ChatStream(deployment, params, ctx, self.gw, self.gw.prices,
                             include_usage=False)
-        await stream.open()  # an upstream error here still gets its own status code
         encoder = MessageStreamEncoder(message_id, deployment.model,
                                        estimate_prompt_tokens(params["messages"]))
-        resp = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no", **self._headers(ctx.call_id)})
-        try:
-            await resp.prepare(request)
+
+        async def write(resp: web.StreamResponse) -> None:
             await resp.write(encoder.start())
             async for items in stream.pieces():  # one write per upstream read
                 frames = [frame for item in items for frame in encoder.feed(item.data)]
@@ -604,20 +587,10 @@ class MessagesRoute:
             # The iteration ended with the bill written (finish); its usage closes the
             # message, so the client reads the billed numbers.
             event = await stream.finish()
-            await resp.write(encoder.end(event.usage))
-            await resp.write_eof()
-        except UpstreamError as exc:
-            # Headers are gone already: an in-band ``error`` event, as Anthropic sends.
-            await _write_quietly(resp, _error_frame(exc))
-        except ConnectionError:
-            # The client left: stop reading upstream, bill what was generated.
-            await stream.finish(disconnected=True)
-            log.info("call %s: the client disconnected mid-stream; billed what was generated",
-                     ctx.call_id)
-        except asyncio.CancelledError:
-            await asyncio.shield(stream.finish(disconnected=True))
-            raise
-        return resp
+            await resp.write_eof(encoder.end(event.usage))
+
+        return await serve_stream(request, stream, self._headers(ctx.call_id), write,
+                                  _error_frame)
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
         return error_response(_NotServed("POST /v1/messages/count_tokens is not served by "
@@ -627,14 +600,6 @@ class MessagesRoute:
 class _NotServed(TallygateError):
     status_code = 404
     error_type = "not_found_error"
-
-
-async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
-    try:
-        await resp.write(data)
-        await resp.write_eof()
-    except ConnectionError:
-        pass
 
 
 def add_messages_routes(app: web.Application, gw: Gateway) -> None:
