@@ -69,7 +69,7 @@ def main() -> None:
         pct = f(ratio and 100 * ratio, 2, "%")
         return ratio, f"{unique:,} / {answered:,} ({pct})"
 
-    cols = [f"{g}-{n}w" for n in (1, 2) for g in GATEWAYS]
+    cols = [*(f"{g}-{n}w" for n in (1, 2) for g in GATEWAYS), "tallygate-1w-key"]
     present = [c for c in cols if c in T]
     lines: list[str] = []
     w = lines.append
@@ -120,6 +120,23 @@ def main() -> None:
     b2, b2s = billed("tallygate-2w")
     claim("tallygate calls billed in Lago under load", b1, b2,
           lambda x: b1s if x is b1 else b2s, "100%", lambda x: x >= 1)
+    vk = rps("tallygate-1w-key")
+    if vk is not None:
+        floor1, lite1 = rps("floor-1w"), rps("litellm-1w")
+        vk_share = vk / floor1 if floor1 else None
+        vk_lite = vk / lite1 if lite1 else None
+        vk_added = added("tallygate-1w-key", 1, "p50_us")
+        vb, vbs = billed("tallygate-1w-key")
+        w(f"| with a virtual key (budget + rpm limit): req/s at c=50 as a share of the "
+          f"floor's | {f(vk_share and 100 * vk_share, 0, '%')} | | ≥ 50% | "
+          f"{verdict(None if vk_share is None else vk_share >= 0.5)} |")
+        w(f"| with a virtual key: req/s at c=50 ÷ LiteLLM's (master key) | "
+          f"{f(vk_lite, 1, 'x')} | | ≥ 10x | "
+          f"{verdict(None if vk_lite is None else vk_lite >= 10)} |")
+        w(f"| with a virtual key: added p50 latency at c=1 | {f(vk_added, 3, ' ms')} | | "
+          f"≤ 0.5 ms | {verdict(None if vk_added is None else vk_added <= 0.5)} |")
+        w(f"| with a virtual key: calls billed in Lago under load | {vbs} | | 100% | "
+          f"{verdict(None if vb is None else vb >= 1)} |")
     sdk = res.get("sdk", {})
     imp = sdk.get("tallygate", {}).get("import_s_median")
     imp_ok = verdict(None if imp is None else imp * 1000 <= 150)
@@ -178,11 +195,15 @@ def main() -> None:
     cs = res["settings"]["concurrency"]
     w("| target | " + " | ".join(f"c={c}" for c in cs) + " |")
     w("|---|" + "---|" * len(cs))
+    def ms(name: str, c: int, key: str) -> str:
+        us = load(name, c, key)
+        return f(None if us is None else us / 1000, 2)
+
     for name in ["direct", *present]:
         if "load" not in T.get(name, {}):
             continue
         w(f"| {name} | " + " | ".join(
-            f"{f(load(name, c, 'p50_us') / 1000, 2)} / {f(load(name, c, 'p99_us') / 1000, 2)}, "
+            f"{ms(name, c, 'p50_us')} / {ms(name, c, 'p99_us')}, "
             f"{f(load(name, c, 'rps'), 0)}/s" for c in cs) + " |")
     w("")
     w("## SDK")

@@ -215,6 +215,9 @@ class Target:
     workers: int
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # Call with a virtual key that has a budget and an rpm limit (the hot path customers
+    # pay for) instead of the master key.
+    virtual_key: bool = False
 
     @property
     def url(self) -> str:
@@ -222,8 +225,9 @@ class Target:
         return f"http://{HOST}:{port}"
 
 
-def run_wrk(url: str, conns: int, seconds: float, stream: bool = False) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_STREAM": "1" if stream else "0", "BENCH_KEY": MASTER_KEY}
+def run_wrk(url: str, conns: int, seconds: float, stream: bool = False,
+            key: str = MASTER_KEY) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_STREAM": "1" if stream else "0", "BENCH_KEY": key}
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
             "-s", str(BENCH / "wrk_chat.lua"), f"{url}/v1/chat/completions"]
     out = subprocess.run(argv, env=env, capture_output=True, text=True,
@@ -238,11 +242,11 @@ def run_wrk(url: str, conns: int, seconds: float, stream: bool = False) -> dict[
     return r
 
 
-async def _ttfc(url: str, n: int) -> dict[str, Any]:
+async def _ttfc(url: str, n: int, key: str = MASTER_KEY) -> dict[str, Any]:
     import aiohttp
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}],
             "user": "cust-bench", "stream": True}
-    headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+    headers = {"Authorization": f"Bearer {key}"}
     firsts: list[float] = []
     totals: list[float] = []
     ok = 0
@@ -272,6 +276,21 @@ def pct(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
+KEY_BUDGET_USD = 1_000_000   # a budget every call reserves against, never reached here
+KEY_RPM = 100_000_000         # an rpm limit every call counts against, never reached here
+
+
+def generate_key(url: str) -> str:
+    """A virtual key with a budget and an rpm limit, made through the admin API."""
+    body = json.dumps({"key_alias": "bench", "max_budget": KEY_BUDGET_USD,
+                       "budget_duration": "30d", "rpm_limit": KEY_RPM}).encode()
+    req = urllib.request.Request(f"{url}/key/generate", data=body, method="POST",
+                                 headers={"Authorization": f"Bearer {MASTER_KEY}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return str(json.loads(resp.read())["key"])
+
+
 def measure_target(t: Target, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"name": t.name, "family": t.family, "workers": t.workers}
     d = args.duration
@@ -294,26 +313,30 @@ def measure_target(t: Target, run_dir: Path, args: argparse.Namespace) -> dict[s
             return res
         res["startup_s"] = startup
         log(f"{t.name}: first 200 after {startup * 1000:.0f} ms")
+    key = MASTER_KEY
+    if t.virtual_key:
+        key = generate_key(t.url)
+        res["virtual_key"] = {"max_budget_usd": KEY_BUDGET_USD, "rpm_limit": KEY_RPM}
     hz = os.sysconf("SC_CLK_TCK")
     ours = [*args.helper_pids, *(tree(svc.proc.pid) if svc and svc.proc else [])]
     busy0, own0, wall0 = busy_jiffies(), own_jiffies(ours), time.time()
     try:
         ok_client = 0
-        warm = run_wrk(t.url, 50, min(2, d))
+        warm = run_wrk(t.url, 50, min(2, d), key=key)
         ok_client += warm["ok"]
         res["load"] = {}
         for c in args.concurrency:
-            r = run_wrk(t.url, c, d)
+            r = run_wrk(t.url, c, d, key=key)
             ok_client += r["ok"]
             res["load"][str(c)] = r
             log(f"{t.name}: c={c:<3} {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:7.2f} ms  "
                 f"p99 {r['p99_us'] / 1000:7.2f} ms  non-2xx {r['status_errors']}  "
                 f"errors {r['read_errors'] + r['connect_errors'] + r['timeouts']}")
-        s = run_wrk(t.url, 100, d, stream=True)
+        s = run_wrk(t.url, 100, d, stream=True, key=key)
         ok_client += s["ok"]
         res["streams"] = s
         log(f"{t.name}: 100 streams {s['rps']:9.0f} streams/s  p50 {s['p50_us'] / 1000:.2f} ms")
-        tt = asyncio.run(_ttfc(t.url, args.ttfc_n))
+        tt = asyncio.run(_ttfc(t.url, args.ttfc_n, key))
         ok_client += tt["ok"]
         res["ttfc"] = tt
         log(f"{t.name}: time to first chunk p50 {tt['p50_us'] / 1000:.2f} ms "
@@ -499,6 +522,10 @@ def main() -> None:
             tallygate_bin, "--config", str(cfg), "--host", HOST, "--port", str(GATEWAY_PORT),
             "--workers", str(n), "--db", str(run_dir / f"tallygate-{n}w" / "outbox.db"),
             "--log-level", "WARNING"], gw_env))
+    targets.append(Target("tallygate-1w-key", "tallygate", 1, [
+        tallygate_bin, "--config", str(cfg), "--host", HOST, "--port", str(GATEWAY_PORT),
+        "--workers", "1", "--db", str(run_dir / "tallygate-1w-key" / "outbox.db"),
+        "--log-level", "WARNING"], gw_env, virtual_key=True))
     if Path(litellm_bin).exists():
         for n in (1, 2):
             targets.append(Target(f"litellm-{n}w", "litellm", n, [
