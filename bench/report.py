@@ -195,15 +195,11 @@ def main() -> None:
     cs = res["settings"]["concurrency"]
     w("| target | " + " | ".join(f"c={c}" for c in cs) + " |")
     w("|---|" + "---|" * len(cs))
-    def ms(name: str, c: int, key: str) -> str:
-        us = load(name, c, key)
-        return f(None if us is None else us / 1000, 2)
-
     for name in ["direct", *present]:
         if "load" not in T.get(name, {}):
             continue
         w(f"| {name} | " + " | ".join(
-            f"{ms(name, c, 'p50_us')} / {ms(name, c, 'p99_us')}, "
+            f"{ms(name, c, 'p50_us', 2)} / {ms(name, c, 'p99_us', 2)}, "
             f"{f(load(name, c, 'rps'), 0)}/s" for c in cs) + " |")
     w("")
     w("## SDK")
