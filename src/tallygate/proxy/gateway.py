@@ -12,6 +12,7 @@ from typing import Any
 
 from tallygate.config import ProxySettings
 from tallygate.event import FailureEvent, UsageEvent
+from tallygate.metering.delivery import DeliveryWorker
 from tallygate.metering.group_commit import GroupCommitter
 from tallygate.metering.outbox import Outbox
 from tallygate.pricing import PriceBook
@@ -43,7 +44,7 @@ class Gateway:
         self.sinks: list[Sink] = []
         self.outbox: Outbox | None = None
         self._writer: GroupCommitter[tuple[UsageEvent, tuple[str, ...]]] | None = None
-        self.worker: Any = None
+        self.worker: DeliveryWorker | None = None
         self.started_at = time.time()
         self._queue_gauge_cache: list[tuple[Labels, float]] = []
         environ = settings.extra.get("environ") or os.environ
@@ -73,7 +74,6 @@ class Gateway:
         m.describe("tallygate_unattributed_total", "counter", "Calls with no customer.")
 
     async def start(self) -> None:
-        from tallygate.metering.delivery import DeliveryWorker
         from tallygate.metering.factory import open_outbox
 
         self.prices.warm()
@@ -84,13 +84,11 @@ class Gateway:
         self.worker = DeliveryWorker(self.outbox, self.sinks,
                                      batch_size=self.settings.outbox_batch_size)
         self.worker.start()
-        self._register_delivery_gauges()
+        self._register_delivery_gauges(self.worker)
         log.info("tallygate gateway ready: %d model groups, sinks: %s, outbox: %s",
                  len(self.settings.models), ", ".join(self._sink_names), _safe_url(url))
 
-    def _register_delivery_gauges(self) -> None:
-        worker = self.worker
-
+    def _register_delivery_gauges(self, worker: DeliveryWorker) -> None:
         def delivery() -> list[tuple[Labels, float]]:
             out: list[tuple[Labels, float]] = []
             for name, c in worker.sink_counters().items():
@@ -157,6 +155,7 @@ class Gateway:
             by_sinks.setdefault(sinks, []).append(event)
         for sinks, events in by_sinks.items():
             await self.outbox.enqueue_many(events, sinks)
+        assert self.worker is not None
         self.worker.notify()
 
     async def record_failure(self, failure: FailureEvent) -> None:
