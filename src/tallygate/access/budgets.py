@@ -116,19 +116,29 @@ WITH cur AS (
 SELECT scope, id, max_micros, spend, reserved_micros FROM bad"""
 
 
-async def reserve(db: Database, call_id: str, scopes: Sequence[Scope],
-                  amount_micros: int) -> Exceeded | None:
-    """Reserve ``amount_micros`` on every budget in ``scopes``, all or none.
-    Returns the first budget that is used up (nothing reserved), else None."""
-    if not scopes:
-        return None
+Reservation = tuple[str, Sequence[Scope], int]  # (call_id, scopes, amount_micros)
+
+
+async def reserve_many(db: Database, items: Sequence[Reservation]) -> list[Exceeded | None]:
+    """Reserve each call's amount on every budget of its scopes, all or none per call,
+    as if one call after the other; a call's result is the first budget that is used up
+    (nothing reserved for it), else None. On SQLite they share one transaction (one
+    commit), each under a savepoint so that a refused call rolls back alone."""
     now = wall_ms()
-    scopes_json = orjson.dumps([list(s) for s in scopes]).decode()
     if isinstance(db, SQLiteDatabase):
-        return db.transaction(
-            lambda conn: _reserve_sqlite(conn, call_id, scopes, amount_micros, now,
-                                         scopes_json))
+        return db.transaction(lambda conn: [
+            _reserve_sqlite(conn, call_id, scopes, amount, now) if scopes else None
+            for call_id, scopes, amount in items])
     assert isinstance(db, PostgresDatabase)
+    out: list[Exceeded | None] = []
+    for call_id, scopes, amount in items:
+        out.append(await _reserve_pg(db, call_id, scopes, amount, now) if scopes else None)
+    return out
+
+
+async def _reserve_pg(db: PostgresDatabase, call_id: str, scopes: Sequence[Scope],
+                      amount_micros: int, now: int) -> Exceeded | None:
+    scopes_json = orjson.dumps([list(s) for s in scopes]).decode()
     rows = await db.pool.fetch(_PG_RESERVE, [s for s, _ in scopes], [i for _, i in scopes],
                                amount_micros, call_id, now, scopes_json)
     if not rows:
@@ -137,26 +147,23 @@ async def reserve(db: Database, call_id: str, scopes: Sequence[Scope],
     return Exceeded(r["scope"], r["id"], r["max_micros"], r["spend"], r["reserved_micros"])
 
 
-class _Rollback(Exception):
-    def __init__(self, exceeded: Exceeded) -> None:
-        self.exceeded = exceeded
-
-
 def _reserve_sqlite(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Scope],
-                    amount: int, now: int, scopes_json: str) -> Exceeded | None:
-    try:
-        for scope, ident in sorted(scopes):
-            row = conn.execute(_SQLITE_RESERVE, (now, amount, scope, ident)).fetchone()
-            if row is None:
-                continue
-            max_micros, spend, reserved = row
-            if max_micros is not None and spend + reserved - amount >= max_micros:
-                raise _Rollback(Exceeded(scope, ident, max_micros, spend, reserved - amount))
-        conn.execute("""INSERT INTO access_reservations VALUES (?, ?, ?, ?)
-            ON CONFLICT (call_id) DO NOTHING""", (call_id, scopes_json, amount, now))
-    except _Rollback as rb:
-        conn.execute("ROLLBACK")
-        return rb.exceeded
+                    amount: int, now: int) -> Exceeded | None:
+    """One call's reservation inside the caller's transaction, under its own savepoint."""
+    conn.execute("SAVEPOINT reserve")
+    for scope, ident in sorted(scopes):
+        row = conn.execute(_SQLITE_RESERVE, (now, amount, scope, ident)).fetchone()
+        if row is None:
+            continue
+        max_micros, spend, reserved = row
+        if max_micros is not None and spend + reserved - amount >= max_micros:
+            conn.execute("ROLLBACK TO reserve")
+            conn.execute("RELEASE reserve")
+            return Exceeded(scope, ident, max_micros, spend, reserved - amount)
+    scopes_json = orjson.dumps([list(s) for s in scopes]).decode()
+    conn.execute("""INSERT INTO access_reservations VALUES (?, ?, ?, ?)
+        ON CONFLICT (call_id) DO NOTHING""", (call_id, scopes_json, amount, now))
+    conn.execute("RELEASE reserve")
     return None
 
 

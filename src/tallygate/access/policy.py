@@ -39,7 +39,7 @@ from tallygate.errors import (
 )
 from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.event import FailureEvent, UsageEvent, format_decimal
-from tallygate.metering.group_commit import GroupCommitter
+from tallygate.metering.group_commit import GroupCall, GroupCommitter
 from tallygate.metering.rowcodec import encode_event
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
@@ -107,6 +107,9 @@ class VirtualKeyPolicy:
         self._calls: dict[str, _Call] = {}
         self._headers: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._cap_micros = to_micros(self.access.max_reservation_usd)
+        # Reservations of one loop turn share a transaction (each still all-or-none).
+        self._reserver: GroupCall[budgets.Reservation, budgets.Exceeded | None] = GroupCall(
+            self._reserve_batch)
         # Nobody waits on a settlement: gather 10 ms of them per transaction.
         self._settler: GroupCommitter[budgets.Settlement] = GroupCommitter(
             self._write_settlements, linger_s=0.01)
@@ -223,7 +226,7 @@ class VirtualKeyPolicy:
                 reserved.append((scope, ident))
         if reserved:
             amount = self._worst_case_micros(data, model)
-            exceeded = await budgets.reserve(self.db, call_id, reserved, amount)
+            exceeded = await self._reserver.call((call_id, reserved, amount))
             if exceeded is not None:
                 token_limits = [lim for lim in limits if lim.kind == "tokens"]
                 await self.limiter.adjust(token_limits, -token_estimate)
@@ -426,6 +429,11 @@ class VirtualKeyPolicy:
                                           u.total_tokens - call.token_estimate)
             except Exception:
                 log.exception("could not adjust the token limits of call %s", event.call_id)
+
+    async def _reserve_batch(self, items: Sequence[budgets.Reservation]
+                             ) -> list[budgets.Exceeded | None]:
+        assert self.db is not None
+        return await budgets.reserve_many(self.db, items)
 
     async def flush_settlements(self) -> None:
         """Wait until every queued settlement is written (spend reads, shutdown)."""
