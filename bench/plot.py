@@ -5,6 +5,7 @@
 
 import json
 import sys
+from typing import Any
 
 import matplotlib
 
@@ -13,7 +14,8 @@ import matplotlib.pyplot as plt
 
 STYLE = {"direct": ("#444444", "direct to upstream"),
          "floor": ("#999999", "floor (bare aiohttp)"),
-         "tallygate": ("#1f77b4", "tallygate"), "litellm": ("#d62728", "LiteLLM proxy")}
+         "tallygate": ("#1f77b4", "tallygate"), "litellm": ("#d62728", "LiteLLM proxy"),
+         "tallygate-key": ("#2ca02c", "tallygate, virtual key (budget + rpm)")}
 
 
 def main() -> None:
@@ -26,7 +28,7 @@ def main() -> None:
         for t in targets.values():
             if "load" not in t or (t["family"] != "direct" and t["workers"] != workers):
                 continue
-            color, label = STYLE[t["family"]]
+            color, label = STYLE["tallygate-key" if "virtual_key" in t else t["family"]]
             cs = sorted(int(c) for c in t["load"])
             p50 = [t["load"][str(c)]["p50_us"] / 1000 for c in cs]
             p99 = [t["load"][str(c)]["p99_us"] / 1000 for c in cs]
@@ -38,7 +40,12 @@ def main() -> None:
         ax.set_title(f"{workers} worker{'s' if workers > 1 else ''} per gateway")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("latency per chat completion (ms, log)")
-    axes[1].legend(fontsize=8, loc="upper left")
+    # One legend for both panels: every series that appears in either.
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    axes[1].legend(list(seen.values()), list(seen), fontsize=7, loc="upper left")
     m = res["machine"]
     fig.suptitle(f"Non-streaming chat completion latency vs concurrency "
                  f"({m['cores']} cores, fast local upstream, Lago billing on)", fontsize=11)
