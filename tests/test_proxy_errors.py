@@ -130,7 +130,7 @@ async def test_chunked_body_over_limit_413(proxy: RunningProxy) -> None:
                                                                    "code"}
 
 
-@pytest.mark.parametrize("status", [400, 403, 404, 422])
+@pytest.mark.parametrize("status", [400, 404, 422])
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_4xx_passed_through(proxy: RunningProxy, upstream: FakeOpenAI,
                                      status: int, stream: bool) -> None:
@@ -138,6 +138,19 @@ def test_upstream_4xx_passed_through(proxy: RunningProxy, upstream: FakeOpenAI,
     err = assert_openai_error(_chat(proxy, {"model": "gpt-4o-mini", "messages": MESSAGES,
                                             "stream": stream, "user": "u"}), status)
     assert err["message"] == "upstream says no"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_refusing_our_key_keeps_the_status_not_the_message(
+        proxy: RunningProxy, upstream: FakeOpenAI, status: int, stream: bool) -> None:
+    """The provider's message can quote the gateway's own key: callers never see it."""
+    upstream.fail(status, "Incorrect API key provided: sk-up-************abcd")
+    reply = _chat(proxy, {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": stream,
+                          "user": "u"})
+    err = assert_openai_error(reply, status)
+    assert "abcd" not in reply.text and "sk-up" not in reply.text
+    assert "refused the gateway's credentials" in err["message"]
 
 
 @pytest.mark.parametrize("stream", [False, True])

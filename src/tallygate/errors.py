@@ -129,6 +129,11 @@ def upstream_error_for(status: int, message: str, *, param: str | None = None,
     """The UpstreamError for an upstream's error status: 4xx keep their status (and are
     also catchable as the matching tallygate error, e.g. RateLimitError), 5xx are 502."""
     out_status = status if 400 <= status < 500 else 502
+    if status in (401, 403):
+        # The provider refused *our* key; its message may quote part of that key
+        # ("Incorrect API key provided: sk-...abcd"), which no caller may see.
+        message = (f"the upstream provider refused the gateway's credentials ({status}); "
+                   "check the api_key configured for this model")
     cls = _UPSTREAM_BY_STATUS.get(status, UpstreamError)
     return cls(message, status_code=out_status, param=param, code=code,
                error_type=error_type, headers=headers)
