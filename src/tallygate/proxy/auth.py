@@ -1,12 +1,8 @@
-"""Who is calling: the master key check (constant time; keys never logged)."""
+"""Who is calling: the key a request presents (never logged)."""
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
-
-from tallygate.errors import AuthenticationError
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -18,14 +14,3 @@ def presented_key(request: web.Request) -> str | None:
             return value.strip()
         return None
     return request.headers.get("x-api-key") or request.headers.get("api-key")
-
-
-def check_master_key(request: web.Request, master_key: str | None) -> None:
-    if master_key is None:
-        return
-    key = presented_key(request)
-    if key is None:
-        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'",
-                                  code="missing_api_key")
-    if not hmac.compare_digest(key.encode(), master_key.encode()):
-        raise AuthenticationError("invalid API key")

@@ -57,7 +57,8 @@ class Gateway:
                       for name in effective_sinks(settings, environ)]
         self._sink_names = tuple(s.name for s in self.sinks)
         # Virtual keys, budgets and limits (tallygate.access); with no keys created it
-        # behaves as MasterKeyPolicy: the master key (if set) calls, the body's user pays.
+        # behaves as a master-key gateway: the master key (if set) calls, the body's user
+        # pays.
         from tallygate.access.policy import VirtualKeyPolicy
 
         self.keys = VirtualKeyPolicy(settings, self.prices)
