@@ -21,7 +21,7 @@ from tallygate.access.settings import AccessSettings, parse_access_settings
 from tallygate.attribution import ChargeBy, parse_charge_by
 from tallygate.callback_dispatch import SINK_NAMES
 from tallygate.errors import ConfigError
-from tallygate.providers.base import Deployment, PriceOverride
+from tallygate.providers.base import PRICE_KEYS, Deployment, PriceOverride
 from tallygate.providers.registry import get_provider, provider_names, split_model
 
 log = logging.getLogger("tallygate.config")
@@ -29,10 +29,8 @@ log = logging.getLogger("tallygate.config")
 ENV_PREFIX = "os.environ/"
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 
-_PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token",
-               "cache_read_input_token_cost", "cache_creation_input_token_cost")
 _PARAM_KEYS = {"model", "api_base", "api_key", "timeout", "stream_timeout", "mock_response",
-               "extra_headers", "rpm", "tpm", "max_retries", *_PRICE_KEYS}
+               "extra_headers", "rpm", "tpm", "max_retries", *PRICE_KEYS}
 _ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info"}
 _SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "request_timeout",
                   "drop_params", "set_verbose", "json_logs"}
@@ -168,7 +166,7 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
         head = model.split("/", 1)[0]
         raise ConfigError(f"{ppath}.model: unknown provider {head!r} "
                           f"(known: {', '.join(provider_names())})")
-    prices = {k: r.decimal(params.get(k), f"{ppath}.{k}") for k in _PRICE_KEYS}
+    prices = {k: r.decimal(params.get(k), f"{ppath}.{k}") for k in PRICE_KEYS}
     override = PriceOverride(**prices) if any(v is not None for v in prices.values()) else None
     headers = params.get("extra_headers") or {}
     if not isinstance(headers, dict):

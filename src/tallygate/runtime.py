@@ -100,7 +100,6 @@ class Runtime:
         await self.on_loop(self._add_sinks(built))
 
     async def _add_sinks(self, built: dict[str, Sink]) -> None:
-        from tallygate.metering.delivery import DeliveryWorker
         from tallygate.metering.factory import open_outbox
 
         # Two calls may have built the same sink at once: the first one in wins.
@@ -115,6 +114,12 @@ class Runtime:
         if self._worker is not None:
             await self._worker.stop(0)
         self._sinks.update(built)
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        """A delivery worker for every sink built so far, on this (the runtime) loop."""
+        from tallygate.metering.delivery import DeliveryWorker
+
         self._worker = DeliveryWorker(self._outbox, list(self._sinks.values()))
         self._worker.start()
 
@@ -130,10 +135,7 @@ class Runtime:
             await self._worker.stop(timeout_s)
             self._worker = None
             if self._sinks:
-                from tallygate.metering.delivery import DeliveryWorker
-
-                self._worker = DeliveryWorker(self._outbox, list(self._sinks.values()))
-                self._worker.start()
+                self._start_worker()
 
     def flush(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> None:
         """Deliver what is pending, for up to ``timeout_s`` seconds."""

@@ -21,7 +21,7 @@ from tallygate.engine import CallContext, ChatStream
 from tallygate.errors import BadRequestError
 from tallygate.event import FailureEvent, UsageEvent
 from tallygate.pricing import default_price_book
-from tallygate.providers.base import Deployment, PriceOverride
+from tallygate.providers.base import PRICE_KEYS, Deployment, PriceOverride
 from tallygate.providers.registry import split_model
 from tallygate.response import ChunkObject, ModelResponse
 from tallygate.runtime import runtime
@@ -29,8 +29,6 @@ from tallygate.sinks.factory import sink_accepts
 
 log = logging.getLogger("tallygate")
 
-_PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token",
-               "cache_read_input_token_cost", "cache_creation_input_token_cost")
 
 
 class SdkRecorder:
@@ -60,7 +58,7 @@ def _module_callbacks(extra: Sequence[cb.Callback] | None) -> cb.ResolvedCallbac
 
 
 def _price_override(kwargs: dict[str, Any]) -> PriceOverride | None:
-    values = {k: kwargs.pop(k) for k in _PRICE_KEYS if k in kwargs}
+    values = {k: kwargs.pop(k) for k in PRICE_KEYS if k in kwargs}
     if not values:
         return None
     return PriceOverride(**{k: Decimal(str(v)) for k, v in values.items() if v is not None})

@@ -35,6 +35,12 @@ class PriceOverride:
         return self.input_cost_per_token is None and self.output_cost_per_token is None
 
 
+# PriceOverride's fields: the names a config entry or an SDK call sets prices with.
+PRICE_KEYS: tuple[str, ...] = ("input_cost_per_token", "output_cost_per_token",
+                               "cache_read_input_token_cost",
+                               "cache_creation_input_token_cost")
+
+
 @dataclass(frozen=True, slots=True)
 class Deployment:
     """One concrete upstream target: a provider, its model name and how to reach it."""

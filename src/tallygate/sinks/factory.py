@@ -15,9 +15,9 @@ def build_sink(name: str, environ: Mapping[str, str]) -> Sink:
 
         return LagoSink(LagoSettings.from_env(environ))
     if name == "jsonl":
-        from tallygate.sinks.jsonl import DEFAULT_JSONL_PATH, JsonlSink
+        from tallygate.sinks.jsonl import JsonlSink
 
-        return JsonlSink(environ.get("TALLYGATE_JSONL_PATH") or DEFAULT_JSONL_PATH)
+        return JsonlSink.from_env(environ)
     if name == "webhook":
         from tallygate.sinks.webhook import WebhookSink
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import orjson
@@ -27,7 +27,7 @@ class JsonlSink:
         self.path = Path(path)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | os._Environ[str]) -> JsonlSink:
+    def from_env(cls, environ: Mapping[str, str]) -> JsonlSink:
         return cls(environ.get("TALLYGATE_JSONL_PATH") or DEFAULT_JSONL_PATH)
 
     def _append(self, data: bytes) -> None:
