@@ -172,7 +172,7 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.access.admin_routes import add_admin_routes
 
     add_admin_routes(app, gw.keys)
-    from tallygate.proxy.messages_api import add_messages_routes
+    from tallygate.doors.anthropic_messages import add_messages_routes
 
     add_messages_routes(app, gw)  # the Anthropic Messages API door
     r.add_route("*", "/{tail:.*}", _json_404)
