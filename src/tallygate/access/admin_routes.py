@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from tallygate.access import ledger
-from tallygate.access.keys import AccessStore, token_of
+from tallygate.access.keys import AccessStore, hash_key, token_of
 from tallygate.access.policy import VirtualKeyPolicy
 from tallygate.errors import (
     AuthenticationError,
@@ -121,11 +121,12 @@ class AdminRoutes:
             if presented is None:
                 self._master(request)
             assert presented is not None
-            own = token_of(presented)
-            if asked is not None and token_of(asked) != own:
-                raise PermissionDeniedError("a key may only read its own /key/info")
+            # Always hashed: the stored hash (what /key/list shows) is not a credential.
+            own = hash_key(presented)
             if await self.store.key(own, cached=False) is None:
                 raise AuthenticationError("invalid API key")
+            if asked is not None and token_of(asked) != own:
+                raise PermissionDeniedError("a key may only read its own /key/info")
             asked = presented
         record = await self.store.key(await self._token(asked), cached=False)
         if record is None:
