@@ -61,6 +61,7 @@ class FakeAnthropic(FakeServer):
         self.full_delta_usage = False
         # An ``error`` event of this type after the first text delta (then the stream ends).
         self.stream_error_type: str | None = None
+        self.stream_error_message = "fake stream error"
         self._ids = itertools.count(1)
 
     @property
@@ -154,7 +155,8 @@ class FakeAnthropic(FakeServer):
                 events.append({"type": "content_block_delta", "index": index, "delta": delta})
                 if self.stream_error_type and delta["type"] == "text_delta":
                     events.append({"type": "error", "error": {
-                        "type": self.stream_error_type, "message": "fake stream error"}})
+                        "type": self.stream_error_type,
+                        "message": self.stream_error_message}})
                     return [_event(e) for e in events]
             events.append({"type": "content_block_stop", "index": index})
         if self.full_delta_usage:

@@ -145,6 +145,9 @@ async def _json_404(request: web.Request) -> web.StreamResponse:
 
 def create_app(settings: ProxySettings) -> web.Application:
     """The proxy as an aiohttp Application; the gateway starts and stops with it."""
+    from tallygate import log_safety
+
+    log_safety.install()  # aiohttp's own error lines carry no credential
     gw = Gateway(settings)
     # Bodies over the limit are refused by our own check (OpenAI-shaped 413); aiohttp's
     # limit sits a little above it as a backstop.

@@ -16,7 +16,10 @@ import signal
 import sys
 from typing import Any
 
+import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from tallygate.config import ProxySettings
 
@@ -34,12 +37,45 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+class _CleanErrors(RequestHandler):
+    """aiohttp's connection handler, except that a request it cannot parse gets a JSON
+    400 that does not echo the offending bytes (a header line may hold a key)."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        # One WARNING line, no traceback, no bytes (tallygate.log_safety rewrites it).
+        self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        body = {"error": {"message": "malformed HTTP request", "type": "invalid_request_error",
+                          "param": None, "code": "malformed_http"}}
+        resp = web.Response(status=status if 400 <= status < 500 else 400,
+                            body=orjson.dumps(body), content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _CleanErrors(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer malformed HTTP with a clean 400."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # same state, only the handler it makes differs
+        return server
+
+
 async def serve_async(settings: ProxySettings, host: str, port: int, *,
                       reuse_port: bool = False, ready: Any = None) -> None:
     from tallygate.proxy.app import create_app
 
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+    runner = GatewayRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=INFLIGHT_GRACE_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=2048)
@@ -98,5 +134,8 @@ def serve(settings: ProxySettings, host: str, port: int, workers: int = 1) -> in
 
 
 def configure_logging(level: str = "INFO") -> None:
+    from tallygate import log_safety
+
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_safety.install(handlers=True)  # no credential in any line, whoever logs it
