@@ -33,9 +33,12 @@ _PARAM_KEYS = {"model", "api_base", "api_key", "timeout", "stream_timeout", "moc
                "extra_headers", "rpm", "tpm", "max_retries", *PRICE_KEYS}
 _ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info"}
 _SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "request_timeout",
-                  "drop_params", "set_verbose", "json_logs"}
+                  "drop_params", "set_verbose", "json_logs",
+                  "require_auth_for_metrics_endpoint"}
 _GENERAL_KEYS = {"master_key", "database_url", "max_request_size_mb", "drain_timeout_s",
-                 "outbox_batch_size", "charge_by", "jsonl_path"}
+                 "outbox_batch_size", "charge_by", "jsonl_path",
+                 "require_auth_for_health_readiness", "body_read_timeout_s"}
+DEFAULT_BODY_READ_TIMEOUT_S = 30.0
 _TOP_KEYS = {"model_list", "litellm_settings", "tallygate_settings", "general_settings",
              "environment_variables", "router_settings", "access_settings"}
 
@@ -53,6 +56,11 @@ class ProxySettings:
     config_path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     access: AccessSettings = field(default_factory=AccessSettings)
+    # Whether /metrics and /health/readiness need the master key (on when one is set).
+    metrics_auth: bool = False
+    readiness_auth: bool = False
+    # How long a request body may take to arrive (one shorter than its Content-Length).
+    body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S
 
     def default_database_path(self) -> str:
         """The outbox lives next to the config file unless told otherwise."""
@@ -131,6 +139,16 @@ class _Reader:
         if number < 0 or not number.is_finite():
             raise ConfigError(f"{path}: must be a non-negative number")
         return number
+
+    def flag(self, value: Any, path: str, default: bool) -> bool:
+        value = self.env(value, path)
+        if value is None:
+            return default
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: must be true or false")
+        return value
 
     def names(self, value: Any, path: str) -> list[str]:
         if value is None:
@@ -239,10 +257,12 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
 
     if r.unknown:
         log.warning("config: ignoring unknown keys: %s", ", ".join(r.unknown))
+    master_key = r.text(g.get("master_key"), "general_settings.master_key")
+    body_timeout = r.number(g.get("body_read_timeout_s"), "general_settings.body_read_timeout_s")
     return ProxySettings(
         models={k: tuple(v) for k, v in models.items()},
         sinks=tuple(sinks),
-        master_key=r.text(g.get("master_key"), "general_settings.master_key"),
+        master_key=master_key,
         database_url=(r.text(g.get("database_url"), "general_settings.database_url")
                       or r.environ.get("TALLYGATE_DATABASE_URL")),
         max_request_bytes=(int(size_mb * 1024 * 1024) if size_mb is not None
@@ -253,6 +273,13 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         config_path=config_path,
         extra={"environ": r.environ, "jsonl_path": g.get("jsonl_path")},
         access=access,
+        metrics_auth=r.flag(s.get("require_auth_for_metrics_endpoint"),
+                            f"{settings_key}.require_auth_for_metrics_endpoint",
+                            master_key is not None),
+        readiness_auth=r.flag(g.get("require_auth_for_health_readiness"),
+                              "general_settings.require_auth_for_health_readiness",
+                              master_key is not None),
+        body_read_timeout_s=body_timeout or DEFAULT_BODY_READ_TIMEOUT_S,
     )
 
 

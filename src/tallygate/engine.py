@@ -58,12 +58,15 @@ class CallContext:
     team_id: str | None = None
     key_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # Selects a price variant, e.g. {"service_tier": "priority"} (tallygate.price_fields).
+    price_context: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
                *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset()
                ) -> UsageEvent:
-    price = prices.price(deployment.provider, deployment.model, usage, deployment.price)
+    price = prices.price(deployment.provider, deployment.model, usage, deployment.price,
+                         ctx.price_context)
     flags = set(extra_flags)
     if price.cost is None:
         flags.add(FLAG_UNKNOWN_PRICE)

@@ -69,6 +69,20 @@ class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
 
 
+class RequestTimeoutError(TallygateError):
+    """The request body did not arrive in time (e.g. shorter than its Content-Length)."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class MethodNotAllowedError(TallygateError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
 class RequestTooLargeError(TallygateError):
     status_code = 413
     error_type = "invalid_request_error"

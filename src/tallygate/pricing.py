@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.metadata import version
 from typing import Any
@@ -98,7 +100,10 @@ class PriceBook:
         self._lib()
 
     def price(self, provider: str, model: str, usage: Usage,
-              override: PriceOverride | None = None) -> Price:
+              override: PriceOverride | None = None,
+              context: Mapping[str, str] | None = None) -> Price:
+        """``context`` selects a price variant (``{"service_tier": "priority"}``); the
+        caller has checked with ``knows_context`` that the variant has a price."""
         if override is not None and not override.is_empty():
             return Price(cost_from_override(usage, override), "config")
         key = (provider, model)
@@ -107,6 +112,12 @@ class PriceBook:
         provider_id = _PRICE_PROVIDER_IDS.get(provider)
         if provider_id is None:
             return self._mark_unknown(key)
+        if context:
+            try:
+                return Price(self._library_cost(provider_id, model, usage, context),
+                             self._source)
+            except LookupError:
+                return self._mark_unknown(key)
         rates = self._rates.get(key)
         if rates is not None and rates.expires_at > time.monotonic():
             return Price(rates.cost(usage), self._source)
@@ -118,7 +129,32 @@ class PriceBook:
             return self._mark_unknown(key)
         return Price(total, self._source)
 
-    def _library_cost(self, provider_id: str, model: str, usage: Usage) -> Decimal:
+    def knows_context(self, provider: str, model: str, override: PriceOverride | None,
+                      context: Mapping[str, str]) -> bool:
+        """Whether the price library has this model's price under ``context`` (e.g. a
+        service tier): a variant that names every key of it and is in force today. Config
+        prices (``input_cost_per_token``...) have no variants."""
+        if override is not None and not override.is_empty():
+            return False
+        provider_id = _PRICE_PROVIDER_IDS.get(provider)
+        if provider_id is None:
+            return False
+        lib = self._lib()
+        try:
+            _, info = lib.data_snapshot.get_snapshot().find_provider_model(
+                model, None, provider_id, None)
+        except LookupError:
+            return False
+        now = datetime.now(tz=UTC)
+        for variant in info.price_variants or ():
+            if variant.constraint is not None and not variant.constraint.active(now):
+                continue
+            if dict(variant.when) == dict(context):
+                return True
+        return False
+
+    def _library_cost(self, provider_id: str, model: str, usage: Usage,
+                      context: Mapping[str, str] | None = None) -> Decimal:
         lib = self._lib()
         # genai-prices counts cached tokens inside input_tokens, as OpenAI does.
         calc = lib.calc_price(
@@ -126,7 +162,7 @@ class PriceBook:
                       cache_read_tokens=usage.cache_read_tokens,
                       cache_write_tokens=usage.cache_write_tokens,
                       output_tokens=usage.output_tokens),
-            model, provider_id=provider_id)
+            model, provider_id=provider_id, price_context=context or None)
         return Decimal(calc.total_price)
 
     def _linear_rates(self, provider_id: str, model: str) -> _Rates | None:

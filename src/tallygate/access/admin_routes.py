@@ -29,6 +29,7 @@ from tallygate.errors import (
     TallygateError,
 )
 from tallygate.proxy.auth import presented_key
+from tallygate.proxy.validation import close_after, read_in_time
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,8 +44,8 @@ def _error(exc: TallygateError) -> web.Response:
                         headers=exc.headers, content_type="application/json")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+async def _body(request: web.Request, timeout_s: float) -> dict[str, Any]:
+    raw = await read_in_time(request, timeout_s)
     if not raw:
         return {}
     try:
@@ -92,6 +93,9 @@ class AdminRoutes:
         if not self.policy.is_master(key):
             raise PermissionDeniedError("this route needs the master key")
 
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        return await _body(request, self.policy.settings.body_read_timeout_s)
+
     def route(self, fn: Handler, *, admin: bool = True) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             try:
@@ -99,13 +103,13 @@ class AdminRoutes:
                     self._master(request)
                 return await fn(request)
             except TallygateError as exc:
-                return _error(exc)
+                return close_after(_error(exc), exc)
         return handler
 
     # -- keys ------------------------------------------------------------------------
 
     async def key_generate(self, request: web.Request) -> web.StreamResponse:
-        plain, record = await self.store.create_key(await _body(request))
+        plain, record = await self.store.create_key(await self._body(request))
         return _json({"key": plain, **record.as_json()})
 
     async def _token(self, value: Any) -> str:
@@ -134,13 +138,13 @@ class AdminRoutes:
         return _json({"key": record.token, "info": record.as_json()})
 
     async def key_update(self, request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
+        body = await self._body(request)
         record = await self.store.update_key(await self._token(body.get("key")),
                                              {k: v for k, v in body.items() if k != "key"})
         return _json({"key": record.token, **record.as_json()})
 
     async def key_delete(self, request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
+        body = await self._body(request)
         keys = body.get("keys") or []
         aliases = body.get("key_aliases") or []
         if not isinstance(keys, list) or not isinstance(aliases, list) or not (keys or aliases):
@@ -175,7 +179,7 @@ class AdminRoutes:
     # -- teams and customers ---------------------------------------------------------
 
     async def team_new(self, request: web.Request) -> web.StreamResponse:
-        return _json((await self.store.create_team(await _body(request))).as_json())
+        return _json((await self.store.create_team(await self._body(request))).as_json())
 
     async def team_info(self, request: web.Request) -> web.StreamResponse:
         team_id = request.query.get("team_id")
@@ -189,7 +193,7 @@ class AdminRoutes:
                       "keys": [k.as_json() for k in keys]})
 
     async def customer_new(self, request: web.Request) -> web.StreamResponse:
-        return _json((await self.store.create_customer(await _body(request))).as_json())
+        return _json((await self.store.create_customer(await self._body(request))).as_json())
 
     async def customer_info(self, request: web.Request) -> web.StreamResponse:
         q = request.query

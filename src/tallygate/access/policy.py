@@ -170,6 +170,12 @@ class VirtualKeyPolicy:
             raise AuthenticationError("this API key's team is blocked", code="team_blocked")
         return Caller("key", record, team)
 
+    def visible_models(self, identity: Any, names: Sequence[str]) -> list[str]:
+        caller: Caller = identity
+        return [name for name in names
+                if (caller.key is None or _models_allow(caller.key.models, name))
+                and (caller.team is None or _models_allow(caller.team.models, name))]
+
     # -- admission -----------------------------------------------------------------------
 
     async def admit(self, identity: Any, data: Mapping[str, Any], model: str, call_id: str,

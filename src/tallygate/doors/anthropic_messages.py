@@ -58,6 +58,7 @@ ERROR_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
     504: "timeout_error",
@@ -600,6 +601,11 @@ class MessagesRoute:
 class _NotServed(TallygateError):
     status_code = 404
     error_type = "not_found_error"
+
+
+def is_messages_path(path: str) -> bool:
+    """Whether ``path`` is this door's (its errors then take Anthropic's shape)."""
+    return path.startswith(("/v1/messages", "/messages"))
 
 
 def add_messages_routes(app: web.Application, gw: Gateway) -> None:

@@ -40,6 +40,10 @@ class AccessPolicy(Protocol):
         """The call failed: give its reservation back."""
         ...
 
+    def visible_models(self, identity: Any, names: Sequence[str]) -> list[str]:
+        """The model groups of ``names`` this identity may call (``GET /v1/models``)."""
+        ...
+
     def response_headers(self, call_id: str) -> Mapping[str, str]:
         """Headers for the call's response (e.g. ``x-ratelimit-*``)."""
         ...

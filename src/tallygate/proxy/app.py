@@ -15,7 +15,12 @@ from aiohttp import web
 from tallygate import engine
 from tallygate.config import ProxySettings
 from tallygate.engine import CallContext, ChatStream
-from tallygate.errors import TallygateError, UpstreamError
+from tallygate.errors import (
+    MethodNotAllowedError,
+    PermissionDeniedError,
+    TallygateError,
+    UpstreamError,
+)
 from tallygate.event import UsageEvent, format_decimal
 from tallygate.providers.base import Deployment
 from tallygate.providers.openai import DONE_FRAME
@@ -112,19 +117,32 @@ class Routes:
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         try:
-            await self.gw.access.authenticate(request)
+            identity = await self.gw.access.authenticate(request)
         except TallygateError as exc:
             return error_response(exc)
         created = int(self.gw.started_at)
+        # A key restricted to some model groups sees only those.
+        names = self.gw.access.visible_models(identity, self.gw.model_names())
         data = [{"id": name, "object": "model", "created": created, "owned_by": "tallygate"}
-                for name in self.gw.model_names()]
+                for name in names]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}),
                             content_type="application/json")
 
     async def liveness(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=b'"I\'m alive!"', content_type="application/json")
 
+    async def _operator_only(self, request: web.Request, required: bool) -> None:
+        """The status routes show the gateway's internals (delivery errors, volumes):
+        with the setting on, only the master key reads them (401/403 otherwise)."""
+        if required and not getattr(await self.gw.access.authenticate(request), "is_master",
+                                    False):
+            raise PermissionDeniedError("this route needs the master key")
+
     async def readiness(self, request: web.Request) -> web.StreamResponse:
+        try:
+            await self._operator_only(request, self.gw.settings.readiness_auth)
+        except TallygateError as exc:
+            return error_response(exc)
         # Degraded delivery (e.g. Lago refusing our key) keeps serving: events wait in
         # the outbox, so the gateway stays in rotation and says so in the body.
         ready, body = await self.gw.readiness()
@@ -132,15 +150,43 @@ class Routes:
                             content_type="application/json")
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
+        try:
+            await self._operator_only(request, self.gw.settings.metrics_auth)
+        except TallygateError as exc:
+            return error_response(exc)
         await self.gw.refresh_queue_gauges()
         return web.Response(text=self.gw.metrics.render(),
                             content_type="text/plain", charset="utf-8")
 
 
-async def _json_404(request: web.Request) -> web.StreamResponse:
-    body = {"error": {"message": f"no route {request.method} {request.path}",
-                      "type": "invalid_request_error", "param": None, "code": "not_found"}}
-    return web.Response(body=orjson.dumps(body), status=404, content_type="application/json")
+def _fallback(app: web.Application) -> Any:
+    """The answer to a request no route takes: 405 with ``Allow`` when the path exists
+    with other methods (in that route's API shape: Anthropic's for /v1/messages), else a
+    JSON 404."""
+    allowed: dict[str, set[str]] = {}
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        if route.method != "*" and "{" not in path:
+            allowed.setdefault(path, set()).add(route.method)
+    from tallygate.doors.anthropic_messages import error_response as anthropic_error
+    from tallygate.doors.anthropic_messages import is_messages_path
+
+    async def fallback(request: web.Request) -> web.StreamResponse:
+        methods = allowed.get(request.path)
+        if not methods:
+            body = {"error": {"message": f"no route {request.method} {request.path}",
+                              "type": "invalid_request_error", "param": None,
+                              "code": "not_found"}}
+            return web.Response(body=orjson.dumps(body), status=404,
+                                content_type="application/json")
+        allow = ", ".join(sorted(methods, key=lambda m: (m == "HEAD", m)))
+        verbs = " or ".join(sorted(m for m in methods if m != "HEAD"))
+        exc = MethodNotAllowedError(f"{request.method} is not allowed on {request.path}; "
+                                    f"use {verbs}", headers={"Allow": allow})
+        render = anthropic_error if is_messages_path(request.path) else error_response
+        return render(exc)
+
+    return fallback
 
 
 def create_app(settings: ProxySettings) -> web.Application:
@@ -178,5 +224,5 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.doors.anthropic_messages import add_messages_routes
 
     add_messages_routes(app, gw)  # the Anthropic Messages API door
-    r.add_route("*", "/{tail:.*}", _json_404)
+    r.add_route("*", "/{tail:.*}", _fallback(app))
     return app

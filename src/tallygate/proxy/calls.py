@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -26,9 +27,10 @@ from tallygate.errors import (
     UpstreamError,
 )
 from tallygate.event import new_call_id
+from tallygate.price_fields import price_context
 from tallygate.providers.base import Deployment
 from tallygate.proxy.gateway import Gateway
-from tallygate.proxy.validation import parse_json_object, require_model
+from tallygate.proxy.validation import close_after, parse_json_object, read_in_time, require_model
 
 log = logging.getLogger("tallygate.proxy")
 
@@ -57,10 +59,7 @@ async def read_body(request: web.Request, gw: Gateway) -> bytes:
     limit = gw.settings.max_request_bytes
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLargeError(f"the request body is over the {limit}-byte limit")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise RequestTooLargeError(f"the request body is over the {limit}-byte limit") from None
+    return await read_in_time(request, gw.settings.body_read_timeout_s, limit)
 
 
 def model_group(gw: Gateway, model: str) -> tuple[Deployment, ...]:
@@ -97,10 +96,13 @@ class CallFrame:
             model = require_model(body)  # every API shape names its model the same way
             params = prepare(body)
             group = model_group(gw, model)
+            pricing = price_context(params, group, gw.prices)  # 400 if a tier is unpriced
             ctx, deployment = await gw.access.admit(identity, params, model, call_id, group)
+            if pricing:
+                ctx = replace(ctx, price_context=pricing)
             return await handle(request, params, deployment, ctx)
         except TallygateError as exc:
-            answer = on_error(exc, call_id)
+            answer = close_after(on_error(exc, call_id), exc)
             status = answer.status
             return answer
         except Exception:

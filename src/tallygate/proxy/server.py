@@ -61,8 +61,17 @@ class _Server(web.Server):
         return _CleanErrors(self, loop=self._loop, **self._kwargs)
 
 
+# After an early answer (a 408, a 413) aiohttp reads the rest of the body for this long
+# before closing, so that the client sees the answer; its default is 10 s.
+LINGERING_S = 2.0
+
+
 class GatewayRunner(web.AppRunner):
     """``web.AppRunner`` whose connections answer malformed HTTP with a clean 400."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("lingering_time", LINGERING_S)
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
+from aiohttp import web
 
-from tallygate.errors import BadRequestError
+from tallygate.errors import (
+    BadRequestError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    TallygateError,
+)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -70,3 +77,24 @@ def check_embedding(data: dict[str, Any]) -> None:
                               code="invalid_type")
     if data.get("user") is not None and not isinstance(data.get("user"), str):
         raise BadRequestError("'user' must be a str", param="user", code="invalid_type")
+
+
+async def read_in_time(request: web.Request, timeout_s: float, limit: int | None = None) -> bytes:
+    """The body, or a 408 when it does not arrive within ``timeout_s`` (a body shorter
+    than its Content-Length would otherwise hold the connection open for ever)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeoutError(f"the request body did not arrive within {timeout_s:g}s"
+                                  ) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise RequestTooLargeError(f"the request body is over the {limit}-byte limit") from None
+
+
+def close_after(answer: web.Response, exc: TallygateError) -> web.Response:
+    """A body that did not arrive is not read further: the connection closes after the
+    answer (aiohttp would otherwise linger reading it)."""
+    if isinstance(exc, RequestTimeoutError):
+        answer.force_close()
+    return answer
