@@ -63,7 +63,9 @@ class CallContext:
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
                *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset()
                ) -> UsageEvent:
-    price = prices.price(deployment.provider, deployment.model, usage, deployment.price)
+    # A deployment whose name says nothing of its model (Azure) is priced by base_model.
+    price = prices.price(deployment.provider, deployment.base_model or deployment.model, usage,
+                         deployment.price)
     flags = set(extra_flags)
     if price.cost is None:
         flags.add(FLAG_UNKNOWN_PRICE)
