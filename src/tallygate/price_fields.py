@@ -35,10 +35,11 @@ def price_context(params: Mapping[str, Any], deployments: Sequence[Deployment],
                               code="invalid_type")
     context = {"service_tier": tier}
     for deployment in deployments:
-        if not prices.knows_context(deployment.provider, deployment.model, deployment.price,
+        model = deployment.base_model or deployment.model
+        if not prices.knows_context(deployment.provider, model, deployment.price,
                                     context):
             raise BadRequestError(
-                f"service_tier {tier!r} is not priced for model {deployment.model!r} on "
+                f"service_tier {tier!r} is not priced for model {model!r} on "
                 "this gateway, so the call could not be billed correctly; use 'auto' or "
                 "'default'", param="service_tier", code="unpriced_service_tier")
     return MappingProxyType(context)
