@@ -30,6 +30,7 @@ from tallygate.errors import (
 )
 from tallygate.proxy.auth import presented_key
 from tallygate.proxy.validation import close_after, read_in_time
+from tallygate.storable import check_storable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,6 +55,9 @@ async def _body(request: web.Request, timeout_s: float) -> dict[str, Any]:
         raise BadRequestError("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequestError("the body must be a JSON object")
+    for name, value in data.items():  # stored in the access tables: must be storable
+        check_storable(name, "body")
+        check_storable(value, name)
     return data
 
 

@@ -78,6 +78,11 @@ class _Call:
     token_estimate: int = 0
 
 
+def _settlement_failed(item: budgets.Settlement, exc: BaseException) -> None:
+    # The event is safe in the outbox; `tallygate reconcile` shows the gap.
+    log.error("could not settle call %s in the spend ledger: %s", item[0], exc, exc_info=exc)
+
+
 def _usd(micros: int | None) -> str:
     return format_decimal(from_micros(micros) or Decimal(0))
 
@@ -110,9 +115,10 @@ class VirtualKeyPolicy:
         # Reservations of one loop turn share a transaction (each still all-or-none).
         self._reserver: GroupCall[budgets.Reservation, budgets.Exceeded | None] = GroupCall(
             self._reserve_batch)
-        # Nobody waits on a settlement: gather 10 ms of them per transaction.
+        # Nobody waits on a settlement: gather 10 ms of them per transaction (one that
+        # cannot be written is logged alone; the others are written).
         self._settler: GroupCommitter[budgets.Settlement] = GroupCommitter(
-            self._write_settlements, linger_s=0.01)
+            self._write_settlements, linger_s=0.01, on_error=_settlement_failed)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -440,7 +446,7 @@ class VirtualKeyPolicy:
                 log.exception("could not adjust the token limits of call %s", event.call_id)
 
     async def _reserve_batch(self, items: Sequence[budgets.Reservation]
-                             ) -> list[budgets.Exceeded | None]:
+                             ) -> list[budgets.Exceeded | Exception | None]:
         assert self.db is not None
         return await budgets.reserve_many(self.db, items)
 
@@ -450,12 +456,7 @@ class VirtualKeyPolicy:
 
     async def _write_settlements(self, items: Sequence[budgets.Settlement]) -> None:
         assert self.db is not None
-        try:
-            await budgets.settle_many(self.db, items)
-        except Exception:
-            # The events are safe in the outbox; `tallygate reconcile` shows the gap.
-            log.exception("could not settle %d call(s) in the spend ledger: %s", len(items),
-                          ", ".join(item[0] for item in items))
+        await budgets.settle_many(self.db, items)
 
     async def release(self, failure: FailureEvent) -> None:
         call = self._calls.pop(failure.call_id, None)

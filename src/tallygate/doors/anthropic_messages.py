@@ -36,6 +36,7 @@ from tallygate.proxy.calls import (
 )
 from tallygate.proxy.gateway import Gateway
 from tallygate.proxy.validation import require_model
+from tallygate.storable import check_storable
 from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.proxy")
@@ -536,6 +537,8 @@ class MessageStreamEncoder:
 def _prepare(data: dict[str, Any]) -> dict[str, Any]:
     """The call's OpenAI-shaped params, with the gateway's ``metadata`` and ``stream``
     (both taken off again before the upstream request)."""
+    if data.get("metadata") is not None:  # kept on the event: it must be storable
+        check_storable(data["metadata"], "metadata")
     params, metadata, stream = to_chat_params(data)
     return {**params, "metadata": metadata, "stream": stream}
 

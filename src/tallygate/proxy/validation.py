@@ -14,6 +14,7 @@ from tallygate.errors import (
     RequestTooLargeError,
     TallygateError,
 )
+from tallygate.storable import check_storable
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -65,6 +66,7 @@ def check_chat(data: dict[str, Any]) -> None:
     if options is not None and not isinstance(options, dict):
         raise BadRequestError("'stream_options' must be an object", param="stream_options",
                               code="invalid_type")
+    _check_kept(data)
 
 
 def check_embedding(data: dict[str, Any]) -> None:
@@ -77,6 +79,14 @@ def check_embedding(data: dict[str, Any]) -> None:
                               code="invalid_type")
     if data.get("user") is not None and not isinstance(data.get("user"), str):
         raise BadRequestError("'user' must be a str", param="user", code="invalid_type")
+    _check_kept(data)
+
+
+def _check_kept(data: dict[str, Any]) -> None:
+    """What the gateway keeps on the event must be storable (tallygate.storable)."""
+    for name in ("user", "metadata"):
+        if data.get(name) is not None:
+            check_storable(data[name], name)
 
 
 async def read_in_time(request: web.Request, timeout_s: float, limit: int | None = None) -> bytes:
