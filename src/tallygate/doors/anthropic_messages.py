@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 
 from tallygate import engine
+from tallygate.doors.anthropic_request import check_messages
 from tallygate.engine import CallContext, ChatStream
 from tallygate.errors import BadRequestError, TallygateError
 from tallygate.estimate import estimate_prompt_tokens
@@ -36,7 +37,6 @@ from tallygate.proxy.calls import (
 )
 from tallygate.proxy.gateway import Gateway
 from tallygate.proxy.validation import require_model
-from tallygate.storable import check_storable
 from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.proxy")
@@ -537,8 +537,7 @@ class MessageStreamEncoder:
 def _prepare(data: dict[str, Any]) -> dict[str, Any]:
     """The call's OpenAI-shaped params, with the gateway's ``metadata`` and ``stream``
     (both taken off again before the upstream request)."""
-    if data.get("metadata") is not None:  # kept on the event: it must be storable
-        check_storable(data["metadata"], "metadata")
+    check_messages(data)
     params, metadata, stream = to_chat_params(data)
     return {**params, "metadata": metadata, "stream": stream}
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from tallygate import engine
 from tallygate.config import ProxySettings
+from tallygate.doors.openai_request import check_chat, check_embedding
 from tallygate.engine import CallContext, ChatStream
 from tallygate.errors import (
     MethodNotAllowedError,
@@ -32,7 +33,6 @@ from tallygate.proxy.calls import (
     serve_stream,
 )
 from tallygate.proxy.gateway import Gateway
-from tallygate.proxy.validation import check_chat, check_embedding
 
 log = logging.getLogger("tallygate.proxy")
 

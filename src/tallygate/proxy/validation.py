@@ -1,4 +1,5 @@
-"""Request body checks: clear 400s that name the field, before anything is sent."""
+"""Request bodies: read in time, parsed as a JSON object naming its model (the checks of
+each API's fields are its door's: ``tallygate.doors.openai_request``...)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from tallygate.errors import (
     RequestTooLargeError,
     TallygateError,
 )
-from tallygate.storable import check_storable
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -40,53 +40,6 @@ def require_model(data: dict[str, Any]) -> str:
         raise BadRequestError("'model' must be a non-empty string", param="model",
                               code="invalid_type")
     return model
-
-
-def check_chat(data: dict[str, Any]) -> None:
-    messages = data.get("messages")
-    if messages is None:
-        raise BadRequestError("missing required parameter: 'messages'", param="messages",
-                              code="missing_required_parameter")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequestError("'messages' must be a non-empty array", param="messages",
-                              code="invalid_type")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRequestError(f"'messages[{i}]' must be an object",
-                                  param=f"messages[{i}]", code="invalid_type")
-        if not isinstance(message.get("role"), str):
-            raise BadRequestError(f"'messages[{i}].role' is required and must be a string",
-                                  param=f"messages[{i}].role", code="invalid_type")
-    for name, kind in (("stream", bool), ("user", str), ("metadata", dict)):
-        value = data.get(name)
-        if value is not None and not isinstance(value, kind):
-            raise BadRequestError(f"'{name}' must be a {kind.__name__}", param=name,
-                                  code="invalid_type")
-    options = data.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequestError("'stream_options' must be an object", param="stream_options",
-                              code="invalid_type")
-    _check_kept(data)
-
-
-def check_embedding(data: dict[str, Any]) -> None:
-    value = data.get("input")
-    if value is None:
-        raise BadRequestError("missing required parameter: 'input'", param="input",
-                              code="missing_required_parameter")
-    if not isinstance(value, str | list) or (isinstance(value, list) and not value):
-        raise BadRequestError("'input' must be a string or a non-empty array", param="input",
-                              code="invalid_type")
-    if data.get("user") is not None and not isinstance(data.get("user"), str):
-        raise BadRequestError("'user' must be a str", param="user", code="invalid_type")
-    _check_kept(data)
-
-
-def _check_kept(data: dict[str, Any]) -> None:
-    """What the gateway keeps on the event must be storable (tallygate.storable)."""
-    for name in ("user", "metadata"):
-        if data.get(name) is not None:
-            check_storable(data[name], name)
 
 
 async def read_in_time(request: web.Request, timeout_s: float, limit: int | None = None) -> bytes:
