@@ -20,6 +20,7 @@ from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.event import (
     FLAG_CLIENT_DISCONNECTED,
     FLAG_ESTIMATED_USAGE,
+    FLAG_INCOMPLETE,
     FLAG_STREAM,
     FLAG_UNATTRIBUTED,
     FLAG_UNKNOWN_PRICE,
@@ -172,7 +173,24 @@ def _read_answer(read: Callable[[], ChatResult], key: str, what: str) -> ChatRes
     if not isinstance(result.body, Mapping) or not isinstance(result.body.get(key), list):
         raise UpstreamError(f"upstream answered 200 with a body that is not {what} "
                             f"(no {key!r} list)")
+    if key == "choices":
+        _check_choices(result.body["choices"])
     return result
+
+
+def _check_choices(choices: list[Any]) -> None:
+    """Each choice must be one a client can read: a message object whose content is text
+    (or parts, or null) and whose tool calls are objects. Anything else is the upstream's
+    failure, answered 502 and not billed, rather than billed and then failing."""
+    for i, choice in enumerate(choices):
+        message = choice.get("message") if isinstance(choice, Mapping) else None
+        content = message.get("content") if isinstance(message, Mapping) else None
+        calls = message.get("tool_calls") if isinstance(message, Mapping) else None
+        if (not isinstance(message, Mapping) or not isinstance(content, str | list | None)
+                or not isinstance(calls, list | None)
+                or any(not isinstance(c, Mapping) for c in calls or ())):
+            raise UpstreamError(f"upstream answered 200 with a malformed choices[{i}] "
+                                "(its message is not a chat message)")
 
 
 def _answer_text(body: Mapping[str, Any]) -> str:
@@ -201,7 +219,7 @@ class ChatStream:
         self._upstream: Any = None  # the open transport stream's context manager
         self._source: AsyncIterator[bytes] | None = None
         self.event: UsageEvent | None = None
-        self._finishing: asyncio.Future[UsageEvent] | None = None
+        self._finishing: asyncio.Future[UsageEvent | None] | None = None
 
     async def open(self) -> ChatStream:
         """Send the request; raise the upstream's error before any chunk is produced."""
@@ -217,12 +235,25 @@ class ChatStream:
             if stream.status >= 400:
                 body = await stream.read()
                 raise self._provider.error_from_response(stream.status, body, stream.headers)
+            kind = stream.headers.get("Content-Type", "")
+            if kind and "text/event-stream" not in kind.lower():
+                raise self._not_a_stream(kind, await stream.read())
             self._source = stream.chunks()
         except BaseException as exc:
             await self._close_upstream()
             await self._recorder.record_failure(failure_event(self.ctx, self.deployment, exc))
             raise
         return self
+
+    def _not_a_stream(self, kind: str, body: bytes) -> UpstreamError:
+        """A stream request answered 200 with something else (an HTML page, a plain JSON
+        answer or error): a 502, not billed."""
+        media = kind.split(";", 1)[0].strip() or "no content type"
+        exc = self._provider.error_from_response(502, body, {})
+        if exc.message == "upstream answered 502":  # no error message of its own in it
+            exc = UpstreamError(f"upstream answered a stream request with {media}, not an "
+                                "event stream")
+        return exc
 
     async def __aiter__(self) -> AsyncIterator[StreamItem]:
         async for items in self.pieces():
@@ -231,7 +262,11 @@ class ChatStream:
 
     async def pieces(self) -> AsyncIterator[list[StreamItem]]:
         """The chunks of each upstream read together, so that a proxy can forward them
-        in one write (one syscall) rather than one write per chunk."""
+        in one write (one syscall) rather than one write per chunk.
+
+        A stream that breaks (the provider fails, sends a chunk that is not one, or ends
+        without its end marker) raises an UpstreamError after ``fail`` billed what was
+        produced: the caller reports it in-band, never as a stream that ended well."""
         assert self._source is not None, "open() the stream first"
         try:
             async for data in self._source:
@@ -240,28 +275,55 @@ class ChatStream:
                     yield items
                 if self._decoder.done:
                     break
+            else:
+                tail = self._decoder.feed(b"\n\n")  # an event without its blank line
+                if tail:
+                    yield tail
+                if not self._decoder.done:
+                    raise UpstreamError("the upstream stream ended before its end marker "
+                                        "(the answer may be cut short)")
         except UpstreamError as exc:
-            # The provider failed mid-stream: bill what was generated, then re-raise.
-            log.warning("call %s: upstream stream failed after output began: %s",
-                        self.ctx.call_id, exc.message)
-            await self.finish()
+            await self.fail(exc)
             raise
+        except Exception as exc:
+            failure = UpstreamError(f"the upstream sent a malformed stream "
+                                    f"({type(exc).__name__})")
+            await self.fail(failure)
+            raise failure from None
         await self.finish()
 
-    async def finish(self, *, disconnected: bool = False) -> UsageEvent:
-        """Close upstream and record the event; safe to call more than once."""
+    async def fail(self, exc: BaseException) -> UsageEvent | None:
+        """The stream broke (``exc``): bill what the client was sent, flagged incomplete;
+        if nothing was, it is a failed call: nothing billed, the reservation released."""
+        if self._finishing is not None or self._decoder.output_text():
+            log.warning("call %s: upstream stream failed after output began: %s",
+                        self.ctx.call_id, getattr(exc, "message", type(exc).__name__))
+            return await self.finish(incomplete=True)
+        self._finishing = asyncio.get_running_loop().create_future()
+        self._finishing.set_result(None)
+        await self._close_upstream()
+        await self._recorder.record_failure(failure_event(self.ctx, self.deployment, exc))
+        return None
+
+    async def finish(self, *, disconnected: bool = False,
+                     incomplete: bool = False) -> UsageEvent | None:
+        """Close upstream and record the event; safe to call more than once. None when
+        the stream failed before producing anything (``fail``): nothing was billed."""
         if self._finishing is not None:
             return await asyncio.shield(self._finishing)
         self._finishing = asyncio.get_running_loop().create_future()
         try:
             await self._close_upstream()
             dec = self._decoder
-            usage = dec.usage if (dec.done and dec.usage is not None) else None
+            final = dec.done or dec.usage_final
+            usage = dec.usage if (final and dec.usage is not None) else None
             if usage is None:
                 usage = _estimated_usage(self._params, dec.output_text(), dec.usage)
             flags = {FLAG_STREAM}
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)
+            if incomplete:
+                flags.add(FLAG_INCOMPLETE)
             event = make_event(self.ctx, self.deployment, usage, self._prices,
                                extra_flags=frozenset(flags))
             self.event = event

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes import malformed
 from tests.fakes.server_base import (
     FakeServer,
     FakeToolCall,
@@ -110,19 +111,27 @@ class FakeAnthropic(FakeServer):
         refusal = self.take_error()
         if refusal is not None:
             return refusal
+        raw = self.take_raw()
+        if raw is not None:
+            return await self.send_raw(request, raw)
         body = got.body or {}
         for name in ("model", "messages", "max_tokens"):
             if name not in body:
                 return self.error(400, f"{name}: Field required")
         mid = f"msg_fake{next(self._ids)}"
         stop_reason = "tool_use" if self.tool_call is not None else self.stop_reason
-        if body.get("stream"):
-            return await self.send_stream(request, self._frames(mid, body["model"], stop_reason))
-        return await self.send_json(request, {
+        message = {
             "id": mid, "type": "message", "role": "assistant", "model": body["model"],
             "content": self._blocks(), "stop_reason": stop_reason, "stop_sequence": None,
             "usage": self.usage(),
-        })
+        }
+        if self.malformed:
+            return await self.send_raw(request, malformed.anthropic_messages(
+                self.malformed, bool(body.get("stream")),
+                self._frames(mid, body["model"], stop_reason), message))
+        if body.get("stream"):
+            return await self.send_stream(request, self._frames(mid, body["model"], stop_reason))
+        return await self.send_json(request, message)
 
     def _frames(self, mid: str, model: str, stop_reason: str) -> list[bytes]:
         events: list[dict[str, Any]] = [{"type": "message_start", "message": {

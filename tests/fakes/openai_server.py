@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes import malformed
 from tests.fakes.server_base import FakeServer, FakeToolCall, run_in_thread, split_text
 
 __all__ = ["FakeOpenAI", "FakeToolCall", "run_in_thread"]
@@ -84,13 +85,24 @@ class FakeOpenAI(FakeServer):
         body, refusal = await self._gate(request)
         if refusal is not None:
             return refusal
+        raw = self.take_raw()
+        if raw is not None:
+            return await self.send_raw(request, raw)
         if not body.get("messages"):
             return self.error(400, "'messages' is a required property")
         model = str(body.get("model") or "gpt-4o-mini")
         cid = f"chatcmpl-fake{next(self._ids)}"
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        stream = bool(body.get("stream"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if self.malformed:
+            return await self.send_raw(request, malformed.openai_chat(
+                self.malformed, stream, self._frames(cid, model, include_usage),
+                self._completion(cid, model)))
+        if stream:
             return await self.send_stream(request, self._frames(cid, model, include_usage))
+        return await self.send_json(request, self._completion(cid, model))
+
+    def _completion(self, cid: str, model: str) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.reply_text,
                                    "refusal": None, "annotations": []}
         finish = self.finish_reason
@@ -101,13 +113,13 @@ class FakeOpenAI(FakeServer):
                 "function": {"name": self.tool_call.name,
                              "arguments": orjson.dumps(self.tool_call.arguments).decode()}}]
             finish = "tool_calls"
-        return await self.send_json(request, {
+        return {
             "id": cid, "object": "chat.completion", "created": int(time.time()),
             "model": model, "system_fingerprint": "fp_fake",
             "choices": [{"index": 0, "message": message, "logprobs": None,
                          "finish_reason": finish}],
             "usage": self.usage(),
-        })
+        }
 
     def _frames(self, cid: str, model: str, include_usage: bool) -> list[bytes]:
         created = int(time.time())
@@ -148,6 +160,9 @@ class FakeOpenAI(FakeServer):
         body, refusal = await self._gate(request)
         if refusal is not None:
             return refusal
+        raw = self.take_raw()
+        if raw is not None:
+            return await self.send_raw(request, raw)
         inputs = body.get("input")
         if inputs is None or inputs == []:
             return self.error(400, "'input' is a required property")
@@ -163,10 +178,13 @@ class FakeOpenAI(FakeServer):
                 packed = struct.pack(f"<{len(vector)}f", *vector)
                 embedding = base64.b64encode(packed).decode()
             data.append({"object": "embedding", "index": i, "embedding": embedding})
-        return await self.send_json(request, {
-            "object": "list", "data": data, "model": str(body.get("model") or ""),
-            "usage": {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens},
-        })
+        answer = {"object": "list", "data": data, "model": str(body.get("model") or ""),
+                  "usage": {"prompt_tokens": self.prompt_tokens,
+                            "total_tokens": self.prompt_tokens}}
+        if self.malformed:
+            return await self.send_raw(request, malformed.openai_embedding(self.malformed,
+                                                                           answer))
+        return await self.send_json(request, answer)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         _, refusal = await self._gate(request)

@@ -459,18 +459,26 @@ class VirtualKeyPolicy:
         await budgets.settle_many(self.db, items)
 
     async def release(self, failure: FailureEvent) -> None:
-        call = self._calls.pop(failure.call_id, None)
-        self._headers.pop(failure.call_id, None)
+        await self._give_back(failure.call_id)
+
+    async def abandon(self, call_id: str) -> None:
+        if call_id in self._calls:
+            log.warning("call %s ended without being billed or released; its reservation "
+                        "is given back", call_id)
+            await self._give_back(call_id)
+
+    async def _give_back(self, call_id: str) -> None:
+        call = self._calls.pop(call_id, None)
+        self._headers.pop(call_id, None)
         if call is None or self.db is None:
             return
         try:
             if call.reserved:
-                await budgets.settle(self.db, failure.call_id, call.reserved, call.reserved,
-                                     0, None)
+                await budgets.settle(self.db, call_id, call.reserved, call.reserved, 0, None)
             if call.token_limits:
                 await self.limiter.adjust(call.token_limits, -call.token_estimate)
         except Exception:
-            log.exception("could not release the reservation of call %s", failure.call_id)
+            log.exception("could not release the reservation of call %s", call_id)
 
     def response_headers(self, call_id: str) -> Mapping[str, str]:
         return self._headers.pop(call_id, None) or {}

@@ -433,7 +433,9 @@ def to_message(body: Mapping[str, Any], usage: Usage, message_id: str,
         blocks.append({"type": "text", "text": text})
     calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict)]
     for call in calls:
-        function = call.get("function") or {}
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
         blocks.append({"type": "tool_use", "id": call.get("id") or _tool_use_id(),
                        "name": function.get("name") or "",
                        "input": _tool_input(function.get("arguments"))})
@@ -492,21 +494,30 @@ class MessageStreamEncoder:
 
     def feed(self, chunk: Mapping[str, Any]) -> list[bytes]:
         out: list[bytes] = []
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        # Parts not in the chunk shape (a string delta, a list as content) are skipped.
+        for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") or {}
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
             text = delta.get("content")
             if isinstance(text, str) and text:
                 if self._open_kind != "text":
                     out += self._begin("text", {"type": "text", "text": ""})
                 out.append(_frame({"type": "content_block_delta", "index": self._open,
                                    "delta": {"type": "text_delta", "text": text}}))
-            for call in delta.get("tool_calls") or ():
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
                 if not isinstance(call, dict):
                     continue
-                function = call.get("function") or {}
+                function = call.get("function")
+                if not isinstance(function, dict):
+                    function = {}
                 key = call.get("index", 0)
+                if not isinstance(key, int):
+                    continue
                 index = self._tools.get(key)
                 if index is None:
                     out += self._begin("tool_use", {
@@ -590,6 +601,7 @@ class MessagesRoute:
             # The iteration ended with the bill written (finish); its usage closes the
             # message, so the client reads the billed numbers.
             event = await stream.finish()
+            assert event is not None  # the stream ended well: it billed itself
             await resp.write_eof(encoder.end(event.usage))
 
         return await serve_stream(request, stream, self._headers(ctx.call_id), write,

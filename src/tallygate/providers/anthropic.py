@@ -276,6 +276,20 @@ def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_message(parsed: dict[str, Any]) -> None:
+    """An answer whose content is not a list of well-formed blocks is the upstream's
+    failure (a 502, nothing billed), not something to translate into an empty reply."""
+    content = parsed.get("content")
+    if not isinstance(content, list):
+        raise UpstreamError("upstream answered 200 with a message whose content is not a "
+                            "list of blocks")
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if (not isinstance(kind, str) or (kind == "text" and not isinstance(block.get("text"), str))
+                or (kind == "tool_use" and not isinstance(block.get("input"), dict))):
+            raise UpstreamError("upstream answered 200 with a malformed content block")
+
+
 def translate_response(parsed: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
     blocks = [b for b in parsed.get("content") or () if isinstance(b, dict)]
     text = "".join(str(b.get("text") or "") for b in blocks if b.get("type") == "text")
@@ -322,6 +336,15 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upst
 
 # --- stream: Anthropic SSE events -> OpenAI chat.completion.chunk ----------------------
 
+def _object(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _index(event: dict[str, Any]) -> int:
+    index = event.get("index")
+    return index if isinstance(index, int) and not isinstance(index, bool) else -1
+
+
 class AnthropicStreamDecoder(StreamDecoder):
     """Reads Anthropic stream events and builds the OpenAI chunks for them."""
 
@@ -344,7 +367,7 @@ class AnthropicStreamDecoder(StreamDecoder):
             try:
                 event = orjson.loads(ev.data)
             except orjson.JSONDecodeError:
-                continue
+                continue  # a line that is not an event (a proxy's noise) is skipped
             if isinstance(event, dict):
                 out.extend(self._on_event(event))
         return out
@@ -360,16 +383,18 @@ class AnthropicStreamDecoder(StreamDecoder):
         }
         return StreamItem(chunk, b"data: " + orjson.dumps(chunk) + b"\n\n")
 
-    def _merge_usage(self, raw: object) -> None:
+    def _merge_usage(self, raw: object, *, final: bool = False) -> None:
         # message_delta usage is cumulative: a later value replaces an earlier one.
         if isinstance(raw, dict):
             self._raw_usage.update({k: v for k, v in raw.items() if v is not None})
-            self.usage = anthropic_usage(self._raw_usage)
+            self.usage = anthropic_usage(self._raw_usage)  # None when invalid: estimated
+            self.usage_final = final and self.usage is not None
 
     def _on_event(self, event: dict[str, Any]) -> list[StreamItem]:
+        # Parts not in the event's documented shape are skipped, never a crash.
         kind = event.get("type")
         if kind == "message_start":
-            message = event.get("message") or {}
+            message = _object(event.get("message"))
             self._id = str(message.get("id") or "")
             self._model = str(message.get("model") or self._model)
             self._merge_usage(message.get("usage"))
@@ -379,8 +404,8 @@ class AnthropicStreamDecoder(StreamDecoder):
         if kind == "content_block_delta":
             return self._on_block_delta(event)
         if kind == "message_delta":
-            self._merge_usage(event.get("usage"))
-            stop_reason = (event.get("delta") or {}).get("stop_reason")
+            self._merge_usage(event.get("usage"), final=True)
+            stop_reason = _object(event.get("delta")).get("stop_reason")
             if stop_reason and not self._finished:
                 self._finished = True
                 return [self._chunk({}, finish_reason(stop_reason))]
@@ -396,7 +421,7 @@ class AnthropicStreamDecoder(StreamDecoder):
                 out.append(StreamItem(chunk, b"data: " + orjson.dumps(chunk) + b"\n\n"))
             return out
         if kind == "error":
-            err = event.get("error") or {}
+            err = _object(event.get("error"))
             err_type = str(err.get("type") or "api_error")
             status = ERROR_STATUS.get(err_type, 500)
             raise UpstreamError(str(err.get("message") or "upstream stream error"),
@@ -405,26 +430,27 @@ class AnthropicStreamDecoder(StreamDecoder):
         return []  # ping, content_block_stop and event types added later
 
     def _on_block_start(self, event: dict[str, Any]) -> list[StreamItem]:
-        block = event.get("content_block") or {}
-        if block.get("type") == "text" and block.get("text"):
+        block = _object(event.get("content_block"))
+        if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
             self.output_parts.append(block["text"])
             return [self._chunk({"content": block["text"]})]
         if block.get("type") == "tool_use":
             tool_index = len(self._tool_index)
-            self._tool_index[int(event.get("index") or 0)] = tool_index
+            self._tool_index[_index(event)] = tool_index
             call = {"index": tool_index, "id": block.get("id"), "type": "function",
                     "function": {"name": block.get("name"), "arguments": ""}}
             return [self._chunk({"tool_calls": [call]})]
         return []  # thinking and server tool blocks have no OpenAI chunk
 
     def _on_block_delta(self, event: dict[str, Any]) -> list[StreamItem]:
-        delta = event.get("delta") or {}
+        delta = _object(event.get("delta"))
         kind = delta.get("type")
-        if kind == "text_delta" and delta.get("text"):
+        if kind == "text_delta" and isinstance(delta.get("text"), str) and delta["text"]:
             self.output_parts.append(delta["text"])
             return [self._chunk({"content": delta["text"]})]
-        if kind == "input_json_delta" and delta.get("partial_json"):
-            tool_index = self._tool_index.get(int(event.get("index") or 0))
+        partial = delta.get("partial_json")
+        if kind == "input_json_delta" and isinstance(partial, str) and partial:
+            tool_index = self._tool_index.get(_index(event))
             if tool_index is None:
                 return []
             self.output_parts.append(delta["partial_json"])
@@ -460,6 +486,7 @@ class AnthropicProvider(Provider):
         parsed = orjson.loads(body)
         if not isinstance(parsed, dict):
             raise UpstreamError("upstream answered with a non-object body")
+        check_message(parsed)
         usage = anthropic_usage(parsed.get("usage"))
         return ChatResult(body=translate_response(parsed, usage), usage=usage, raw=None)
 

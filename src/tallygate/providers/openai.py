@@ -98,6 +98,11 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue
             if not payload:
                 continue
+            body = payload.strip()
+            if not (body.startswith(b"{") and body.endswith(b"}")):
+                # Forwarded chunks are not parsed, but one that cannot be a JSON object
+                # (an HTML line, a number, a cut line) is noise: it is not forwarded.
+                continue
             if not _has_usage(payload):
                 self._payloads.append(payload)
                 out.append(StreamItem(None, b"data: " + payload + b"\n\n", payload))
@@ -110,7 +115,9 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue
             usage = chunk.get("usage")
             if isinstance(usage, dict):
+                # An invalid usage object reads as None: the call is then estimated.
                 self.usage = Usage.from_openai(usage)
+                self.usage_final = self.usage is not None
             choices = chunk.get("choices") or ()
             if choices:
                 self._payloads.append(payload)
@@ -125,19 +132,27 @@ class OpenAIStreamDecoder(StreamDecoder):
         return out
 
     def output_text(self) -> str:
+        """The text and tool arguments streamed so far; parts of chunks that are not in
+        the chunk shape (a string delta, content that is not text) are skipped."""
         parts: list[str] = []
         for payload in self._payloads:
             try:
                 chunk = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 continue
-            for choice in (chunk.get("choices") or ()) if isinstance(chunk, dict) else ():
-                delta = choice.get("delta") or {}
-                if delta.get("content"):
-                    parts.append(delta["content"])
-                for call in delta.get("tool_calls") or ():
-                    args = (call.get("function") or {}).get("arguments")
-                    if args:
+            choices = chunk.get("choices") if isinstance(chunk, dict) else None
+            for choice in choices if isinstance(choices, list) else ():
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if not isinstance(delta, dict):
+                    continue
+                content = delta.get("content")
+                if isinstance(content, str):
+                    parts.append(content)
+                calls = delta.get("tool_calls")
+                for call in calls if isinstance(calls, list) else ():
+                    function = call.get("function") if isinstance(call, dict) else None
+                    args = function.get("arguments") if isinstance(function, dict) else None
+                    if isinstance(args, str):
                         parts.append(args)
         return "".join(parts)
 

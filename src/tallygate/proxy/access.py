@@ -40,6 +40,11 @@ class AccessPolicy(Protocol):
         """The call failed: give its reservation back."""
         ...
 
+    async def abandon(self, call_id: str) -> None:
+        """The call's handling is over: if it was neither settled nor released (a bug, a
+        failed outbox write), give its reservation back. A no-op otherwise."""
+        ...
+
     def visible_models(self, identity: Any, names: Sequence[str]) -> list[str]:
         """The model groups of ``names`` this identity may call (``GET /v1/models``)."""
         ...

@@ -98,9 +98,14 @@ class CallFrame:
             group = model_group(gw, model)
             pricing = price_context(params, group, gw.prices)  # 400 if a tier is unpriced
             ctx, deployment = await gw.access.admit(identity, params, model, call_id, group)
-            if pricing:
-                ctx = replace(ctx, price_context=pricing)
-            return await handle(request, params, deployment, ctx)
+            try:
+                if pricing:
+                    ctx = replace(ctx, price_context=pricing)
+                return await handle(request, params, deployment, ctx)
+            finally:
+                # Whatever failed (a bug, a broken outbox, a cancel), an admitted call
+                # that was neither settled nor released gives its reservation back.
+                await gw.access.abandon(call_id)
         except TallygateError as exc:
             answer = close_after(on_error(exc, call_id), exc)
             status = answer.status
@@ -119,20 +124,15 @@ async def serve_stream(request: web.Request, stream: ChatStream, headers: dict[s
                        write: Callable[[web.StreamResponse], Awaitable[None]],
                        error_frame: Callable[[UpstreamError], bytes]) -> web.StreamResponse:
     """Open ``stream`` (an upstream error still gets its own status code), then answer as
-    SSE: ``write`` sends the frames and ends the response. A provider failing midway is
-    reported in-band; a client leaving stops the upstream read. Either way the stream
-    bills what was generated, exactly once."""
+    SSE: ``write`` sends the frames and ends the response. A provider failing midway, or
+    a stream that breaks whatever the cause, is reported in-band (no end marker is sent
+    for it); a client leaving stops the upstream read. Either way the stream bills what
+    was sent, exactly once, or releases the call when nothing was."""
     await stream.open()
     resp = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     try:
         await resp.prepare(request)
         await write(resp)
-    except UpstreamError as exc:
-        try:
-            await resp.write(error_frame(exc))
-            await resp.write_eof()
-        except ConnectionError:
-            pass
     except ConnectionError:
         # A normal event, not a server error: no traceback in the log.
         await stream.finish(disconnected=True)
@@ -141,4 +141,19 @@ async def serve_stream(request: web.Request, stream: ChatStream, headers: dict[s
     except asyncio.CancelledError:
         await asyncio.shield(stream.finish(disconnected=True))
         raise
+    except Exception as exc:
+        failure = exc if isinstance(exc, UpstreamError) else UpstreamError(
+            f"the stream could not be relayed ({type(exc).__name__})")
+        if not isinstance(exc, UpstreamError):
+            log.warning("call %s: stream relay failed: %r", stream.ctx.call_id, exc)
+        try:
+            await stream.fail(failure)  # bills what was sent (no-op if already billed)
+        except Exception:
+            # The outbox write failed: the call frame gives the reservation back.
+            log.exception("call %s: could not bill the broken stream", stream.ctx.call_id)
+        try:
+            await resp.write(error_frame(failure))
+            await resp.write_eof()
+        except ConnectionError:
+            pass
     return resp
