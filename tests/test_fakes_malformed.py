@@ -37,13 +37,13 @@ def _valid(model: Any, raw: bytes) -> bool:
 
 
 async def _openai_raw(fake: FakeOpenAI, stream: bool) -> tuple[str, list[bytes]]:
-    async with openai.AsyncOpenAI(base_url=fake.base_url, api_key="k", max_retries=0) as c:
-        async with c.chat.completions.with_streaming_response.create(
+    async with openai.AsyncOpenAI(base_url=fake.base_url, api_key="k", max_retries=0) as c, \
+            c.chat.completions.with_streaming_response.create(
                 model="gpt-4o-mini", messages=HI, stream=stream,
                 stream_options={"include_usage": True} if stream else openai.NOT_GIVEN
-        ) as resp:
-            kind = resp.headers.get("content-type", "")
-            return kind, [line async for line in resp.iter_bytes()]
+            ) as resp:
+        kind = resp.headers.get("content-type", "")
+        return kind, [line async for line in resp.iter_bytes()]
 
 
 def _sse_payloads(parts: list[bytes]) -> list[bytes]:
@@ -106,10 +106,10 @@ async def test_openai_embedding_modes(mode: str) -> None:
 
 async def _anthropic_raw(fake: FakeAnthropic, stream: bool) -> tuple[str, bytes]:
     async with anthropic.AsyncAnthropic(base_url=fake.base_url, api_key="k",
-                                        max_retries=0) as c:
-        async with c.messages.with_streaming_response.create(
+                                        max_retries=0) as c, \
+            c.messages.with_streaming_response.create(
                 model="claude", max_tokens=10, messages=HI, stream=stream) as resp:
-            return resp.headers.get("content-type", ""), await resp.read()
+        return resp.headers.get("content-type", ""), await resp.read()
 
 
 @pytest.mark.parametrize("mode", [*malformed.ANTHROPIC_STREAM_MODES, "html", "plain_json"])

@@ -105,12 +105,12 @@ def test_the_sdks_raise_the_in_band_error(gate: Gate,
             for _ in stream:
                 pass
     fakes[1].malformed = "no_message_stop"
-    with anthropic.Anthropic(base_url=base, api_key=MASTER_KEY, max_retries=0) as claude:
-        with pytest.raises(anthropic.APIStatusError, match="ended before its end marker"), \
-                claude.messages.stream(model="anthropic", max_tokens=50, messages=HI,  # type: ignore[arg-type]
-                                       metadata={"user_id": "u"}) as events:
-            for _ in events:
-                pass
+    with anthropic.Anthropic(base_url=base, api_key=MASTER_KEY, max_retries=0) as claude, \
+            pytest.raises(anthropic.APIStatusError, match="ended before its end marker"), \
+            claude.messages.stream(model="anthropic", max_tokens=50, messages=HI,  # type: ignore[arg-type]
+                                   metadata={"user_id": "u"}) as events:
+        for _ in events:
+            pass
 
 
 def test_a_stream_that_breaks_before_any_output_bills_nothing(
