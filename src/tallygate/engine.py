@@ -105,11 +105,27 @@ def _estimated_usage(params: Mapping[str, Any], output_text: str,
     """Usage for a stream that ended before the provider's numbers: keep what the
     provider reported (e.g. Anthropic's input counts) and estimate the rest."""
     out = estimate_text_tokens(output_text)
-    if partial is not None:
+    if partial is not None and partial.prompt_tokens > 0:
         return replace(partial, output_tokens=max(partial.output_tokens, out),
                        source="estimated")
     return Usage(input_tokens=estimate_prompt_tokens(params.get("messages") or ()),
                  output_tokens=out, source="estimated")
+
+
+def _counted(usage: Usage | None) -> Usage | None:
+    """The provider's usage if it can be the count of a real call: a prompt is never zero
+    tokens, so a usage that says so is missing numbers, to be estimated."""
+    return usage if usage is not None and usage.prompt_tokens > 0 else None
+
+
+def _estimated_embedding(params: Mapping[str, Any]) -> Usage:
+    value = params.get("input")
+    items = [value] if isinstance(value, str) else list(value or ())
+    if items and all(isinstance(i, int) for i in items):
+        items = [items]  # one list of token ids
+    tokens = sum(len(i) if isinstance(i, list) else estimate_text_tokens(str(i))
+                 for i in items)
+    return Usage(input_tokens=max(tokens, 1), source="estimated")
 
 
 async def _send(provider: Provider, deployment: Deployment, params: dict[str, Any],
@@ -132,9 +148,9 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
         body = await _send(provider, deployment, params)
         result = _read_answer(lambda: provider.chat_response(deployment, body),
                               "choices", "a chat completion")
-        usage = result.usage
+        usage = _counted(result.usage)
         if usage is None:
-            usage = _estimated_usage(params, _answer_text(result.body), None)
+            usage = _estimated_usage(params, _answer_text(result.body), result.usage)
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
@@ -154,7 +170,7 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    usage = result.usage or Usage(source="estimated")
+    usage = _counted(result.usage) or _estimated_embedding(params)
     event = make_event(ctx, deployment, usage, prices, kind="embedding")
     await recorder.record(event)
     return result, event
@@ -316,7 +332,7 @@ class ChatStream:
             await self._close_upstream()
             dec = self._decoder
             final = dec.done or dec.usage_final
-            usage = dec.usage if (final and dec.usage is not None) else None
+            usage = _counted(dec.usage) if final else None
             if usage is None:
                 usage = _estimated_usage(self._params, dec.output_text(), dec.usage)
             flags = {FLAG_STREAM}

@@ -157,6 +157,18 @@ class OpenAIStreamDecoder(StreamDecoder):
         return "".join(parts)
 
 
+def embedding_usage(raw: object) -> Usage | None:
+    """An embeddings ``usage`` (input tokens only); None when missing or not a count, so
+    that the call is estimated rather than billed as zero."""
+    if not isinstance(raw, dict):
+        return None
+    for name in ("prompt_tokens", "total_tokens"):
+        value = raw.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return Usage(input_tokens=value)
+    return None
+
+
 class OpenAIProvider(Provider):
     name = "openai"
     price_provider = "openai"
@@ -211,10 +223,7 @@ class OpenAIProvider(Provider):
         parsed = orjson.loads(body)
         if not isinstance(parsed, dict):
             raise UpstreamError("upstream answered with a non-object body")
-        raw_usage = parsed.get("usage") or {}
-        prompt = raw_usage.get("prompt_tokens") or raw_usage.get("total_tokens") or 0
-        usage = Usage(input_tokens=int(prompt))
-        return ChatResult(body=parsed, usage=usage, raw=body)
+        return ChatResult(body=parsed, usage=embedding_usage(parsed.get("usage")), raw=body)
 
 
 register(OpenAIProvider())
