@@ -31,6 +31,24 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
 _ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
 
 
+def billed_prompt_tokens(body: dict[str, Any]) -> int:
+    """The prompt tokens of a request as the fake bills them (``bill_request``)."""
+    chars, images = 0, 0
+    for message in body.get("messages") or ():
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"text": content or ""}]
+        for part in parts:
+            if part.get("type") == "image_url":
+                images += 85 if part["image_url"].get("detail") == "low" else 765
+            else:
+                chars += len(str(part.get("text") or ""))
+        chars += len(orjson.dumps(message.get("tool_calls") or []))
+    for name in ("tools", "functions", "response_format"):
+        if body.get(name):
+            chars += len(orjson.dumps(body[name]))
+    return 4 * len(body.get("messages") or ()) + 3 + -(-chars // 4) + images
+
+
 class FakeOpenAI(FakeServer):
     def __init__(self) -> None:
         super().__init__()
@@ -44,6 +62,11 @@ class FakeOpenAI(FakeServer):
         self.stream_chunks = 3        # content pieces in a stream
         self.models = ["gpt-4o-mini", "text-embedding-3-small"]
         self.embedding_dim = 8
+        # Bill what the request carries, as OpenAI does: every message, tool definition
+        # and response_format (about 4 characters a token), each image (85 tokens at
+        # "low" detail, 765 otherwise: a 1024x1024 image at "high"), and n choices of
+        # completion_tokens each. Off: the fixed prompt_tokens above.
+        self.bill_request = False
         self._ids = itertools.count(1)
 
     @property
@@ -61,11 +84,15 @@ class FakeOpenAI(FakeServer):
                           "type": error_type or _ERROR_TYPES.get(status, "server_error"),
                           "param": None, "code": _ERROR_CODES.get(status)}}
 
-    def usage(self) -> dict[str, Any]:
+    def usage(self, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        if self.bill_request and body is not None:
+            prompt = billed_prompt_tokens(body)
+            completion *= int(body.get("n") or 1)
         return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens,
                                           "audio_tokens": 0,
@@ -100,9 +127,10 @@ class FakeOpenAI(FakeServer):
                 self._completion(cid, model)))
         if stream:
             return await self.send_stream(request, self._frames(cid, model, include_usage))
-        return await self.send_json(request, self._completion(cid, model))
+        return await self.send_json(request, self._completion(cid, model, body))
 
-    def _completion(self, cid: str, model: str) -> dict[str, Any]:
+    def _completion(self, cid: str, model: str,
+                    request: dict[str, Any] | None = None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.reply_text,
                                    "refusal": None, "annotations": []}
         finish = self.finish_reason
@@ -113,12 +141,13 @@ class FakeOpenAI(FakeServer):
                 "function": {"name": self.tool_call.name,
                              "arguments": orjson.dumps(self.tool_call.arguments).decode()}}]
             finish = "tool_calls"
+        n = int((request or {}).get("n") or 1) if self.bill_request else 1
         return {
             "id": cid, "object": "chat.completion", "created": int(time.time()),
             "model": model, "system_fingerprint": "fp_fake",
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": finish}],
-            "usage": self.usage(),
+            "choices": [{"index": i, "message": message, "logprobs": None,
+                         "finish_reason": finish} for i in range(n)],
+            "usage": self.usage(request),
         }
 
     def _frames(self, cid: str, model: str, include_usage: bool) -> list[bytes]:

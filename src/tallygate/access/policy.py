@@ -27,6 +27,7 @@ from tallygate.access.db import Database, database_for, wall_ms
 from tallygate.access.keys import AccessStore, KeyRecord, TeamRecord, hash_key, iso
 from tallygate.access.lago_api import LagoReader, lago_base
 from tallygate.access.ratelimit import Decision, Limit, LocalLimiter, RedisLimiter
+from tallygate.access.worst_case import worst_case_cost
 from tallygate.attribution import resolve_customer
 from tallygate.config import ProxySettings
 from tallygate.engine import CallContext
@@ -44,7 +45,6 @@ from tallygate.metering.rowcodec import encode_event
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
 from tallygate.proxy.auth import presented_key
-from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.access")
 
@@ -76,6 +76,7 @@ class _Call:
     reserved: list[Scope]
     token_limits: list[Limit] = field(default_factory=list)
     token_estimate: int = 0
+    reserved_micros: int = 0  # what each budget in ``reserved`` holds for the call
 
 
 def _settlement_failed(item: budgets.Settlement, exc: BaseException) -> None:
@@ -236,8 +237,13 @@ class VirtualKeyPolicy:
             scopes.append((scope, ident))
             if budget.limited:
                 reserved.append((scope, ident))
+        amount = 0
         if reserved:
-            amount = self._worst_case_micros(data, model)
+            caps = [b.max_micros for b in (key.budget if key else None,
+                                           team.budget if team else None,
+                                           customer_rec.budget if customer_rec else None)
+                    if b is not None and b.max_micros is not None]
+            amount = self._worst_case_micros(data, model, caps)
             exceeded = await self._reserver.call((call_id, reserved, amount))
             if exceeded is not None:
                 token_limits = [lim for lim in limits if lim.kind == "tokens"]
@@ -252,7 +258,7 @@ class VirtualKeyPolicy:
         self._calls[call_id] = _Call(key, team.team_id if team else (key.team_id if key
                                      else None), customer, scopes, reserved,
                                      [lim for lim in limits if lim.kind == "tokens"],
-                                     token_estimate)
+                                     token_estimate, amount)
         if headers:
             self._headers[call_id] = headers
             while len(self._headers) > _MAX_PENDING_HEADERS:
@@ -388,22 +394,15 @@ class VirtualKeyPolicy:
     def _token_estimate(self, data: Mapping[str, Any]) -> int:
         return self._prompt_tokens(data) + (self._max_output(data) or 0)
 
-    def _worst_case_micros(self, data: Mapping[str, Any], model: str) -> int:
-        """The most this call can cost: the prompt estimate plus ``max_tokens`` of
-        output at the dearest deployment; without a bound, ``max_reservation_usd``."""
-        is_chat = "messages" in data
-        max_out = self._max_output(data) if is_chat else 0
-        if max_out is None:
-            return self._cap_micros
-        usage = Usage(input_tokens=self._prompt_tokens(data), output_tokens=max_out)
-        worst = Decimal(0)
-        for deployment in self.settings.models.get(model, ()):
-            price = self.prices.price(deployment.provider, deployment.model, usage,
-                                      deployment.price)
-            if price.cost is None:
-                return self._cap_micros
-            worst = max(worst, price.cost)
-        return to_micros(worst)
+    def _worst_case_micros(self, data: Mapping[str, Any], model: str,
+                           budget_caps: Sequence[int]) -> int:
+        """What the call reserves: its worst case (``tallygate.access.worst_case``), or
+        ``max_reservation_usd`` when a price is unknown; never more than the largest
+        budget it is held against (holding all of a budget keeps every other call out
+        of it while this one runs, which is what bounds the overrun to one call)."""
+        cost = worst_case_cost(data, self.settings.models.get(model, ()), self.prices)
+        amount = self._cap_micros if cost is None else to_micros(cost)
+        return min(amount, max(budget_caps)) if budget_caps else amount
 
     # -- after the call ------------------------------------------------------------------
 
@@ -431,8 +430,13 @@ class VirtualKeyPolicy:
                None if event.customer else encode_event(event).decode())
         item = (event.call_id, call.scopes if call else [], call.reserved if call else [],
                 cost, row)
-        if event.customer:
+        if event.customer and not (call is not None and call.reserved
+                                   and cost > call.reserved_micros):
             self._settler.submit_nowait(item)
+        elif event.customer:
+            # It cost more than it reserved: the next calls must see that spend now,
+            # not 10 ms after the answer.
+            await budgets.settle_many(self.db, [item])
         else:
             # A held call: its ledger row (with the whole event) is the one durable copy
             # that Lago can get later (`tallygate outbox assign`), so it is written before
