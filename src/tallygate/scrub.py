@@ -24,7 +24,8 @@ from collections.abc import Iterable
 REDACTED = "[redacted]"
 _MIN_SECRET_CHARS = 6  # shorter "secrets" would redact ordinary words
 
-_VALUE = r"(?!\[redacted\])[^\s\"',;)}\]]+"
+# A credential's value; not an already redacted one, nor a placeholder like "<key>".
+_VALUE = r"(?!\[redacted\])(?!<)[^\s\"',;)}\]]+"
 # (pattern, replacement): the name of what was redacted stays, its value goes.
 _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|basic)(\s+)" + _VALUE), r"\1\2" + REDACTED),

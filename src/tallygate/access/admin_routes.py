@@ -105,6 +105,8 @@ class AdminRoutes:
             try:
                 if admin:
                     self._master(request)
+                for name, value in request.query.items():  # they reach the access tables
+                    check_storable(value, name)
                 return await fn(request)
             except TallygateError as exc:
                 return close_after(_error(exc), exc)

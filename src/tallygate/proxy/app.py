@@ -159,6 +159,18 @@ class Routes:
                             content_type="text/plain", charset="utf-8")
 
 
+def _openapi() -> Any:
+    """``GET /openapi.json``: the description of these routes kept beside this module."""
+    from importlib.resources import files
+
+    body = files("tallygate.proxy").joinpath("openapi.json").read_bytes()
+
+    async def openapi(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/json")
+
+    return openapi
+
+
 def _fallback(app: web.Application) -> Any:
     """The answer to a request no route takes: 405 with ``Allow`` when the path exists
     with other methods (in that route's API shape: Anthropic's for /v1/messages), else a
@@ -218,6 +230,7 @@ def create_app(settings: ProxySettings) -> web.Application:
     r.add_get("/health/liveness", routes.liveness)
     r.add_get("/health/readiness", routes.readiness)
     r.add_get("/metrics", routes.metrics)
+    r.add_get("/openapi.json", _openapi())
     from tallygate.access.admin_routes import add_admin_routes
 
     add_admin_routes(app, gw.keys)
