@@ -244,7 +244,8 @@ class GeminiScript:
         """Chunks as Google streams them: text in pieces, each chunk carrying the usage
         so far (cumulative), the function call and finishReason on the last."""
         whole = self._answers(body, model)[0]
-        if "candidates" not in whole or not self.reply_text:
+        if ("candidates" not in whole or not self.reply_text
+                or "content" not in whole["candidates"][0]):
             return [whole]
         candidate = whole["candidates"][0]
         parts = candidate["content"]["parts"]
