@@ -168,8 +168,20 @@ def target(request: pytest.FixtureRequest, gemini: FakeGemini,
     return Target(name, "claude-haiku-4-5", vertex)
 
 
+_clients: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()  # no pooled socket left for the GC to find
+
+
 def client(proxy: RunningProxy) -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=MASTER_KEY, max_retries=0)
+    made = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=MASTER_KEY, max_retries=0)
+    _clients.append(made)
+    return made
 
 
 def check_event(lago: FakeLago, call_id: str, customer: str, target: Target, *,
@@ -343,11 +355,12 @@ def test_throttled_call_bills_nothing(proxy: RunningProxy, lago: FakeLago,
     assert len(lago.stored) == 1
 
 
-def test_messages_door_reaches_each(proxy: RunningProxy, lago: FakeLago,
-                                    target: Target) -> None:
+def test_messages_door_reaches_each(proxy: RunningProxy, lago: FakeLago, target: Target,
+                                    request: pytest.FixtureRequest) -> None:
     target.set_usage(uncached=640, cached=1024, output=33)
     claude_sdk = anthropic.Anthropic(base_url=proxy.base_url, api_key=MASTER_KEY,
                                      max_retries=0)
+    request.addfinalizer(claude_sdk.close)
     raw = claude_sdk.messages.with_raw_response.create(
         model=target.model_name, max_tokens=128, system="Be brief.",
         metadata={"user_id": "cust-door"},
@@ -376,3 +389,48 @@ def test_vertex_token_fetched_once_for_all_calls(proxy: RunningProxy, lago: Fake
     assert vertex.token_fetches == 1
     tokens = {r.headers["Authorization"] for r in vertex.received if "/models/" in r.path}
     assert len(tokens) == 1
+
+
+def test_messages_door_keeps_cache_control_for_claude_on_vertex(
+        proxy: RunningProxy, lago: FakeLago, vertex: FakeVertex) -> None:
+    with anthropic.Anthropic(base_url=proxy.base_url, api_key=MASTER_KEY,
+                             max_retries=0) as claude_sdk:
+        claude_sdk.messages.create(
+            model="vertex-claude", max_tokens=64, metadata={"user_id": "c"},
+            system=[{"type": "text", "text": "A long shared document.",
+                     "cache_control": {"type": "ephemeral"}}],
+            messages=[{"role": "user", "content": "Summarise it."}],
+            extra_body={"top_k": 5})
+    body = vertex.received[-1].body
+    assert body is not None
+    assert body["system"] == [{"type": "text", "text": "A long shared document.",
+                               "cache_control": {"type": "ephemeral"}}]
+    assert body["top_k"] == 5
+
+
+def test_embeddings_through_the_proxy(proxy: RunningProxy, lago: FakeLago, tmp_path: Path,
+                                      gemini: FakeGemini) -> None:
+    raw = client(proxy).embeddings.with_raw_response.create(
+        model="gemini-flash", input=["first text", "second text"], user="cust-embed")
+    answer = raw.parse()
+    assert [len(d.embedding) for d in answer.data] == [4, 4]
+    assert gemini.received[-1].path == (
+        "/v1beta/models/gemini-2.5-flash:batchEmbedContents")
+    ev = billed(lago, raw.headers[CALL_ID_HEADER], "cust-embed")
+    assert ev.properties["kind"] == "embedding"
+    assert ev.properties["input_tokens"] == 4  # the stand-in's usageMetadata
+    assert Decimal(ev.properties["response_cost"]) == 4 * Decimal("0.3") / MTOK
+
+
+def test_schema_gemini_refuses_is_a_400_naming_the_field(
+        proxy: RunningProxy, lago: FakeLago, gemini: FakeGemini) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"oneOf": [{"type": "string"}]}}}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(proxy).chat.completions.create(model="gemini-flash", messages=ASK,  # type: ignore[arg-type]
+                                              user="c", tools=[tool])  # type: ignore[list-item]
+    assert caught.value.status_code == 400
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["param"] == "tools[0].function.parameters.properties.a.oneOf"
+    assert gemini.received == [] and lago.stored == []
