@@ -23,8 +23,8 @@ from aiohttp import web
 from tallygate import engine
 from tallygate.doors.responses_native import (
     PassthroughDecoder,
+    answer_reader,
     is_native,
-    read_answer,
     replayable,
 )
 from tallygate.doors.responses_render import (
@@ -158,19 +158,21 @@ class ResponsesRoute:
         body = dict(rq.body)
         body["model"] = deployment.model
         here = upstream_of(deployment)
+        echo: dict[str, Any] = {}
         if chain and chain[-1].upstream != here:
             # The previous response lives elsewhere: send its conversation along.
             history = [item for record in chain for item in record.conversation()]
             body["input"] = [*replayable(history), *rq.items]
             body.pop("previous_response_id", None)
+            echo["previous_response_id"] = rq.previous_response_id
         upstream = get_provider(deployment.provider).responses_request(deployment,
                                                                        orjson.dumps(body))
         if not rq.stream:
-            result, event = await engine.forward(deployment, upstream, read_answer, params,
-                                                 ctx, self.gw, self.gw.prices)
+            result, event = await engine.forward(deployment, upstream, answer_reader(echo),
+                                                 params, ctx, self.gw, self.gw.prices)
             await self._save(rq, result.body, owner, ctx, here)
             return self._billed(result.raw or orjson.dumps(result.body), event)
-        decoder = PassthroughDecoder()
+        decoder = PassthroughDecoder(echo)
         stream = ChatStream(deployment, params, ctx, self.gw, self.gw.prices,
                             include_usage=False, request=upstream, decoder=decoder)
 

@@ -10,7 +10,7 @@ that the outbox write comes before the stream's last event.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +24,7 @@ from tallygate.usage import Usage
 
 RESPONSES_ENDPOINTS = frozenset({"/v1/responses", "/responses"})
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_LIFECYCLE = _TERMINAL | {"response.created", "response.in_progress", "response.queued"}
 _DELTAS = frozenset({"response.output_text.delta", "response.function_call_arguments.delta"})
 # Items another account's API cannot take back: tool calls it did not run, and reasoning
 # that only the account that made it can read (unless its encrypted content came along).
@@ -79,12 +80,20 @@ def billed_usage(response: Mapping[str, Any]) -> Usage | None:
     return usage
 
 
-def read_answer(raw: bytes) -> ChatResult:
-    parsed = orjson.loads(raw)
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("output"), list):
-        raise UpstreamError("upstream answered 200 with a body that is not a Response "
-                            "(no 'output' list)")
-    return ChatResult(body=parsed, usage=billed_usage(parsed), raw=raw)
+def answer_reader(echo: Mapping[str, Any]) -> Callable[[bytes], ChatResult]:
+    """Reads a Response answer; ``echo`` holds fields to give back as the client sent
+    them (``previous_response_id`` when the gateway sent the conversation instead)."""
+    def read(raw: bytes) -> ChatResult:
+        parsed = orjson.loads(raw)
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("output"), list):
+            raise UpstreamError("upstream answered 200 with a body that is not a Response "
+                                "(no 'output' list)")
+        if echo:
+            parsed.update(echo)
+            raw = orjson.dumps(parsed)
+        return ChatResult(body=parsed, usage=billed_usage(parsed), raw=raw)
+
+    return read
 
 
 def replayable(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -105,8 +114,9 @@ class PassthroughDecoder(StreamDecoder):
     final Response from the terminal event, which it keeps back (``terminal``) for the
     door to send once the call is billed."""
 
-    def __init__(self) -> None:
+    def __init__(self, echo: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        self._echo = echo  # fields set on the lifecycle events' response (answer_reader)
         self._sse = SSEParser()
         self._deltas: list[bytes] = []
         self.final: dict[str, Any] | None = None
@@ -124,6 +134,8 @@ class PassthroughDecoder(StreamDecoder):
             if kind is None:  # a server that puts the type only in the data
                 parsed = orjson.loads(payload)
                 kind = parsed.get("type") if isinstance(parsed, dict) else None
+            if self._echo and kind in _LIFECYCLE:
+                payload = self._echoed(payload)
             head = b"event: " + kind.encode() + b"\n" if ev.event is not None and kind else b""
             frame = head + b"data: " + payload + b"\n\n"
             if kind in _TERMINAL:
@@ -133,6 +145,13 @@ class PassthroughDecoder(StreamDecoder):
                 self._deltas.append(payload)
             out.append(StreamItem(None, frame, payload))
         return out
+
+    def _echoed(self, payload: bytes) -> bytes:
+        event = orjson.loads(payload)
+        if isinstance(event, dict) and isinstance(event.get("response"), dict):
+            event["response"].update(self._echo or {})
+            return orjson.dumps(event)
+        return payload
 
     def _on_terminal(self, payload: bytes, frame: bytes) -> None:
         event = orjson.loads(payload)

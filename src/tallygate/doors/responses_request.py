@@ -411,6 +411,8 @@ def to_chat(rq: ResponsesRequest, history: Iterable[Mapping[str, Any]],
         call.dropped.append("reasoning.summary")  # a chat answer has no reasoning summary
     if body.get("truncation") == "auto":
         call.dropped.append("truncation")  # no middle-out truncation on a chat API
+    if deployment.provider == "mock" and body.get("mock_response") is not None:
+        params["mock_response"] = body["mock_response"]  # LiteLLM's, for the mock only
     if deployment.provider == "openai":
         for name in ("prompt_cache_key", "service_tier"):
             if body.get(name) is not None:
