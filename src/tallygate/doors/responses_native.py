@@ -20,7 +20,7 @@ from tallygate.errors import UpstreamError
 from tallygate.providers.base import ChatResult, Deployment, StreamDecoder, StreamItem
 from tallygate.providers.registry import get_provider
 from tallygate.providers.sse import SSEParser
-from tallygate.usage import Usage
+from tallygate.usage import Usage, request_counts
 
 RESPONSES_ENDPOINTS = frozenset({"/v1/responses", "/responses"})
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -38,8 +38,7 @@ def is_native(deployment: Deployment) -> bool:
     set and leaves ``/v1/responses`` out (an OpenAI-compatible server without it)."""
     if not get_provider(deployment.provider).responses_api:
         return False
-    info: Any = getattr(deployment, "model_info", None) or {}
-    endpoints = info.get("supported_endpoints") if isinstance(info, Mapping) else None
+    endpoints = deployment.model_info.get("supported_endpoints")
     if isinstance(endpoints, list | tuple):
         return any(e in RESPONSES_ENDPOINTS for e in endpoints)
     return True
@@ -75,8 +74,8 @@ def web_searches(response: Mapping[str, Any]) -> int:
 def billed_usage(response: Mapping[str, Any]) -> Usage | None:
     usage = read_usage(response)
     searches = web_searches(response)
-    if usage is not None and searches and hasattr(usage, "requests"):
-        usage = replace(usage, requests=(("web_searches", searches),))  # type: ignore[call-arg]
+    if usage is not None and searches:
+        usage = replace(usage, requests=request_counts({"web_searches": searches}))
     return usage
 
 

@@ -29,8 +29,8 @@ def new_id(prefix: str) -> str:
 def usage_dict(usage: Usage) -> dict[str, Any]:
     return {"input_tokens": usage.prompt_tokens,
             "input_tokens_details": {"cached_tokens": usage.cache_read_tokens,
-                                     "cache_write_tokens": usage.cache_write_tokens},
-            "output_tokens": usage.output_tokens,
+                                     "cache_write_tokens": usage.cache_write_all_tokens},
+            "output_tokens": usage.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
             "total_tokens": usage.total_tokens}
 

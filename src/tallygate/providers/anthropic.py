@@ -485,6 +485,7 @@ class AnthropicStreamDecoder(StreamDecoder):
 
 class AnthropicProvider(Provider):
     name = "anthropic"
+    price_provider = "anthropic"
     default_api_base = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
 
