@@ -204,6 +204,12 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
         adapter.check_deployment(deployment)
     except ConfigError as exc:
         raise ConfigError(f"{ppath}: {exc.message}") from None
+    endpoints = model_info.get("supported_endpoints")
+    if (isinstance(endpoints, list) and not adapter.responses_api
+            and any(e in ("/v1/responses", "/responses") for e in endpoints)):
+        log.warning("%s.model_info.supported_endpoints names /v1/responses, but %s "
+                    "deployments have no Responses API of their own: the Responses door "
+                    "serves them translated to their chat API", path, provider)
     return name, deployment
 
 
