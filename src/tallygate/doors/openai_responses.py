@@ -54,6 +54,7 @@ from tallygate.proxy.calls import (
 from tallygate.proxy.gateway import Gateway
 
 DROPPED_HEADER = "x-tallygate-dropped-params"
+RESPONSE_STORE = web.AppKey("response_store", ResponseStore)
 _STREAM_ERROR_FRAME = b"event: error\ndata: "
 
 
@@ -289,7 +290,7 @@ class ResponsesRoute:
 def add_responses_routes(app: web.Application, gw: Gateway) -> None:
     """The Responses API routes (with and without ``/v1``) and the store's lifecycle:
     it opens in the gateway's database once the gateway has started."""
-    store = ResponseStore(gw.settings.responses_retention_s)
+    store = app[RESPONSE_STORE] = ResponseStore(gw.settings.responses_retention_s)
     route = ResponsesRoute(gw, store)
 
     async def open_store(_: web.Application) -> None:
