@@ -190,7 +190,8 @@ def check_event(lago: FakeLago, call_id: str, customer: str, target: Target, *,
     ev = billed(lago, call_id, customer)
     p = ev.properties
     provider = "gemini" if target.model_name == "gemini-flash" else "vertex_ai"
-    assert (p["model"], p["provider"]) == (target.model_name, provider)
+    model = CLAUDE if target.price.startswith("claude") else "gemini-2.5-flash"
+    assert (p["model_group"], p["model"], p["provider"]) == (target.model_name, model, provider)
     assert (p["uncached_input_tokens"], p["cached_input_tokens"],
             p["cache_creation_input_tokens"]) == (uncached, cached, 0)
     assert p["input_tokens"] == uncached + cached

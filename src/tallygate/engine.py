@@ -130,19 +130,18 @@ async def _send(provider: Provider, deployment: Deployment, params: dict[str, An
         return provider.local_chat(deployment, params)
     request = (provider.embedding_request(deployment, params) if embedding
                else provider.chat_request(deployment, params, stream=False))
-    if provider.needs_authorize:
-        resp = await _post_authorized(provider, deployment, request)
-    else:
-        resp = await transport.post(request, deployment.timeout)
+    resp = await _post(provider, deployment, request)
     if resp.status >= 400:
         raise provider.error_from_response(resp.status, resp.body, resp.headers)
     return resp.body
 
 
-async def _post_authorized(provider: Provider, deployment: Deployment,
-                           request: UpstreamRequest) -> transport.UpstreamResponse:
-    """POST with fetched credentials; a 401 (a token revoked or expired early) gets
-    fresh ones and one retry."""
+async def _post(provider: Provider, deployment: Deployment,
+                request: UpstreamRequest) -> transport.UpstreamResponse:
+    """POST; with fetched credentials (``needs_authorize``) a 401 (a token revoked or
+    expired early) gets fresh ones and one retry."""
+    if not provider.needs_authorize:
+        return await transport.post(request, deployment.timeout)
     await provider.authorize(deployment, request)
     resp = await transport.post(request, deployment.timeout)
     if resp.status == 401:
@@ -154,7 +153,7 @@ async def _post_authorized(provider: Provider, deployment: Deployment,
 async def _open_stream(provider: Provider, deployment: Deployment, request: UpstreamRequest
                        ) -> tuple[Any, transport.UpstreamStream]:
     """Open an upstream stream: (its context manager, the answer), entered. Fetched
-    credentials are refreshed once on a 401, as for ``_post_authorized``."""
+    credentials are refreshed once on a 401, as in ``_post``."""
     if provider.needs_authorize:
         await provider.authorize(deployment, request)
     cm = transport.open_stream(request, deployment.timeout)
@@ -178,6 +177,34 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
         usage = result.usage
         if usage is None:
             usage = _estimated_usage(params, _answer_text(result.body), None)
+    except BaseException as exc:
+        await recorder.record_failure(failure_event(ctx, deployment, exc))
+        raise
+    event = make_event(ctx, deployment, usage, prices)
+    await recorder.record(event)
+    return result, event
+
+
+async def forward(deployment: Deployment, request: UpstreamRequest,
+                  read: Callable[[bytes], ChatResult], params: Mapping[str, Any],
+                  ctx: CallContext, recorder: Recorder, prices: PriceBook
+                  ) -> tuple[ChatResult, UsageEvent]:
+    """A non-streaming call whose upstream request a door built itself (its own API
+    passed through), billed like chat: ``read`` turns the 200 answer into its usage
+    (None: estimated from ``params["messages"]``). Failures bill nothing."""
+    try:
+        provider = get_provider(deployment.provider)
+        resp = await _post(provider, deployment, request)
+        if resp.status >= 400:
+            raise provider.error_from_response(resp.status, resp.body, resp.headers)
+        try:
+            result = read(resp.body)
+        except TallygateError:
+            raise
+        except Exception as exc:
+            raise UpstreamError("upstream answered 200 with a body that is not the "
+                                f"expected answer ({type(exc).__name__})") from None
+        usage = result.usage or _estimated_usage(params, "", None)
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
@@ -234,14 +261,20 @@ class ChatStream:
     and an estimate from the streamed text otherwise."""
 
     def __init__(self, deployment: Deployment, params: dict[str, Any], ctx: CallContext,
-                 recorder: Recorder, prices: PriceBook, include_usage: bool) -> None:
+                 recorder: Recorder, prices: PriceBook, include_usage: bool, *,
+                 request: UpstreamRequest | None = None,
+                 decoder: StreamDecoder | None = None) -> None:
+        """``request`` and ``decoder``: a door's own upstream request and reading of its
+        stream (its API passed through) instead of the provider's chat ones."""
         self.deployment = deployment
         self.ctx = ctx
         self._params = params
         self._recorder = recorder
         self._prices = prices
         self._provider = get_provider(deployment.provider)
-        self._decoder: StreamDecoder = self._provider.chat_stream(deployment, include_usage)
+        self._request = request
+        self._decoder: StreamDecoder = (decoder if decoder is not None else
+                                        self._provider.chat_stream(deployment, include_usage))
         self._upstream: Any = None  # the open transport stream's context manager
         self._source: AsyncIterator[bytes] | None = None
         self.event: UsageEvent | None = None
@@ -254,7 +287,8 @@ class ChatStream:
                 self._source = _local_source(self._provider.local_chat(
                     self.deployment, {**self._params, "stream": True}))
                 return self
-            request = self._provider.chat_request(self.deployment, self._params, stream=True)
+            request = self._request or self._provider.chat_request(
+                self.deployment, self._params, stream=True)
             cm, stream = await _open_stream(self._provider, self.deployment, request)
             self._upstream = cm
             if stream.status >= 400:
