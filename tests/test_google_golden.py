@@ -4,7 +4,7 @@ The official openai SDK calls the proxy, which calls the Google stand-ins over H
 (Vertex with service-account tokens from the stand-in's token endpoint); each Lago
 event is compared with a Decimal cost worked out by hand from genai-prices' "google"
 prices: non-stream, stream, cached, thinking, tool call, a stream the client leaves,
-and a throttled call (billed nothing). The Messages door reaches the same three.
+and a throttled call (billed nothing). The Messages and Responses doors reach the same three.
 """
 
 from __future__ import annotations
@@ -435,3 +435,24 @@ def test_schema_gemini_refuses_is_a_400_naming_the_field(
     assert isinstance(body, dict)
     assert body["param"] == "tools[0].function.parameters.properties.a.oneOf"
     assert gemini.received == [] and lago.stored == []
+
+
+def test_responses_door_reaches_each(proxy: RunningProxy, lago: FakeLago,
+                                     target: Target) -> None:
+    target.set_usage(uncached=410, cached=2048, output=21)
+    raw = client(proxy).responses.with_raw_response.create(
+        model=target.model_name, instructions="Be brief.", input="Say hello.",
+        user="cust-resp")
+    response = raw.parse()
+    assert response.output_text == target.reply()
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (2458, 21)
+    assert response.usage.input_tokens_details.cached_tokens == 2048
+    check_event(lago, raw.headers[CALL_ID_HEADER], "cust-resp", target, uncached=410,
+                cached=2048, output=21)
+    upstream_checks(target)
+    with client(proxy).responses.stream(model=target.model_name, input="Hi",
+                                        user="cust-resp") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == target.reply()
+    assert final.usage is not None and final.usage.output_tokens == 21
