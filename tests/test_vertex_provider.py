@@ -310,6 +310,15 @@ def test_sdk_refreshes_once_on_401_and_retries(vertex_thread: FakeVertex,
 
 
 @pytest.mark.usefixtures("sdk")
+def test_sdk_refuses_an_api_key_for_vertex(vertex_thread: FakeVertex) -> None:
+    with pytest.raises(ConfigError) as caught:
+        tallygate.completion(model="vertex_ai/gemini-2.5-flash", api_key="AIza-x",
+                             **vertex_kwargs(vertex_thread))
+    assert caught.value.message.startswith("api_key:")
+    assert vertex_thread.received == [] and vertex_thread.token_fetches == 0
+
+
+@pytest.mark.usefixtures("sdk")
 def test_a_second_401_is_not_retried_again(vertex_thread: FakeVertex) -> None:
     fake = vertex_thread
     fake.fail(401, "Request had invalid authentication credentials.", times=2)

@@ -108,6 +108,9 @@ def _credentials(deployment: Deployment, environ: Mapping[str, str]) -> ServiceA
 def resolve_target(deployment: Deployment, environ: Mapping[str, str]) -> VertexTarget:
     """The project, location and token source of a deployment; ConfigError naming the
     litellm_params key that is missing or wrong."""
+    if deployment.api_key:
+        raise ConfigError("api_key: Vertex AI authenticates with a service account "
+                          "(vertex_credentials), not an API key")
     account = _credentials(deployment, environ)
     project = (_param(deployment, "vertex_project") or environ.get("VERTEXAI_PROJECT")
                or account.project_id)
@@ -149,9 +152,6 @@ class VertexAIProvider(Provider):
         if "/" in deployment.model:
             raise ConfigError(f"model: vertex_ai/{deployment.model}: only Gemini and Claude "
                               "models are served on Vertex AI (vertex_ai/<model>)")
-        if deployment.api_key:
-            raise ConfigError("api_key: Vertex AI authenticates with a service account "
-                              "(vertex_credentials), not an API key")
         self.target(deployment).tokens.check()
 
     def target(self, deployment: Deployment) -> VertexTarget:
