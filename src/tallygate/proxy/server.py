@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -78,6 +79,10 @@ def serve(settings: ProxySettings, host: str, port: int, workers: int = 1) -> in
         _worker_main(settings, host, port, reuse_port=False)
         return 0
     ctx = multiprocessing.get_context("fork")
+    # Made before the fork, so that every worker counts rate limits in the same memory.
+    from tallygate.access.shared_limits import SharedCounters
+
+    settings = replace(settings, extra={**settings.extra, "shared_limits": SharedCounters()})
     procs = [ctx.Process(target=_worker_main, args=(settings, host, port, True),
                          name=f"tallygate-worker-{i}") for i in range(workers)]
     for p in procs:
