@@ -78,3 +78,64 @@ def test_rpm_limit_holds_across_worker_processes(tmp_path: Path, workers: int) -
         # The master key has no limit of its own.
         assert http("POST", proxy.base_url + "/v1/chat/completions",
                     {**body, "user": "c"}, key=MASTER_KEY).status == 200
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
+
+
+def test_metrics_cover_every_worker_and_counters_only_grow(tmp_path: Path) -> None:
+    # A deployment that refuses connections gives upstream errors; "m" answers.
+    dead = {"model_name": "dead", "litellm_params": {"model": "openai/x",
+                                                      "api_base": "http://127.0.0.1:9/v1",
+                                                      "api_key": "k"}}
+    cfg = config_dict([mock_entry(), dead], tmp_path, lago=False,
+                      general={"metrics_customer_labels": 10})
+    with run_cli(tmp_path, cfg, cli_env(), workers=2) as proxy:
+        reply = http("POST", proxy.base_url + "/key/generate",
+                     {"customer_id": "acme", "rpm_limit": 7})
+        key = reply.json()["key"]
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+        statuses = [http("POST", proxy.base_url + "/v1/chat/completions", body, key=key).status
+                    for _ in range(12)]
+        assert statuses.count(200) == 7
+        stream = http("POST", proxy.base_url + "/v1/chat/completions",
+                      {**body, "stream": True, "user": "s"})
+        assert stream.status == 200
+        assert http("POST", proxy.base_url + "/v1/chat/completions",
+                    {**body, "model": "dead", "user": "d"}).status == 502
+        seen: list[dict[str, float]] = []
+        import time
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = http("GET", proxy.base_url + "/metrics").text
+            requests = _samples(text, "tallygate_requests_total")
+            seen.append(requests)
+            if sum(requests.values()) >= 14 and len(seen) >= 8:
+                break
+            time.sleep(0.3)
+        totals = [sum(s.values()) for s in seen]
+        assert totals[-1] == 14, totals  # 12 + the stream + the failed call: every worker's
+        assert totals == sorted(totals)  # never a drop, whichever worker answered
+        for earlier, later in zip(seen, seen[1:], strict=False):
+            assert all(later.get(k, 0) >= v for k, v in earlier.items())
+        assert seen[-1]['tallygate_requests_total{route="chat",model="m",status="429"}'] == 5
+        assert _samples(text, "tallygate_upstream_errors_total") == {
+            'tallygate_upstream_errors_total{provider="openai",status="502"}': 1.0}
+        ttft = _samples(text, "tallygate_time_to_first_token_seconds_count")
+        assert ttft == {'tallygate_time_to_first_token_seconds_count'
+                        '{model="m",deployment="mock/m"}': 1.0}
+        calls = _samples(text, "tallygate_call_duration_seconds_count")
+        assert calls == {'tallygate_call_duration_seconds_count'
+                         '{model="m",deployment="mock/m"}': 8.0}
+        tokens = _samples(text, "tallygate_tokens_total")
+        assert any('customer="acme"' in k for k in tokens)
+        assert "tallygate_outbox_oldest_pending_age_seconds" in text
+        lag = _samples(text, "tallygate_delivery_lag_seconds_count")
+        assert sum(lag.values()) >= 1  # the JSONL sink delivered some already
