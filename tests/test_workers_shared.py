@@ -7,7 +7,9 @@ a new connection may reach any worker (SO_REUSEPORT), and exactly ``rpm_limit`` 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +112,6 @@ def test_metrics_cover_every_worker_and_counters_only_grow(tmp_path: Path) -> No
         assert http("POST", proxy.base_url + "/v1/chat/completions",
                     {**body, "model": "dead", "user": "d"}).status == 502
         seen: list[dict[str, float]] = []
-        import time
-
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             text = http("GET", proxy.base_url + "/metrics").text
@@ -123,7 +123,7 @@ def test_metrics_cover_every_worker_and_counters_only_grow(tmp_path: Path) -> No
         totals = [sum(s.values()) for s in seen]
         assert totals[-1] == 14, totals  # 12 + the stream + the failed call: every worker's
         assert totals == sorted(totals)  # never a drop, whichever worker answered
-        for earlier, later in zip(seen, seen[1:], strict=False):
+        for earlier, later in itertools.pairwise(seen):
             assert all(later.get(k, 0) >= v for k, v in earlier.items())
         assert seen[-1]['tallygate_requests_total{route="chat",model="m",status="429"}'] == 5
         assert _samples(text, "tallygate_upstream_errors_total") == {
