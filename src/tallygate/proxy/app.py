@@ -132,8 +132,7 @@ class Routes:
                             content_type="application/json")
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        await self.gw.refresh_queue_gauges()
-        return web.Response(text=self.gw.metrics.render(),
+        return web.Response(text=await self.gw.render_metrics(),
                             content_type="text/plain", charset="utf-8")
 
 
