@@ -30,7 +30,14 @@ from tallygate.event import (
     now_ms,
 )
 from tallygate.pricing import PriceBook
-from tallygate.providers.base import ChatResult, Deployment, Provider, StreamDecoder, StreamItem
+from tallygate.providers.base import (
+    ChatResult,
+    Deployment,
+    Provider,
+    StreamDecoder,
+    StreamItem,
+    UpstreamRequest,
+)
 from tallygate.providers.registry import get_provider
 from tallygate.usage import Usage
 
@@ -156,6 +163,46 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     return result, event
 
 
+async def forward(deployment: Deployment, request: UpstreamRequest,
+                  read: Callable[[bytes], tuple[Usage | None, str]],
+                  params: Mapping[str, Any], ctx: CallContext, recorder: Recorder,
+                  prices: PriceBook, *, kind: CallKind = "chat") -> tuple[bytes, UsageEvent]:
+    """A non-streaming call whose answer goes back to the client as the upstream's bytes
+    (a door speaking the provider's own API). ``read`` gives the answer's usage and text;
+    without usage it is estimated from ``params["messages"]`` and that text. Billed and
+    recorded exactly like ``chat``."""
+    try:
+        provider = get_provider(deployment.provider)
+        resp = await transport.post(request, deployment.timeout)
+        if resp.status >= 400:
+            raise provider.error_from_response(resp.status, resp.body, resp.headers)
+        try:
+            usage, text = read(resp.body)
+        except TallygateError:
+            raise
+        except Exception as exc:
+            raise UpstreamError("upstream answered 200 with a body that cannot be read "
+                                f"({type(exc).__name__})") from None
+        if usage is None:
+            usage = _estimated_usage(params, text, None)
+    except BaseException as exc:
+        await recorder.record_failure(failure_event(ctx, deployment, exc))
+        raise
+    event = make_event(ctx, deployment, usage, prices, kind=kind)
+    await recorder.record(event)
+    return resp.body, event
+
+
+async def unbilled(deployment: Deployment, request: UpstreamRequest) -> bytes:
+    """A request that costs nothing (token counting): sent, its answer returned, no
+    event. Upstream errors are the provider's errors, as for a billed call."""
+    provider = get_provider(deployment.provider)
+    resp = await transport.post(request, deployment.timeout)
+    if resp.status >= 400:
+        raise provider.error_from_response(resp.status, resp.body, resp.headers)
+    return resp.body
+
+
 def _read_answer(read: Callable[[], ChatResult], key: str, what: str) -> ChatResult:
     """The provider's reading of a 200 answer; a body that is not JSON or lacks the
     ``key`` list is the upstream's failure (502), never an internal error."""
@@ -187,14 +234,22 @@ class ChatStream:
     and an estimate from the streamed text otherwise."""
 
     def __init__(self, deployment: Deployment, params: dict[str, Any], ctx: CallContext,
-                 recorder: Recorder, prices: PriceBook, include_usage: bool) -> None:
+                 recorder: Recorder, prices: PriceBook, include_usage: bool, *,
+                 request: UpstreamRequest | None = None,
+                 decoder: StreamDecoder | None = None, kind: CallKind = "chat") -> None:
+        """``request`` and ``decoder`` replace the provider's chat ones for a door that
+        sends its own API's request (``params`` then only feed estimates)."""
         self.deployment = deployment
         self.ctx = ctx
         self._params = params
         self._recorder = recorder
         self._prices = prices
+        self._kind: CallKind = kind
+        self._request = request
         self._provider = get_provider(deployment.provider)
-        self._decoder: StreamDecoder = self._provider.chat_stream(deployment, include_usage)
+        self._decoder: StreamDecoder = (decoder if decoder is not None
+                                        else self._provider.chat_stream(deployment,
+                                                                        include_usage))
         self._upstream: Any = None  # the open transport stream's context manager
         self._source: AsyncIterator[bytes] | None = None
         self.event: UsageEvent | None = None
@@ -207,7 +262,8 @@ class ChatStream:
                 self._source = _local_source(self._provider.local_chat(
                     self.deployment, {**self._params, "stream": True}))
                 return self
-            request = self._provider.chat_request(self.deployment, self._params, stream=True)
+            request = self._request or self._provider.chat_request(
+                self.deployment, self._params, stream=True)
             cm = transport.open_stream(request, self.deployment.timeout)
             stream = await cm.__aenter__()
             self._upstream = cm
@@ -260,7 +316,7 @@ class ChatStream:
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)
             event = make_event(self.ctx, self.deployment, usage, self._prices,
-                               extra_flags=frozenset(flags))
+                               kind=self._kind, extra_flags=frozenset(flags))
             self.event = event
             await self._recorder.record(event)
         except BaseException as exc:
