@@ -128,6 +128,7 @@ def test_per_call_price_overrides_are_used(sdk: SdkPaths, lago: FakeLago,
     # An override also wins over the library's price of a known model.
     known = tallygate.completion(model="gpt-4o-mini", user="customer-42",
                                  input_cost_per_token=0, output_cost_per_token=0.000001,
+                                 cache_read_input_token_cost=0,
                                  **openai_kwargs(openai_fake))
     assert known.cost == 50 * Decimal("0.000001")
     tallygate.flush()

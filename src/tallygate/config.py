@@ -157,17 +157,24 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
     ppath = f"{path}.{params_key}"
     if entry.get(params_key) is None:
         raise ConfigError(f"{ppath}: required")
-    params = r.mapping(entry.get(params_key), ppath, _PARAM_KEYS)
-    r.mapping(entry.get("model_info"), f"{path}.model_info", set(entry.get("model_info") or {}))
-    model = r.text(params.get("model"), f"{ppath}.model", required=True)
+    raw_params = entry.get(params_key)
+    if not isinstance(raw_params, dict):
+        raise ConfigError(f"{ppath}: must be a mapping")
+    model = r.text(raw_params.get("model"), f"{ppath}.model", required=True)
     assert model is not None
     provider, provider_model = split_model(model)
     if "/" in model and provider == "openai" and not model.startswith("openai/"):
         head = model.split("/", 1)[0]
         raise ConfigError(f"{ppath}.model: unknown provider {head!r} "
                           f"(known: {', '.join(provider_names())})")
-    prices = {k: r.decimal(params.get(k), f"{ppath}.{k}") for k in PRICE_KEYS}
+    adapter = get_provider(provider)
+    params = r.mapping(raw_params, ppath, _PARAM_KEYS | adapter.litellm_params)
+    model_info = r.mapping(entry.get("model_info"), f"{path}.model_info",
+                           set(entry.get("model_info") or {}))
+    prices: dict[str, Any] = {k: r.decimal(params.get(k), f"{ppath}.{k}") for k in PRICE_KEYS}
     override = PriceOverride(**prices) if any(v is not None for v in prices.values()) else None
+    extra = {k: r.env(params[k], f"{ppath}.{k}") for k in sorted(adapter.litellm_params)
+             if params.get(k) is not None}
     headers = params.get("extra_headers") or {}
     if not isinstance(headers, dict):
         raise ConfigError(f"{ppath}.extra_headers: must be a mapping")
@@ -176,9 +183,9 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
     if api_key is None:
         # LiteLLM puts environment_variables into the process environment, where the
         # provider finds its key (OPENAI_API_KEY...); ours are not, so bind it here.
-        env_name = get_provider(provider).api_key_env
+        env_name = adapter.api_key_env
         api_key = r.config_env.get(env_name) if env_name else None
-    return name, Deployment(
+    deployment = Deployment(
         provider=provider, model=provider_model,
         api_base=r.text(params.get("api_base"), f"{ppath}.api_base"),
         api_key=api_key,
@@ -186,7 +193,14 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
         headers={str(k): str(r.env(v, f"{ppath}.extra_headers.{k}")) for k, v in headers.items()},
         price=override,
         mock_response=str(mock) if mock is not None else None,
+        params=extra,
+        model_info=dict(model_info),
     )
+    try:
+        adapter.check_deployment(deployment)
+    except ConfigError as exc:
+        raise ConfigError(f"{ppath}: {exc.message}") from None
+    return name, deployment
 
 
 def parse_config(data: Any, environ: Mapping[str, str] | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -70,7 +70,9 @@ class CallContext:
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
                *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset()
                ) -> UsageEvent:
-    price = prices.price(deployment.provider, deployment.model, usage, deployment.price)
+    # A deployment whose name says nothing of its model (Azure) is priced by base_model.
+    price = prices.price(deployment.provider, deployment.base_model or deployment.model, usage,
+                         deployment.price)
     flags = set(extra_flags)
     if price.cost is None:
         flags.add(FLAG_UNKNOWN_PRICE)
@@ -83,7 +85,8 @@ def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: P
         model=ctx.model, provider=deployment.provider, provider_model=deployment.model,
         usage=usage, cost=price.cost, customer=ctx.customer, kind=kind,
         end_user=ctx.end_user, user_id=ctx.user_id, team_id=ctx.team_id, key_id=ctx.key_id,
-        price_source=price.source, flags=frozenset(flags), metadata=ctx.metadata)
+        price_source=price.source, flags=frozenset(flags), metadata=ctx.metadata,
+        unpriced=price.unpriced)
 
 
 def failure_event(ctx: CallContext, deployment: Deployment | None,
@@ -107,10 +110,8 @@ def _estimated_usage(params: Mapping[str, Any], output_text: str,
     provider reported (e.g. Anthropic's input counts) and estimate the rest."""
     out = estimate_text_tokens(output_text)
     if partial is not None:
-        return Usage(input_tokens=partial.input_tokens,
-                     cache_read_tokens=partial.cache_read_tokens,
-                     cache_write_tokens=partial.cache_write_tokens,
-                     output_tokens=max(partial.output_tokens, out), source="estimated")
+        return replace(partial, output_tokens=max(partial.output_tokens, out),
+                       source="estimated")
     return Usage(input_tokens=estimate_prompt_tokens(params.get("messages") or ()),
                  output_tokens=out, source="estimated")
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Literal
 
-from tallygate.usage import Usage
+from tallygate.usage import TOKEN_BUCKETS, Usage
 
 CallKind = Literal["chat", "embedding", "completion"]
 
@@ -59,6 +59,8 @@ class UsageEvent:
     price_source: str | None = None
     flags: frozenset[str] = frozenset()
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    #: with ``cost`` None: the usage buckets no price was found for
+    unpriced: tuple[str, ...] = ()
 
     @property
     def timestamp(self) -> str:
@@ -82,11 +84,8 @@ class UsageEvent:
             "provider_model": self.provider_model,
             "kind": self.kind,
             "usage": {
-                "input_tokens": u.input_tokens,
-                "cache_read_tokens": u.cache_read_tokens,
-                "cache_write_tokens": u.cache_write_tokens,
-                "output_tokens": u.output_tokens,
-                "reasoning_tokens": u.reasoning_tokens,
+                **{name: getattr(u, name) for name in TOKEN_BUCKETS},
+                "requests": dict(u.requests),
                 "source": u.source,
             },
             "cost": None if self.cost is None else format_decimal(self.cost),
@@ -98,6 +97,7 @@ class UsageEvent:
             "price_source": self.price_source,
             "flags": sorted(self.flags),
             "metadata": dict(self.metadata),
+            "unpriced": list(self.unpriced),
         }
 
     @classmethod
@@ -112,12 +112,10 @@ class UsageEvent:
             provider=data["provider"],
             provider_model=data["provider_model"],
             kind=data.get("kind", "chat"),
+            # Buckets added later are absent from older rows: zero.
             usage=Usage(
-                input_tokens=int(u["input_tokens"]),
-                cache_read_tokens=int(u["cache_read_tokens"]),
-                cache_write_tokens=int(u["cache_write_tokens"]),
-                output_tokens=int(u["output_tokens"]),
-                reasoning_tokens=int(u["reasoning_tokens"]),
+                **{name: int(u.get(name) or 0) for name in TOKEN_BUCKETS},
+                requests=tuple((str(k), int(v)) for k, v in (u.get("requests") or {}).items()),
                 source=u["source"],
             ),
             cost=None if cost is None else Decimal(cost),
@@ -129,6 +127,7 @@ class UsageEvent:
             price_source=data.get("price_source"),
             flags=frozenset(data.get("flags") or ()),
             metadata=MappingProxyType(dict(data.get("metadata") or {})),
+            unpriced=tuple(data.get("unpriced") or ()),
         )
 
 

@@ -1,15 +1,18 @@
 """Cost of a call, in Decimal, from its Usage.
 
-Prices come from ``genai-prices`` (an offline, maintained price library with cache
-prices), or from per-deployment overrides in LiteLLM's names. A model with no known
-price gets ``cost=None`` (the event is flagged ``unknown_price``) and one warning per
-model: never a silent $0.
+Prices come from ``genai-prices`` (an offline, maintained price library with cache,
+audio and per-request prices), or from per-deployment overrides in LiteLLM's names.
+Every nonzero usage bucket needs a price of its own: a bucket without one (audio tokens
+of a model priced only for text, say) makes the call's price unknown, with the bucket
+named, rather than priced as plain input. An unknown price is ``cost=None`` (the event
+is flagged ``unknown_price``) and one warning per model: never a silent $0.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib.metadata import version
@@ -20,14 +23,36 @@ from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.pricing")
 
-# Our provider names -> genai-prices provider ids, where they differ or exist at all.
-_PRICE_PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic"}
+# Token buckets -> the genai-prices price keys that price them (any one will do).
+_BUCKET_PRICE_KEYS: dict[str, tuple[str, ...]] = {
+    "input_tokens": ("input_mtok",),
+    "cache_read_tokens": ("cache_read_mtok",),
+    "cache_write_tokens": ("cache_write_mtok", "cache_write_5m_mtok"),
+    "cache_write_1h_tokens": ("cache_write_1h_mtok",),
+    "audio_input_tokens": ("input_audio_mtok",),
+    "output_tokens": ("output_mtok",),
+    "audio_output_tokens": ("output_audio_mtok",),
+}
+# Token buckets -> the LiteLLM price key that prices them in config.
+OVERRIDE_KEYS: dict[str, str] = {
+    "input_tokens": "input_cost_per_token",
+    "cache_read_tokens": "cache_read_input_token_cost",
+    "cache_write_tokens": "cache_creation_input_token_cost",
+    "cache_write_1h_tokens": "cache_creation_input_token_cost_above_1hr",
+    "audio_input_tokens": "input_cost_per_audio_token",
+    "output_tokens": "output_cost_per_token",
+    "audio_output_tokens": "output_cost_per_audio_token",
+}
+_MTOK = Decimal(1_000_000)
+_KCOUNT = Decimal(1000)
 
 
 @dataclass(frozen=True, slots=True)
 class Price:
     cost: Decimal | None
     source: str | None
+    #: the nonzero buckets no price was found for (why ``cost`` is None)
+    unpriced: tuple[str, ...] = ()
 
     @property
     def known(self) -> bool:
@@ -37,52 +62,111 @@ class Price:
 UNKNOWN = Price(None, None)
 
 
-def cost_from_override(usage: Usage, o: PriceOverride) -> Decimal:
-    """Per-token prices; cache prices fall back to the input price when not set (an
-    endpoint without a cache price is one that does not discount cached tokens)."""
-    zero = Decimal(0)
-    inp = o.input_cost_per_token if o.input_cost_per_token is not None else zero
-    out = o.output_cost_per_token if o.output_cost_per_token is not None else zero
-    read = o.cache_read_input_token_cost if o.cache_read_input_token_cost is not None else inp
-    write = (o.cache_creation_input_token_cost
-             if o.cache_creation_input_token_cost is not None else inp)
-    return (inp * usage.input_tokens + read * usage.cache_read_tokens
-            + write * usage.cache_write_tokens + out * usage.output_tokens)
+def _nonzero_buckets(usage: Usage) -> list[str]:
+    names = [b for b in _BUCKET_PRICE_KEYS if getattr(usage, b)]
+    names.extend(name for name, _ in usage.requests)
+    return names
+
+
+def override_unpriced(usage: Usage, o: PriceOverride) -> tuple[str, ...]:
+    """The nonzero buckets the override sets no price for."""
+    rates = _override_rates(o)
+    return tuple(b for b in _nonzero_buckets(usage) if rates.get(b) is None)
+
+
+def _override_rates(o: PriceOverride) -> dict[str, Decimal | None]:
+    rates: dict[str, Decimal | None] = {
+        bucket: getattr(o, key) for bucket, key in OVERRIDE_KEYS.items()}
+    rates.update(o.per_request)
+    return rates
+
+
+def cost_from_override(usage: Usage, o: PriceOverride) -> Decimal | None:
+    """The call's cost at the override's prices; None when a nonzero bucket has none."""
+    rates = _override_rates(o)
+    total = Decimal(0)
+    for bucket in _BUCKET_PRICE_KEYS:
+        n = getattr(usage, bucket)
+        if n:
+            rate = rates.get(bucket)
+            if rate is None:
+                return None
+            total += rate * n
+    for name, n in usage.requests:
+        rate = rates.get(name)
+        if rate is None:
+            return None
+        total += rate * n
+    return total
 
 
 @dataclass(frozen=True, slots=True)
 class _Rates:
-    """USD per token of each bucket, for a model whose price is linear in tokens."""
+    """USD per unit of each bucket, for a model whose price is linear (no tiers).
+    ``per_call`` is a flat fee every call pays (genai-prices' ``requests_kcount``)."""
 
-    input: Decimal
-    cache_read: Decimal
-    cache_write: Decimal
-    output: Decimal
+    per_bucket: dict[str, Decimal]
+    per_call: Decimal
     expires_at: float
 
-    def cost(self, u: Usage) -> Decimal:
-        return (self.input * u.input_tokens + self.cache_read * u.cache_read_tokens
-                + self.cache_write * u.cache_write_tokens + self.output * u.output_tokens)
+    def cost(self, u: Usage) -> Price | None:
+        """The cost, or None when a bucket has no rate (the caller names it)."""
+        total = self.per_call
+        get = self.per_bucket.get
+        for bucket in _BUCKET_PRICE_KEYS:
+            n = getattr(u, bucket)
+            if n:
+                rate = get(bucket)
+                if rate is None:
+                    return None
+                total += rate * n
+        for name, n in u.requests:
+            rate = get(name)
+            if rate is None:
+                return None
+            total += rate * n
+        return Price(total, None)
 
 
-_PROBE = 1_000_000
 # Prices can change on a date (genai-prices knows dated prices): re-derive rates hourly.
 _RATES_TTL_S = 3600.0
+
+
+def library_usage(lib: Any, usage: Usage) -> Any:
+    """Our disjoint buckets as genai-prices' nested usage: its ``input_tokens`` counts
+    all input, ``cache_write_tokens`` every write (``cache_write_1h_tokens`` a part of
+    it), ``output_tokens`` all output."""
+    kwargs: dict[str, int] = {
+        "input_tokens": usage.prompt_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_all_tokens,
+        "output_tokens": usage.completion_tokens,
+    }
+    if usage.cache_write_1h_tokens:
+        kwargs["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+    if usage.audio_input_tokens:
+        kwargs["input_audio_tokens"] = usage.audio_input_tokens
+    if usage.audio_output_tokens:
+        kwargs["output_audio_tokens"] = usage.audio_output_tokens
+    kwargs.update(usage.requests)
+    return lib.Usage(**kwargs)
 
 
 class PriceBook:
     """Prices calls; remembers which models have no price so each is warned about once.
 
-    The price library costs tens of microseconds a call. For models priced per token
-    without tiers, the per-bucket rates are derived once from the library itself and
-    reused, so the hot path is four Decimal multiplications with the library's numbers.
+    The price library costs tens of microseconds a call. For models priced linearly
+    (no tiers), the per-bucket rates are read once from the library's model price and
+    reused, so the hot path is a few Decimal multiplications with the library's numbers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, price_provider: Callable[[str], str | None] | None = None) -> None:
         self._unknown: set[tuple[str, str]] = set()
+        self._warned_unpriced: set[tuple[str, str, tuple[str, ...]]] = set()
         self._rates: dict[tuple[str, str], _Rates | None] = {}
         self._library: Any = None
         self._source = ""
+        self._price_provider = price_provider or _registered_price_provider
 
     def _lib(self) -> Any:
         # Imported on first use: it costs ~100 ms, and `import tallygate` must stay cheap.
@@ -100,51 +184,49 @@ class PriceBook:
     def price(self, provider: str, model: str, usage: Usage,
               override: PriceOverride | None = None) -> Price:
         if override is not None and not override.is_empty():
-            return Price(cost_from_override(usage, override), "config")
+            cost = cost_from_override(usage, override)
+            if cost is None:
+                return self._unpriced((provider, model), override_unpriced(usage, override),
+                                      "config")
+            return Price(cost, "config")
         key = (provider, model)
         if key in self._unknown:
             return UNKNOWN
-        provider_id = _PRICE_PROVIDER_IDS.get(provider)
+        provider_id = self._price_provider(provider)
         if provider_id is None:
             return self._mark_unknown(key)
         rates = self._rates.get(key)
         if rates is not None and rates.expires_at > time.monotonic():
-            return Price(rates.cost(usage), self._source)
+            fast = rates.cost(usage)
+            if fast is not None:
+                return Price(fast.cost, self._source)
         try:
-            total = self._library_cost(provider_id, model, usage)
-            if key not in self._rates or rates is not None:
-                self._rates[key] = self._linear_rates(provider_id, model)
+            model_price = self._model_price(provider_id, model)
         except LookupError:
             return self._mark_unknown(key)
-        return Price(total, self._source)
-
-    def _library_cost(self, provider_id: str, model: str, usage: Usage) -> Decimal:
+        missing = _missing_prices(model_price, usage)
+        if missing:
+            return self._unpriced(key, missing, self._source)
+        if key not in self._rates or rates is not None:
+            self._rates[key] = _linear_rates(model_price)
         lib = self._lib()
-        # genai-prices counts cached tokens inside input_tokens, as OpenAI does.
-        calc = lib.calc_price(
-            lib.Usage(input_tokens=usage.prompt_tokens,
-                      cache_read_tokens=usage.cache_read_tokens,
-                      cache_write_tokens=usage.cache_write_tokens,
-                      output_tokens=usage.output_tokens),
-            model, provider_id=provider_id)
-        return Decimal(calc.total_price)
+        calc = lib.calc_price(library_usage(lib, usage), model, provider_id=provider_id)
+        return Price(Decimal(calc.total_price), self._source)
 
-    def _linear_rates(self, provider_id: str, model: str) -> _Rates | None:
-        """Per-token rates when the model's price is linear; None when it is tiered."""
+    def _model_price(self, provider_id: str, model: str) -> Any:
         lib = self._lib()
-        calc = lib.calc_price(lib.Usage(input_tokens=1), model, provider_id=provider_id)
-        tiered = getattr(lib.types, "TieredPrices", ())
-        if any(isinstance(v, tiered) for v in vars(calc.model_price).values()):
-            return None
-        n = _PROBE
-        inp = self._library_cost(provider_id, model, Usage(input_tokens=n)) / n
-        return _Rates(
-            input=inp,
-            cache_read=self._library_cost(provider_id, model, Usage(cache_read_tokens=n)) / n,
-            cache_write=self._library_cost(provider_id, model, Usage(cache_write_tokens=n)) / n,
-            output=self._library_cost(provider_id, model, Usage(output_tokens=n)) / n,
-            expires_at=time.monotonic() + _RATES_TTL_S,
-        )
+        return lib.calc_price(lib.Usage(input_tokens=0), model,
+                              provider_id=provider_id).model_price
+
+    def _unpriced(self, key: tuple[str, str], buckets: tuple[str, ...],
+                  source: str | None) -> Price:
+        if (*key, buckets) not in self._warned_unpriced:
+            self._warned_unpriced.add((*key, buckets))
+            keys = ", ".join(OVERRIDE_KEYS.get(b, b) for b in buckets)
+            log.warning("no price for %s of model %s/%s: its calls are flagged unknown_price "
+                        "(set %s in the deployment's litellm_params to price it)",
+                        ", ".join(buckets), *key, keys)
+        return Price(None, source, buckets)
 
     def _mark_unknown(self, key: tuple[str, str]) -> Price:
         if key not in self._unknown:
@@ -152,6 +234,50 @@ class PriceBook:
             log.warning("no price known for model %s/%s: its events are flagged unknown_price "
                         "(set input_cost_per_token/output_cost_per_token to price it)", *key)
         return UNKNOWN
+
+
+def _missing_prices(model_price: Any, usage: Usage) -> tuple[str, ...]:
+    """Nonzero buckets the library's model price has no price key for."""
+    missing = []
+    for bucket in _nonzero_buckets(usage):
+        keys = _BUCKET_PRICE_KEYS.get(bucket, (f"{bucket}_kcount",))
+        if all(getattr(model_price, k, None) is None for k in keys):
+            missing.append(bucket)
+    return tuple(missing)
+
+
+def _linear_rates(model_price: Any) -> _Rates | None:
+    """Per-unit rates read from the model price; None when any price is tiered or of a
+    kind this table does not know (the library prices those calls itself)."""
+    per_bucket: dict[str, Decimal] = {}
+    per_call = Decimal(0)
+    known_keys = {k for keys in _BUCKET_PRICE_KEYS.values() for k in keys}
+    for key, value in vars(model_price).items():
+        if value is None or key.startswith("_"):
+            continue
+        if not isinstance(value, Decimal):
+            return None  # tiered
+        if key == "requests_kcount":
+            per_call = value / _KCOUNT
+        elif key in known_keys:
+            for bucket, keys in _BUCKET_PRICE_KEYS.items():
+                if key == keys[0] or (key in keys and bucket not in per_bucket):
+                    per_bucket[bucket] = value / _MTOK
+        elif key.endswith("_kcount"):
+            per_bucket[key[:-len("_kcount")]] = value / _KCOUNT
+        else:
+            return None  # a unit (characters, seconds, images...) priced by the library
+    return _Rates(per_bucket, per_call, time.monotonic() + _RATES_TTL_S)
+
+
+def _registered_price_provider(provider: str) -> str | None:
+    from tallygate.errors import TallygateError
+    from tallygate.providers.registry import get_provider
+
+    try:
+        return get_provider(provider).price_provider
+    except TallygateError:  # an unknown provider has no library price
+        return None
 
 
 default_price_book = PriceBook()

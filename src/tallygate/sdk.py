@@ -22,7 +22,7 @@ from tallygate.errors import BadRequestError
 from tallygate.event import FailureEvent, UsageEvent
 from tallygate.pricing import default_price_book
 from tallygate.providers.base import PRICE_KEYS, Deployment, PriceOverride
-from tallygate.providers.registry import split_model
+from tallygate.providers.registry import get_provider, split_model
 from tallygate.response import ChunkObject, ModelResponse
 from tallygate.runtime import runtime
 from tallygate.sinks.factory import sink_accepts
@@ -61,7 +61,8 @@ def _price_override(kwargs: dict[str, Any]) -> PriceOverride | None:
     values = {k: kwargs.pop(k) for k in PRICE_KEYS if k in kwargs}
     if not values:
         return None
-    return PriceOverride(**{k: Decimal(str(v)) for k, v in values.items() if v is not None})
+    prices: dict[str, Any] = {k: Decimal(str(v)) for k, v in values.items() if v is not None}
+    return PriceOverride(**prices)
 
 
 def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | None,
@@ -73,10 +74,16 @@ def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | N
     resolved = _module_callbacks(callbacks)
     provider, provider_model = split_model(model)
     mock_response = kwargs.pop("mock_response", None)
+    # The provider's own litellm_params (api_version, vertex_project...) configure the
+    # deployment, as in a config entry; they are not sent upstream as call parameters.
+    declared = get_provider(provider).litellm_params
+    provider_params = {k: kwargs.pop(k) for k in sorted(declared & kwargs.keys())
+                       if kwargs[k] is not None}
     deployment = Deployment(provider=provider, model=provider_model, api_base=api_base,
                             api_key=api_key, timeout=timeout,
                             price=_price_override(kwargs),
-                            mock_response=mock_response if isinstance(mock_response, str) else None)
+                            mock_response=mock_response if isinstance(mock_response, str) else None,
+                            params=provider_params)
     params = {k: v for k, v in kwargs.items() if v is not None}
     if messages is not None:
         params["messages"] = messages

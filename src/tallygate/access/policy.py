@@ -416,7 +416,10 @@ class VirtualKeyPolicy:
                call.team_id if call else event.team_id,
                call.customer_id if call else event.customer, event.customer, event.end_user,
                event.model, event.provider, event.provider_model, event.kind,
-               u.input_tokens, u.cache_read_tokens, u.cache_write_tokens, u.output_tokens,
+               # The ledger keeps four columns: audio input counts as uncached input,
+               # every cache write as a write, audio output as output.
+               u.input_tokens + u.audio_input_tokens, u.cache_read_tokens,
+               u.cache_write_all_tokens, u.completion_tokens,
                None if event.cost is None else format_decimal(event.cost),
                "billed" if event.customer else "unattributed", ",".join(sorted(event.flags)),
                None if event.customer else encode_event(event).decode())

@@ -387,10 +387,10 @@ def for_deployment(params: dict[str, Any], deployment: Deployment) -> dict[str, 
 
 def usage_dict(usage: Usage) -> dict[str, int]:
     """Anthropic's usage object from our disjoint buckets (``input_tokens`` uncached)."""
-    return {"input_tokens": usage.input_tokens,
-            "cache_creation_input_tokens": usage.cache_write_tokens,
+    return {"input_tokens": usage.input_tokens + usage.audio_input_tokens,
+            "cache_creation_input_tokens": usage.cache_write_all_tokens,
             "cache_read_input_tokens": usage.cache_read_tokens,
-            "output_tokens": usage.output_tokens}
+            "output_tokens": usage.completion_tokens}
 
 
 def _tool_use_id() -> str:

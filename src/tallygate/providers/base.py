@@ -20,25 +20,37 @@ from tallygate.errors import BadRequestError, UpstreamError
 from tallygate.usage import Usage
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
+
+
+_NO_RATES: Mapping[str, Decimal] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
 class PriceOverride:
-    """Per-token prices set in config, in LiteLLM's names (USD per token)."""
+    """Prices set in config, in LiteLLM's names (USD per token). A bucket whose price is
+    not set is not priced at another bucket's rate: the call's price is then unknown.
+    ``per_request`` prices per-request items by their usage name (``web_searches``)."""
 
     input_cost_per_token: Decimal | None = None
     output_cost_per_token: Decimal | None = None
     cache_read_input_token_cost: Decimal | None = None
     cache_creation_input_token_cost: Decimal | None = None
+    cache_creation_input_token_cost_above_1hr: Decimal | None = None
+    input_cost_per_audio_token: Decimal | None = None
+    output_cost_per_audio_token: Decimal | None = None
+    per_request: Mapping[str, Decimal] = field(default_factory=lambda: _NO_RATES)
 
     def is_empty(self) -> bool:
         return self.input_cost_per_token is None and self.output_cost_per_token is None
 
 
-# PriceOverride's fields: the names a config entry or an SDK call sets prices with.
+# PriceOverride's per-token fields: the names a config entry or an SDK call sets prices with.
 PRICE_KEYS: tuple[str, ...] = ("input_cost_per_token", "output_cost_per_token",
                                "cache_read_input_token_cost",
-                               "cache_creation_input_token_cost")
+                               "cache_creation_input_token_cost",
+                               "cache_creation_input_token_cost_above_1hr",
+                               "input_cost_per_audio_token", "output_cost_per_audio_token")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,20 @@ class Deployment:
     headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
     price: PriceOverride | None = None
     mock_response: str | None = None
+    #: provider-specific litellm_params (api_version, vertex_project, aws_region_name...),
+    #: the keys the provider declares in ``Provider.litellm_params``; env-resolved.
+    params: Mapping[str, Any] = field(default_factory=lambda: _NO_PARAMS, repr=False)
+    #: the config entry's ``model_info`` (``base_model``, ``id``, limits...)
+    model_info: Mapping[str, Any] = field(default_factory=lambda: _NO_PARAMS)
+
+    @property
+    def base_model(self) -> str | None:
+        """The model the deployment really serves when its name says nothing (Azure's
+        deployment names): LiteLLM's ``model_info.base_model``, provider prefix dropped."""
+        base = self.model_info.get("base_model")
+        if not isinstance(base, str) or not base:
+            return None
+        return base.split("/", 1)[1] if "/" in base else base
 
 
 @dataclass(slots=True)
@@ -182,6 +208,16 @@ class Provider(ABC):
     api_key_env: ClassVar[str | None] = None
     #: True when the provider answers in-process (the mock): no transport is used.
     is_local: ClassVar[bool] = False
+    #: genai-prices' provider id for this provider's models; None: no library price.
+    price_provider: ClassVar[str | None] = None
+    #: litellm_params keys this provider reads besides the common ones (model, api_base,
+    #: api_key, timeout, prices...); they reach it in ``Deployment.params``.
+    litellm_params: ClassVar[frozenset[str]] = frozenset()
+
+    def check_deployment(self, deployment: Deployment) -> None:
+        """Refuse a deployment the provider cannot serve, at config load (raise
+        ConfigError naming the litellm_params key). Most providers need no check."""
+        return None
 
     @abstractmethod
     def chat_request(self, deployment: Deployment, params: dict[str, Any],

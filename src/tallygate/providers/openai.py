@@ -144,6 +144,7 @@ class OpenAIStreamDecoder(StreamDecoder):
 
 class OpenAIProvider(Provider):
     name = "openai"
+    price_provider = "openai"
     default_api_base = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"
 

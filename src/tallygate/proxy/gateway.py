@@ -167,7 +167,10 @@ class Gateway:
         model = (("model", event.model),)
         for bucket, value in (("input", u.input_tokens), ("cache_read", u.cache_read_tokens),
                               ("cache_write", u.cache_write_tokens),
-                              ("output", u.output_tokens)):
+                              ("cache_write_1h", u.cache_write_1h_tokens),
+                              ("audio_input", u.audio_input_tokens),
+                              ("output", u.output_tokens),
+                              ("audio_output", u.audio_output_tokens)):
             if value:
                 m.inc("tallygate_tokens_total", (*model, ("bucket", bucket)), value)
         if event.cost is None:

@@ -133,8 +133,11 @@ def lago_event_body(event: UsageEvent, code: str, *,
       their meaning. ``output_tokens`` / ``completion_tokens``: output tokens,
       reasoning included. ``total_tokens`` = prompt + completion.
     * Disjoint buckets that add up to ``input_tokens``: ``uncached_input_tokens``,
-      ``cached_input_tokens`` (cache reads) and ``cache_creation_input_tokens`` (cache
-      writes); ``reasoning_tokens`` is the part of ``output_tokens`` spent reasoning.
+      ``cached_input_tokens`` (cache reads), ``cache_creation_input_tokens`` (cache
+      writes, of which ``cache_creation_1h_input_tokens`` were kept one hour) and
+      ``audio_input_tokens``; ``reasoning_tokens`` and ``audio_output_tokens`` are parts
+      of ``output_tokens``. Items billed per request are counted by name
+      (``web_searches``). The optional ones are sent only when nonzero.
 
     Money: ``response_cost`` is the Decimal price in USD written from its own digits
     (``"0.00012345"``, never a float), and ``precise_total_amount_cents`` is the same
@@ -153,20 +156,27 @@ def lago_event_body(event: UsageEvent, code: str, *,
         "provider_model": event.provider_model,
         "kind": event.kind,
         "input_tokens": u.prompt_tokens,
-        "output_tokens": u.output_tokens,
+        "output_tokens": u.completion_tokens,
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
         "uncached_input_tokens": u.input_tokens,
         "cached_input_tokens": u.cache_read_tokens,
-        "cache_creation_input_tokens": u.cache_write_tokens,
+        "cache_creation_input_tokens": u.cache_write_all_tokens,
         "reasoning_tokens": u.reasoning_tokens,
         "usage_source": u.source,
         "unknown_price": "true" if event.cost is None else "false",
         "latency_ms": max(event.latency_ms, 0),
     }
+    for name, value in (("cache_creation_1h_input_tokens", u.cache_write_1h_tokens),
+                        ("audio_input_tokens", u.audio_input_tokens),
+                        ("audio_output_tokens", u.audio_output_tokens), *u.requests):
+        if value:
+            props[name] = value
     if event.cost is not None:
         props["response_cost"] = format_decimal(event.cost)
+    elif event.unpriced:
+        props["unpriced_buckets"] = ",".join(event.unpriced)
     optional = {"price_source": event.price_source, "end_user": event.end_user,
                 "user_id": event.user_id, "team_id": event.team_id, "key_id": event.key_id}
     props.update({k: v for k, v in optional.items() if v})
