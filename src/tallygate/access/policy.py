@@ -174,6 +174,15 @@ class VirtualKeyPolicy:
 
     # -- admission -----------------------------------------------------------------------
 
+    def check_model(self, identity: Any, model: str) -> None:
+        caller: Caller = identity
+        if caller.key is not None and not _models_allow(caller.key.models, model):
+            raise PermissionDeniedError(f"this key may not call the model {model!r}",
+                                        code="model_not_allowed", param="model")
+        if caller.team is not None and not _models_allow(caller.team.models, model):
+            raise PermissionDeniedError(f"this key's team may not call the model {model!r}",
+                                        code="model_not_allowed", param="model")
+
     async def admit(self, identity: Any, data: Mapping[str, Any], model: str, call_id: str,
                     deployments: Sequence[Deployment]) -> tuple[CallContext, Deployment]:
         """Admit the call and pick the deployment of ``model`` that serves it: one
@@ -181,16 +190,11 @@ class VirtualKeyPolicy:
         caller: Caller = identity
         assert self.store is not None and self.db is not None, "gateway not started"
         key, team = caller.key, caller.team
-        if key is not None and not _models_allow(key.models, model):
-            raise PermissionDeniedError(f"this key may not call the model {model!r}",
-                                        code="model_not_allowed", param="model")
-        if team is not None and not _models_allow(team.models, model):
-            raise PermissionDeniedError(f"this key's team may not call the model {model!r}",
-                                        code="model_not_allowed", param="model")
+        self.check_model(caller, model)
         user, user_field = end_user_of(data)
         metadata = MappingProxyType(dict(data.get("metadata") or {}))
         customer = self._payer(caller, user, user_field, metadata)
-        held = False
+        unpaid_held = False
         if customer is None:
             if self.access.unattributed == "reject":
                 raise BadRequestError(
@@ -199,7 +203,7 @@ class VirtualKeyPolicy:
             if self.access.unattributed == "default_customer":
                 customer = self.access.default_customer
             else:
-                held = True
+                unpaid_held = True
         customer_rec = await self.store.customer(customer) if customer else None
         if customer_rec is not None and customer_rec.blocked:
             raise PermissionDeniedError(f"customer {customer!r} is blocked",
@@ -245,7 +249,7 @@ class VirtualKeyPolicy:
                                      else None), customer, scopes, reserved,
                                      [lim for lim in limits if lim.kind == "tokens"],
                                      token_estimate)
-        if held:
+        if unpaid_held:
             headers = {**headers, BILLING_STATE_HEADER: "held"}
         if headers:
             self._headers[call_id] = headers

@@ -9,6 +9,7 @@ not ask for it: billing needs the numbers, the caller's stream stays as requeste
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,19 @@ from tallygate.providers.sse import SSEParser
 from tallygate.usage import Usage
 
 DONE_FRAME = b"data: [DONE]\n\n"
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...) refuse ``max_tokens`` (they take
+# ``max_completion_tokens``) and any sampling temperature but the default.
+_REASONING_MODEL = re.compile(r"(o[1-9]|gpt-5)([-.].*)?", re.IGNORECASE)
+
+
+def is_reasoning_model(deployment: Deployment) -> bool:
+    """Whether the deployment's model is an OpenAI reasoning model: LiteLLM's
+    ``model_info.supports_reasoning`` when set, else its name (or ``base_model``)."""
+    declared = deployment.model_info.get("supports_reasoning")
+    if isinstance(declared, bool):
+        return declared
+    name = (deployment.base_model or deployment.model).rsplit("/", 1)[-1]
+    return _REASONING_MODEL.fullmatch(name) is not None
 
 
 def json_headers(api_key: str | None, extra: Mapping[str, str]) -> dict[str, str]:
