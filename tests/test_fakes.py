@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anthropic
 import openai
 import pytest
 
-from tests.fakes.anthropic_server import FakeAnthropic, api_key_of
+from tests.fakes.anthropic_server import FakeAnthropic, FakeTurn, api_key_of
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.server_base import FakeToolCall, run_in_thread
 
@@ -180,6 +181,56 @@ async def test_anthropic_tool_use_stream() -> None:
     tool = final.content[-1]
     assert tool.type == "tool_use" and tool.input == {"city": "Paris"} and tool.id == "toolu_1"
     assert final.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_anthropic_web_search_and_cache_lifetimes(stream: bool) -> None:
+    """Server tool blocks and usage (web searches, writes by cache lifetime) parse with
+    the SDK's own types, streamed and not."""
+    async with FakeAnthropic() as fake, anthropic_client(fake) as client:
+        fake.web_searches, fake.cache_write_tokens, fake.cache_write_1h_tokens = 2, 30, 70
+        fake.full_delta_usage = True
+        tools: Any = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]
+        if stream:
+            async with client.messages.stream(model="claude-x", max_tokens=100,
+                                              messages=MESSAGES, tools=tools) as s:
+                msg = await s.get_final_message()
+        else:
+            msg = await client.messages.create(model="claude-x", max_tokens=100,
+                                               messages=MESSAGES, tools=tools)
+    assert [b.type for b in msg.content] == ["server_tool_use", "web_search_tool_result"] * 2 + [
+        "text"]
+    assert msg.content[0].type == "server_tool_use"
+    assert msg.content[0].input == {"query": "fake query 1"}
+    assert msg.usage.server_tool_use is not None
+    assert msg.usage.server_tool_use.web_search_requests == 2
+    assert msg.usage.cache_creation_input_tokens == 100
+    assert msg.usage.cache_creation is not None
+    assert (msg.usage.cache_creation.ephemeral_5m_input_tokens,
+            msg.usage.cache_creation.ephemeral_1h_input_tokens) == (30, 70)
+
+
+async def test_anthropic_count_tokens_and_turns() -> None:
+    """count_tokens answers what it is told to; scripted turns answer in order."""
+    async with FakeAnthropic() as fake, anthropic_client(fake) as client:
+        fake.counted_tokens = 321
+        counted = await client.messages.count_tokens(model="claude-x", messages=MESSAGES)
+        assert counted.input_tokens == 321
+        assert fake.received[-1].path == "/v1/messages/count_tokens"
+        fake.turns = [FakeTurn("", FakeToolCall("Read", {"file_path": "a.txt"}, id="toolu_a")),
+                      FakeTurn("done")]
+        first = await client.messages.create(model="claude-x", max_tokens=10,
+                                             messages=MESSAGES)
+        second = await client.messages.create(model="claude-x", max_tokens=10,
+                                              messages=MESSAGES)
+        third = await client.messages.create(model="claude-x", max_tokens=10,
+                                             messages=MESSAGES)
+        with pytest.raises(anthropic.BadRequestError, match="Extra inputs"):
+            await client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES,
+                                         metadata={"user_id": "u", "tags": "x"})  # type: ignore[typeddict-unknown-key]
+    assert first.stop_reason == "tool_use" and first.content[0].type == "tool_use"
+    assert second.content[0].text == "done"  # type: ignore[union-attr]
+    assert third.content[0].text == fake.reply_text  # type: ignore[union-attr]
 
 
 async def test_anthropic_errors_raise_sdk_exceptions() -> None:
