@@ -99,6 +99,41 @@ async def test_openai_embeddings_and_models() -> None:
     assert [m.id for m in models.data] == fake.models
 
 
+async def test_openai_legacy_completions() -> None:
+    """/v1/completions: one or several prompts, echo, streamed with usage."""
+    async with FakeOpenAI() as fake, openai_client(fake) as client:
+        fake.reply_text, fake.prompt_tokens, fake.completion_tokens = " world", 3, 2
+        plain = await client.completions.create(model="gpt-3.5-turbo-instruct",
+                                                prompt="Hello", max_tokens=5)
+        assert plain.object == "text_completion" and plain.choices[0].text == " world"
+        assert plain.usage is not None and plain.usage.prompt_tokens == 3
+        several = await client.completions.create(model="gpt-3.5-turbo-instruct",
+                                                  prompt=["A", "B"], echo=True)
+        assert [c.text for c in several.choices] == ["A world", "B world"]
+        stream = await client.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="Hello", stream=True,
+            stream_options={"include_usage": True})
+        chunks = [c async for c in stream]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == " world"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 2
+
+
+async def test_openai_reasoning_models_refuse_max_tokens() -> None:
+    async with FakeOpenAI() as fake, openai_client(fake) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model="o3-mini", max_tokens=10,
+                                                 messages=MESSAGES)
+        assert info.value.code == "unsupported_parameter"
+        assert info.value.param == "max_tokens"
+        with pytest.raises(openai.BadRequestError, match="temperature"):
+            await client.chat.completions.create(model="gpt-5-mini", temperature=0.2,
+                                                 messages=MESSAGES)
+        ok = await client.chat.completions.create(model="gpt-5-mini",
+                                                  max_completion_tokens=10, messages=MESSAGES)
+    assert ok.choices[0].message.content == fake.reply_text
+
+
 async def test_openai_errors_raise_sdk_exceptions() -> None:
     async with FakeOpenAI() as fake, openai_client(fake, key="wrong") as client:
         fake.require_api_key = "right"

@@ -6,13 +6,17 @@
         ...
         assert fake.requests[-1]["model"] == "gpt-4o-mini"
 
-Routes: POST /v1/chat/completions (JSON or SSE), POST /v1/embeddings, GET /v1/models.
+Routes: POST /v1/chat/completions (JSON or SSE), POST /v1/completions (the legacy text
+completions, JSON or SSE, ``echo`` and several prompts), POST /v1/embeddings,
+GET /v1/models. Like OpenAI, a reasoning model (o1, o3, o4-mini, gpt-5...) refuses
+``max_tokens`` and a temperature other than 1.
 """
 
 from __future__ import annotations
 
 import base64
 import itertools
+import re
 import struct
 import time
 from typing import Any
@@ -28,6 +32,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
                 403: "invalid_request_error", 404: "invalid_request_error",
                 429: "rate_limit_error"}
 _ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
+_REASONING = re.compile(r"(o[1-9]|gpt-5)([-.].*)?")
 
 
 class FakeOpenAI(FakeServer):
@@ -52,6 +57,7 @@ class FakeOpenAI(FakeServer):
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/chat/completions", self._chat),
+                web.post("/v1/completions", self._completions),
                 web.post("/v1/embeddings", self._embeddings),
                 web.get("/v1/models", self._models)]
 
@@ -87,6 +93,9 @@ class FakeOpenAI(FakeServer):
         if not body.get("messages"):
             return self.error(400, "'messages' is a required property")
         model = str(body.get("model") or "gpt-4o-mini")
+        refusal = self._reasoning_refusal(model, body)
+        if refusal is not None:
+            return refusal
         cid = f"chatcmpl-fake{next(self._ids)}"
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -143,6 +152,68 @@ class FakeOpenAI(FakeServer):
             last["choices"], last["usage"] = [], self.usage()
             chunks.append(last)
         return [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+
+    def _reasoning_refusal(self, model: str, body: dict[str, Any]) -> web.Response | None:
+        """OpenAI's answers to what its reasoning models do not take."""
+        if not _REASONING.fullmatch(model):
+            return None
+        if "max_tokens" in body:
+            return self._unsupported("max_tokens", "Unsupported parameter: 'max_tokens' is "
+                                     "not supported with this model. Use "
+                                     "'max_completion_tokens' instead.", "unsupported_parameter")
+        for name in ("temperature", "top_p"):
+            if body.get(name) not in (None, 1):
+                return self._unsupported(name, f"Unsupported value: '{name}' does not support "
+                                         f"{body[name]} with this model. Only the default (1) "
+                                         "value is supported.", "unsupported_value")
+        return None
+
+    @staticmethod
+    def _unsupported(param: str, message: str, code: str) -> web.Response:
+        return web.Response(status=400, content_type="application/json", body=orjson.dumps(
+            {"error": {"message": message, "type": "invalid_request_error", "param": param,
+                       "code": code}}))
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body, refusal = await self._gate(request)
+        if refusal is not None:
+            return refusal
+        prompt = body.get("prompt")
+        if prompt is None:
+            return self.error(400, "'prompt' is a required property")
+        prompts: list[Any] = (prompt if isinstance(prompt, list) and prompt
+                              and not isinstance(prompt[0], int) else [prompt])
+        model = str(body.get("model") or "gpt-3.5-turbo-instruct")
+        cid = f"cmpl-fake{next(self._ids)}"
+        created = int(time.time())
+        echo = bool(body.get("echo"))
+
+        def text_of(i: int) -> str:
+            p = prompts[i]
+            return (p if echo and isinstance(p, str) else "") + self.reply_text
+
+        def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"id": cid, "object": "text_completion", "created": created,
+                    "model": model, "choices": choices}
+
+        if not body.get("stream"):
+            return await self.send_json(request, {**chunk([
+                {"text": text_of(i), "index": i, "logprobs": None,
+                 "finish_reason": self.finish_reason} for i in range(len(prompts))]),
+                "usage": self.usage()})
+        frames = []
+        for i in range(len(prompts)):
+            pieces = split_text(self.reply_text, self.stream_chunks)
+            if echo and isinstance(prompts[i], str):
+                pieces.insert(0, prompts[i])
+            frames += [chunk([{"text": p, "index": i, "logprobs": None,
+                               "finish_reason": None}]) for p in pieces]
+            frames.append(chunk([{"text": "", "index": i, "logprobs": None,
+                                  "finish_reason": self.finish_reason}]))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            frames.append({**chunk([]), "usage": self.usage()})
+        return await self.send_stream(request, [b"data: " + orjson.dumps(f) + b"\n\n"
+                                                for f in frames] + [b"data: [DONE]\n\n"])
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body, refusal = await self._gate(request)
