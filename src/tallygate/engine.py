@@ -129,7 +129,8 @@ async def _send(provider: Provider, deployment: Deployment, params: dict[str, An
 
 
 async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
-               recorder: Recorder, prices: PriceBook) -> tuple[ChatResult, UsageEvent]:
+               recorder: Recorder, prices: PriceBook, *,
+               kind: CallKind = "chat") -> tuple[ChatResult, UsageEvent]:
     """A non-streaming chat call, billed. Failures bill nothing and are recorded."""
     try:
         provider = get_provider(deployment.provider)
@@ -142,7 +143,7 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    event = make_event(ctx, deployment, usage, prices)
+    event = make_event(ctx, deployment, usage, prices, kind=kind)
     await recorder.record(event)
     return result, event
 

@@ -31,7 +31,7 @@ from aiohttp import web
 from tallygate import engine
 from tallygate.attribution import stable_user_id
 from tallygate.doors.anthropic_answers import MessageStreamEncoder, frame, to_message
-from tallygate.doors.anthropic_to_chat import DROPPED_HEADER, ChatTranslation, bad
+from tallygate.doors.anthropic_to_chat import ChatTranslation, bad
 from tallygate.engine import CallContext, ChatStream
 from tallygate.errors import BadRequestError, InternalError, TallygateError
 from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
@@ -42,6 +42,7 @@ from tallygate.providers.registry import get_provider
 from tallygate.proxy.calls import (
     CALL_ID_HEADER,
     COST_HEADER,
+    DROPPED_HEADER,
     REQUEST_ID_HEADER,
     CallFrame,
     model_group,

@@ -1,9 +1,10 @@
 """A Messages API request as OpenAI chat params, for deployments that do not speak it.
 
 Whatever has an OpenAI equivalent is translated. What has none is either dropped, and
-named in the answer's ``x-tallygate-dropped-params`` header, or refused with a 400 when
-dropping it would change what the answer means or what is billed (server tools the
-provider cannot run, documents it cannot read, tool results it was asked to clear).
+named in the answer's ``x-tallygate-dropped-params`` header (``ChatTranslation.dropped``),
+or refused with a 400 when dropping it would change what the answer means or what is
+billed (server tools the provider cannot run, documents it cannot read, tool results it
+was asked to clear).
 The table is in README ("Anthropic SDK as a client").
 """
 
@@ -17,8 +18,6 @@ import orjson
 from tallygate.errors import BadRequestError
 from tallygate.providers.base import Deployment
 from tallygate.providers.openai import is_reasoning_model
-
-DROPPED_HEADER = "x-tallygate-dropped-params"
 
 # Top-level fields read here; any other is dropped and named.
 _TRANSLATED = frozenset({"model", "messages", "max_tokens", "system", "metadata",

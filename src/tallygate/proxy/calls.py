@@ -36,6 +36,8 @@ CALL_ID_HEADER = "x-tallygate-call-id"
 COST_HEADER = "x-tallygate-response-cost"
 # The openai SDK reads it as ``_request_id``: the call id too.
 REQUEST_ID_HEADER = "x-request-id"
+# What a translating door left out of the request (comma-separated field paths).
+DROPPED_HEADER = "x-tallygate-dropped-params"
 
 # (request, OpenAI-shaped params, deployment, ctx) -> the answer, once the call is admitted.
 CallRunner = Callable[[web.Request, dict[str, Any], Deployment, CallContext],
