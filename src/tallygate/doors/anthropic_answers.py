@@ -117,7 +117,10 @@ class MessageStreamEncoder:
             "id": self.message_id, "type": "message", "role": "assistant",
             "model": self.model, "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": self.input_estimate, "cache_creation_input_tokens": 0,
-                      "cache_read_input_tokens": 0, "output_tokens": 0}}})
+                      "cache_read_input_tokens": 0,
+                      "cache_creation": {"ephemeral_5m_input_tokens": 0,
+                                         "ephemeral_1h_input_tokens": 0},
+                      "output_tokens": 0}}})
 
     def _close(self) -> list[bytes]:
         if self._open is None:
