@@ -7,6 +7,7 @@ passed through untouched where no translation is needed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -128,11 +129,18 @@ class Routes:
                             charset="utf-8", headers={REQUEST_ID_HEADER: new_call_id()})
 
 
-async def _json_404(request: web.Request) -> web.StreamResponse:
-    body = {"error": {"message": f"no route {request.method} {request.path}",
-                      "type": "invalid_request_error", "param": None, "code": "not_found"}}
-    return web.Response(body=orjson.dumps(body), status=404, content_type="application/json",
-                        headers={REQUEST_ID_HEADER: new_call_id()})
+def _no_route(gw: Gateway) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def json_404(request: web.Request) -> web.StreamResponse:
+        # Counted by method: a client calling a route we do not serve shows in /metrics.
+        gw.metrics.inc("tallygate_requests_total", (("route", "no_route"),
+                                                    ("method", request.method),
+                                                    ("status", "404")))
+        body = {"error": {"message": f"no route {request.method} {request.path}",
+                          "type": "invalid_request_error", "param": None, "code": "not_found"}}
+        return web.Response(body=orjson.dumps(body), status=404,
+                            content_type="application/json",
+                            headers={REQUEST_ID_HEADER: new_call_id()})
+    return json_404
 
 
 def create_app(settings: ProxySettings) -> web.Application:
@@ -172,5 +180,5 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.doors.openai_completions import add_completions_routes
 
     add_completions_routes(app, gw)  # legacy text completions
-    r.add_route("*", "/{tail:.*}", _json_404)
+    r.add_route("*", "/{tail:.*}", _no_route(gw))
     return app
