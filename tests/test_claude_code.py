@@ -27,7 +27,8 @@ import pytest
 
 from tests.fakes.anthropic_server import FakeAnthropic, FakeTurn
 from tests.fakes.lago_server import FakeLago
-from tests.fakes.server_base import FakeToolCall
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.server_base import FakeToolCall, Received
 from tests.proxy_harness import (  # noqa: F401  (fixtures)
     REPO,
     UPSTREAM_KEY,
@@ -38,6 +39,8 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     http,
     lago_env,
     lago_fixture,
+    openai_entry,
+    openai_upstream_fixture,
     proxy_settings,
     run_proxy,
     wait_for,
@@ -97,9 +100,10 @@ def claude_bin_fixture() -> Path:
 
 
 @pytest.fixture(name="proxy")
-def proxy_fixture(tmp_path: Path, lago: FakeLago,
-                  claude: FakeAnthropic) -> Iterator[RunningProxy]:
-    cfg = config_dict([anthropic_entry("claude-native", claude.base_url, model=MODEL)],
+def proxy_fixture(tmp_path: Path, lago: FakeLago, claude: FakeAnthropic,
+                  upstream: FakeOpenAI) -> Iterator[RunningProxy]:
+    cfg = config_dict([anthropic_entry("claude-native", claude.base_url, model=MODEL),
+                       openai_entry("gpt-coder", upstream.base_url, model="gpt-5-mini")],
                       tmp_path)
     with run_proxy(proxy_settings(tmp_path, cfg, lago_env(lago))) as proxy:
         yield proxy
@@ -121,33 +125,58 @@ def _claude_env(home: Path, proxy: RunningProxy, key: str, model: str) -> dict[s
     }
 
 
-def test_claude_code_tool_call_billed_once_per_upstream_call(
-        tmp_path: Path, claude_bin: Path, proxy: RunningProxy, lago: FakeLago,
-        claude: FakeAnthropic) -> None:
+def _run_claude(claude_bin: Path, tmp_path: Path, proxy: RunningProxy,
+                group: str) -> dict[str, object]:
+    """``claude -p`` asking for the secret in hello.txt, billed through a key bound to a
+    customer (how to bill a user of the agent); its JSON result."""
+    work, home = tmp_path / "work", tmp_path / "home"
+    # A user of the agent bills through their own key, bound to their customer.
+    key = http("POST", proxy.base_url + "/key/generate",
+               {"key_alias": "dev-ana", "customer_id": "team-ana"}).json()["key"]
+    done = subprocess.run(
+        [str(claude_bin), "-p", "What is the secret word in hello.txt?", "--allowedTools",
+         "Read", "--output-format", "json", "--model", group],
+        cwd=work, env=_claude_env(home, proxy, key, group), capture_output=True,
+        text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+    result: dict[str, object] = json.loads(done.stdout)
+    assert result["is_error"] is False and result["num_turns"] == 2, result
+    assert result["result"] == f"The secret word is {SECRET}."
+    return result
+
+
+def _workspace(tmp_path: Path) -> FakeToolCall:
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     home.mkdir()
     (work / "hello.txt").write_text(f"secret word: {SECRET}\n")
-    claude.turns = [
-        FakeTurn("Reading it.", FakeToolCall("Read", {"file_path": str(work / "hello.txt")},
-                                             id="toolu_cc_1")),
-        FakeTurn(f"The secret word is {SECRET}."),
-    ]
+    return FakeToolCall("Read", {"file_path": str(work / "hello.txt")}, id="toolu_cc_1")
+
+
+def _billed_once_each(lago: FakeLago, calls: list[Received], proxy: RunningProxy) -> None:
+    """Every upstream call billed exactly once, to the key's customer, with its cache
+    buckets; and no route Claude Code called went unserved."""
+    wait_for(lambda: len(lago.stored) == len(calls))
+    assert len({ev.transaction_id for ev in lago.stored}) == len(calls)
+    for ev in lago.stored:
+        assert ev.external_subscription_id == "team-ana"
+        p = ev.properties
+        assert (p["uncached_input_tokens"], p["cached_input_tokens"],
+                p["output_tokens"]) == (40, 9000, 25)
+        assert p["usage_source"] == "provider" and p["unknown_price"] == "false"
+    metrics = http("GET", proxy.base_url + "/metrics").text
+    assert 'route="no_route"' not in metrics
+    assert 'route="messages"' in metrics
+
+
+def test_claude_code_native_to_anthropic(tmp_path: Path, claude_bin: Path,
+                                         proxy: RunningProxy, lago: FakeLago,
+                                         claude: FakeAnthropic) -> None:
+    claude.turns = [FakeTurn("Reading it.", _workspace(tmp_path)),
+                    FakeTurn(f"The secret word is {SECRET}.")]
     claude.input_tokens, claude.cache_read_tokens, claude.cache_write_tokens = 40, 9000, 3000
     claude.output_tokens = 25
-    # A user of the agent bills through their own key, bound to their customer.
-    key = http("POST", proxy.base_url + "/key/generate",
-               {"key_alias": "dev-ana", "customer_id": "team-ana"}).json()["key"]
-
-    done = subprocess.run(
-        [str(claude_bin), "-p", "What is the secret word in hello.txt?", "--allowedTools",
-         "Read", "--output-format", "json", "--model", "claude-native"],
-        cwd=work, env=_claude_env(home, proxy, key, "claude-native"), capture_output=True,
-        text=True, timeout=180, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
-    result = json.loads(done.stdout)
-    assert result["is_error"] is False and result["num_turns"] == 2, result
-    assert result["result"] == f"The secret word is {SECRET}."
+    _run_claude(claude_bin, tmp_path, proxy, "claude-native")
 
     # Two turns: the tool call, then the answer after the tool's result.
     calls = [r for r in claude.received if r.path == "/v1/messages"]
@@ -164,18 +193,30 @@ def test_claude_code_tool_call_billed_once_per_upstream_call(
         assert got.headers["x-api-key"] == UPSTREAM_KEY  # the gateway's key, not the user's
         agent = json.loads(got.body["metadata"]["user_id"])
         assert {"device_id", "session_id"} <= set(agent)
+    _billed_once_each(lago, calls, proxy)
+    assert all(ev.properties["cache_creation_input_tokens"] == 3000 for ev in lago.stored)
 
-    # Every upstream call billed exactly once, to the key's customer, with its cache buckets.
-    wait_for(lambda: len(lago.stored) == len(calls))
-    assert len({ev.transaction_id for ev in lago.stored}) == len(calls)
-    for ev in lago.stored:
-        assert ev.external_subscription_id == "team-ana"
-        p = ev.properties
-        assert (p["uncached_input_tokens"], p["cached_input_tokens"],
-                p["cache_creation_input_tokens"], p["output_tokens"]) == (40, 9000, 3000, 25)
-        assert p["usage_source"] == "provider" and p["unknown_price"] == "false"
 
-    # No route Claude Code called went unserved.
-    metrics = http("GET", proxy.base_url + "/metrics").text
-    assert 'route="no_route"' not in metrics
-    assert 'route="messages"' in metrics
+def test_claude_code_translated_to_an_openai_reasoning_model(
+        tmp_path: Path, claude_bin: Path, proxy: RunningProxy, lago: FakeLago,
+        upstream: FakeOpenAI) -> None:
+    """The same session against gpt-5-mini: Claude Code's thinking, context edits and
+    deferred tools are dropped, max_tokens goes as max_completion_tokens (the stand-in
+    refuses max_tokens, as OpenAI does), the tool call and its result round-trip."""
+    upstream.turns = [FakeTurn("", _workspace(tmp_path)),
+                      FakeTurn(f"The secret word is {SECRET}.")]
+    upstream.prompt_tokens, upstream.cached_tokens, upstream.completion_tokens = 9040, 9000, 25
+    _run_claude(claude_bin, tmp_path, proxy, "gpt-coder")
+    calls = [r for r in upstream.received if r.path == "/v1/chat/completions"]
+    assert len(calls) == 2
+    for got in calls:
+        body = got.body
+        assert body is not None and body["model"] == "gpt-5-mini"
+        assert body["max_completion_tokens"] > 0 and "max_tokens" not in body
+        assert "thinking" not in body and "context_management" not in body
+        assert any(t["function"]["name"] == "Read" for t in body["tools"])
+    second = calls[1].body
+    assert second is not None
+    tool_results = [m for m in second["messages"] if m["role"] == "tool"]
+    assert len(tool_results) == 1 and SECRET in json.dumps(tool_results[0])
+    _billed_once_each(lago, calls, proxy)

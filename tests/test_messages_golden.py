@@ -101,7 +101,8 @@ def _script(kind: str, claude: FakeAnthropic, upstream: FakeOpenAI) -> None:
     if kind == "openai":
         upstream.prompt_tokens, upstream.cached_tokens, upstream.completion_tokens = 1000, 800, 50
     else:
-        upstream.prompt_tokens, upstream.completion_tokens, upstream.reasoning_tokens = 500, 400, 300
+        upstream.prompt_tokens, upstream.completion_tokens = 500, 400
+        upstream.reasoning_tokens = 300
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])

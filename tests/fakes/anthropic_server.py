@@ -16,7 +16,6 @@ answer per request, in order (for agents that loop over tool calls).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,6 +24,7 @@ from aiohttp import web
 from tests.fakes.server_base import (
     FakeServer,
     FakeToolCall,
+    FakeTurn,
     Received,
     run_in_thread,
     split_text,
@@ -43,14 +43,6 @@ def api_key_of(got: Received) -> str | None:
     if key is None and got.headers.get("Authorization", "").startswith("Bearer "):
         key = got.headers["Authorization"][len("Bearer "):]
     return key
-
-
-@dataclass
-class FakeTurn:
-    """One scripted answer: its text and, optionally, a tool call after it."""
-
-    reply_text: str = ""
-    tool_call: FakeToolCall | None = None
 
 
 def _event(data: dict[str, Any]) -> bytes:

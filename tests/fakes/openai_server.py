@@ -24,9 +24,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.server_base import FakeServer, FakeToolCall, run_in_thread, split_text
+from tests.fakes.server_base import (
+    FakeServer,
+    FakeToolCall,
+    FakeTurn,
+    run_in_thread,
+    split_text,
+)
 
-__all__ = ["FakeOpenAI", "FakeToolCall", "run_in_thread"]
+__all__ = ["FakeOpenAI", "FakeToolCall", "FakeTurn", "run_in_thread"]
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
                 403: "invalid_request_error", 404: "invalid_request_error",
@@ -45,6 +51,7 @@ class FakeOpenAI(FakeServer):
         self.reasoning_tokens = 0     # inside completion_tokens
         self.finish_reason = "stop"
         self.tool_call: FakeToolCall | None = None
+        self.turns: list[FakeTurn] = []  # consumed one per chat request, before the above
         self.stream_chunks = 3        # content pieces in a stream
         self.models = ["gpt-4o-mini", "text-embedding-3-small"]
         self.embedding_dim = 8
@@ -97,18 +104,20 @@ class FakeOpenAI(FakeServer):
         if refusal is not None:
             return refusal
         cid = f"chatcmpl-fake{next(self._ids)}"
+        turn = self.turns.pop(0) if self.turns else FakeTurn(self.reply_text, self.tool_call)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await self.send_stream(request, self._frames(cid, model, include_usage))
-        message: dict[str, Any] = {"role": "assistant", "content": self.reply_text,
+            return await self.send_stream(request, self._frames(cid, model, include_usage,
+                                                                turn))
+        message: dict[str, Any] = {"role": "assistant", "content": turn.reply_text,
                                    "refusal": None, "annotations": []}
         finish = self.finish_reason
-        if self.tool_call is not None:
+        if turn.tool_call is not None:
             message["content"] = None
             message["tool_calls"] = [{
-                "id": self.tool_call.id, "type": "function",
-                "function": {"name": self.tool_call.name,
-                             "arguments": orjson.dumps(self.tool_call.arguments).decode()}}]
+                "id": turn.tool_call.id, "type": "function",
+                "function": {"name": turn.tool_call.name,
+                             "arguments": orjson.dumps(turn.tool_call.arguments).decode()}}]
             finish = "tool_calls"
         return await self.send_json(request, {
             "id": cid, "object": "chat.completion", "created": int(time.time()),
@@ -118,7 +127,8 @@ class FakeOpenAI(FakeServer):
             "usage": self.usage(),
         })
 
-    def _frames(self, cid: str, model: str, include_usage: bool) -> list[bytes]:
+    def _frames(self, cid: str, model: str, include_usage: bool,
+                turn: FakeTurn) -> list[bytes]:
         created = int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -133,12 +143,12 @@ class FakeOpenAI(FakeServer):
 
         chunks = []
         finish = self.finish_reason
-        if self.tool_call is None:
+        if turn.tool_call is None:
             chunks.append(chunk({"role": "assistant", "content": "", "refusal": None}))
-            chunks += [chunk({"content": p}) for p in split_text(self.reply_text,
+            chunks += [chunk({"content": p}) for p in split_text(turn.reply_text,
                                                                   self.stream_chunks)]
         else:
-            call = self.tool_call
+            call = turn.tool_call
             chunks.append(chunk({"role": "assistant", "content": None, "tool_calls": [{
                 "index": 0, "id": call.id, "type": "function",
                 "function": {"name": call.name, "arguments": ""}}]}))

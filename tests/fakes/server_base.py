@@ -50,6 +50,14 @@ class FakeToolCall:
     id: str = "call_fake_1"
 
 
+@dataclass
+class FakeTurn:
+    """One scripted answer: its text and, optionally, a tool call after it."""
+
+    reply_text: str = ""
+    tool_call: FakeToolCall | None = None
+
+
 def split_text(text: str, pieces: int) -> list[str]:
     """``text`` in ``pieces`` nearly equal parts (fewer if the text is shorter)."""
     pieces = max(1, min(pieces, len(text) or 1))
