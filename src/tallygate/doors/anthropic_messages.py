@@ -190,6 +190,12 @@ def kept_headers(request: web.Request) -> dict[str, str]:
             if request.headers.get(name)}
 
 
+def _beta_query(request: web.Request) -> str:
+    """Anthropic's SDKs call beta features at ``?beta=true``: kept. No other query goes
+    upstream with the gateway's credentials."""
+    return "beta=true" if request.query.get("beta") == "true" else ""
+
+
 def _native(deployment: Deployment) -> NativeMessages | None:
     provider = get_provider(deployment.provider)
     return provider if isinstance(provider, NativeMessages) else None
@@ -275,7 +281,7 @@ class MessagesRoute:
                        ctx: CallContext) -> web.StreamResponse:
         upstream = provider.messages_request(
             deployment, upstream_body(params["body"]), kept_headers(request),
-            stream=params["stream"], query=request.query_string)
+            stream=params["stream"], query=_beta_query(request))
         if not params["stream"]:
             raw, event = await engine.forward(
                 deployment, upstream, partial(provider.messages_usage, deployment), params,
