@@ -123,7 +123,8 @@ def test_completion_translated_to_chat(proxy: RunningProxy, lago: FakeLago,
     claude.reply_text, claude.input_tokens, claude.output_tokens = " and Claude", 11, 4
     reply = MOCK_REPLY if model == "mocked" else " and Claude"
     kwargs: dict[str, Any] = dict(model=model, prompt="Once", echo=True,
-                                  extra_body={"safety_identifier": f"si-{model}"})
+                                  extra_body={"safety_identifier": f"si-{model}",
+                                              "frobnicate": 1})
     if stream:
         with client.completions.with_streaming_response.create(
                 stream=True, stream_options={"include_usage": True}, **kwargs) as resp:
@@ -137,6 +138,7 @@ def test_completion_translated_to_chat(proxy: RunningProxy, lago: FakeLago,
         done = raw.parse()
         call_id, text, usage = raw.headers[CALL_ID_HEADER], done.choices[0].text, done.usage
         assert done.object == "text_completion" and done.choices[0].finish_reason == "stop"
+        assert raw.headers["x-tallygate-dropped-params"] == "frobnicate"
     assert text == "Once" + reply  # echo done by the gateway
     ev = billed(lago, call_id, f"si-{model}")  # safety_identifier pays
     assert ev.properties["kind"] == "completion"
