@@ -148,6 +148,34 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
     return result, event
 
 
+async def forward(deployment: Deployment, request: UpstreamRequest,
+                  read: Callable[[bytes], ChatResult], params: Mapping[str, Any],
+                  ctx: CallContext, recorder: Recorder, prices: PriceBook, *,
+                  kind: CallKind = "chat") -> tuple[ChatResult, UsageEvent]:
+    """A non-streaming call whose upstream request a door built itself (its own API
+    passed through), billed like chat: ``read`` turns the 200 answer into its usage
+    (None: estimated from ``params["messages"]``). Failures bill nothing."""
+    try:
+        provider = get_provider(deployment.provider)
+        resp = await transport.post(request, deployment.timeout)
+        if resp.status >= 400:
+            raise provider.error_from_response(resp.status, resp.body, resp.headers)
+        try:
+            result = read(resp.body)
+        except TallygateError:
+            raise
+        except Exception as exc:
+            raise UpstreamError("upstream answered 200 with a body that is not the "
+                                f"expected answer ({type(exc).__name__})") from None
+        usage = result.usage or _estimated_usage(params, _answer_text(result.body), None)
+    except BaseException as exc:
+        await recorder.record_failure(failure_event(ctx, deployment, exc))
+        raise
+    event = make_event(ctx, deployment, usage, prices, kind=kind)
+    await recorder.record(event)
+    return result, event
+
+
 async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
                     recorder: Recorder, prices: PriceBook) -> tuple[ChatResult, UsageEvent]:
     """An embeddings call, billed like chat with input tokens only."""
@@ -163,36 +191,6 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     event = make_event(ctx, deployment, usage, prices, kind="embedding")
     await recorder.record(event)
     return result, event
-
-
-async def forward(deployment: Deployment, request: UpstreamRequest,
-                  read: Callable[[bytes], tuple[Usage | None, str]],
-                  params: Mapping[str, Any], ctx: CallContext, recorder: Recorder,
-                  prices: PriceBook, *, kind: CallKind = "chat") -> tuple[bytes, UsageEvent]:
-    """A non-streaming call whose answer goes back to the client as the upstream's bytes
-    (a door speaking the provider's own API). ``read`` gives the answer's usage and text;
-    without usage it is estimated from ``params["messages"]`` and that text. Billed and
-    recorded exactly like ``chat``."""
-    try:
-        provider = get_provider(deployment.provider)
-        resp = await transport.post(request, deployment.timeout)
-        if resp.status >= 400:
-            raise provider.error_from_response(resp.status, resp.body, resp.headers)
-        try:
-            usage, text = read(resp.body)
-        except TallygateError:
-            raise
-        except Exception as exc:
-            raise UpstreamError("upstream answered 200 with a body that cannot be read "
-                                f"({type(exc).__name__})") from None
-        if usage is None:
-            usage = _estimated_usage(params, text, None)
-    except BaseException as exc:
-        await recorder.record_failure(failure_event(ctx, deployment, exc))
-        raise
-    event = make_event(ctx, deployment, usage, prices, kind=kind)
-    await recorder.record(event)
-    return resp.body, event
 
 
 async def unbilled(deployment: Deployment, request: UpstreamRequest) -> bytes:
@@ -222,11 +220,18 @@ def _read_answer(read: Callable[[], ChatResult], key: str, what: str) -> ChatRes
 
 
 def _answer_text(body: Mapping[str, Any]) -> str:
+    """The generated text of an answer, for an estimate: a chat completion's messages, a
+    text completion's ``text``, a Messages answer's text blocks."""
     parts = []
     for choice in body.get("choices") or ():
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict) and isinstance(message.get("content"), str):
             parts.append(message["content"])
+        elif isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            parts.append(choice["text"])
+    for block in body.get("content") or () if isinstance(body.get("content"), list) else ():
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            parts.append(block["text"])
     return "".join(parts)
 
 
@@ -239,8 +244,9 @@ class ChatStream:
                  recorder: Recorder, prices: PriceBook, include_usage: bool, *,
                  request: UpstreamRequest | None = None,
                  decoder: StreamDecoder | None = None, kind: CallKind = "chat") -> None:
-        """``request`` and ``decoder`` replace the provider's chat ones for a door that
-        sends its own API's request (``params`` then only feed estimates)."""
+        """``request`` and ``decoder``: a door's own upstream request and reading of its
+        stream (its API passed through) instead of the provider's chat ones (``params``
+        then only feed estimates); ``kind`` is the billed event's."""
         self.deployment = deployment
         self.ctx = ctx
         self._params = params
@@ -249,9 +255,8 @@ class ChatStream:
         self._kind: CallKind = kind
         self._request = request
         self._provider = get_provider(deployment.provider)
-        self._decoder: StreamDecoder = (decoder if decoder is not None
-                                        else self._provider.chat_stream(deployment,
-                                                                        include_usage))
+        self._decoder: StreamDecoder = (decoder if decoder is not None else
+                                        self._provider.chat_stream(deployment, include_usage))
         self._upstream: Any = None  # the open transport stream's context manager
         self._source: AsyncIterator[bytes] | None = None
         self.event: UsageEvent | None = None

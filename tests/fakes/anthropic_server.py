@@ -65,6 +65,8 @@ class FakeAnthropic(FakeServer):
         self.thinking_tokens = 0      # reported in output_tokens_details when > 0
         self.stop_reason = "end_turn"
         self.tool_call: FakeToolCall | None = None  # a tool_use block after the text
+        # Once the tool's result comes back, answer this text instead of calling again.
+        self.reply_after_tool: str | None = None
         self.stream_chunks = 3
         # Newer API versions repeat input and cache counts in message_delta's usage.
         self.full_delta_usage = False
@@ -102,6 +104,14 @@ class FakeAnthropic(FakeServer):
         if self.thinking_tokens:
             usage["output_tokens_details"] = {"thinking_tokens": self.thinking_tokens}
         return usage
+
+    def _tool_answered(self, body: dict[str, Any]) -> bool:
+        if self.tool_call is None or self.reply_after_tool is None:
+            return False
+        return any(isinstance(b, dict) and b.get("type") == "tool_result"
+                   and b.get("tool_use_id") == self.tool_call.id
+                   for m in body.get("messages") or () if isinstance(m.get("content"), list)
+                   for b in m["content"])
 
     def _blocks(self, turn: FakeTurn) -> list[dict[str, Any]]:
         blocks: list[dict[str, Any]] = []
@@ -141,8 +151,12 @@ class FakeAnthropic(FakeServer):
             return self.error(400, f"metadata.{sorted(extra)[0]}: Extra inputs are not "
                                    "permitted")
         mid = f"msg_fake{next(self._ids)}"
-        turn = (self.turns.pop(0) if self.turns
-                else FakeTurn(self.reply_text, self.tool_call))
+        if self.turns:
+            turn = self.turns.pop(0)
+        elif self._tool_answered(body):  # the tool's result came back: answer, done
+            turn = FakeTurn(self.reply_after_tool or "")
+        else:
+            turn = FakeTurn(self.reply_text, self.tool_call)
         stop_reason = "tool_use" if turn.tool_call is not None else self.stop_reason
         blocks = self._blocks(turn)
         if body.get("stream"):

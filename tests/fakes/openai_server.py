@@ -8,8 +8,11 @@
 
 Routes: POST /v1/chat/completions (JSON or SSE), POST /v1/completions (the legacy text
 completions, JSON or SSE, ``echo`` and several prompts), POST /v1/embeddings,
-GET /v1/models. Like OpenAI, a reasoning model (o1, o3, o4-mini, gpt-5...) refuses
-``max_tokens`` and a temperature other than 1.
+GET /v1/models, and the Responses API (``tests/fakes/openai_responses.py``): POST
+/v1/responses (JSON or SSE), GET and DELETE /v1/responses/{id}. ``responses_enabled =
+False`` makes the server one of the OpenAI-compatible servers without the Responses API
+(404 there). Like OpenAI, a reasoning model (o1, o3, o4-mini, gpt-5...) refuses
+``max_tokens`` and a temperature other than 1 on chat.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes.openai_responses import ResponsesAPI
 from tests.fakes.server_base import (
     FakeServer,
     FakeToolCall,
@@ -56,6 +60,11 @@ class FakeOpenAI(FakeServer):
         self.models = ["gpt-4o-mini", "text-embedding-3-small"]
         self.embedding_dim = 8
         self._ids = itertools.count(1)
+        # The Responses API: built-in tool calls and a reasoning item in its answers.
+        self.responses_enabled = True
+        self.web_searches = 0
+        self.reasoning_summary: str | None = None
+        self.responses = ResponsesAPI(self)
 
     @property
     def base_url(self) -> str:
@@ -66,7 +75,7 @@ class FakeOpenAI(FakeServer):
         return [web.post("/v1/chat/completions", self._chat),
                 web.post("/v1/completions", self._completions),
                 web.post("/v1/embeddings", self._embeddings),
-                web.get("/v1/models", self._models)]
+                web.get("/v1/models", self._models), *self.responses.routes()]
 
     def error_body(self, status: int, message: str, error_type: str | None) -> dict[str, Any]:
         return {"error": {"message": message,

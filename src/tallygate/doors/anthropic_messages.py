@@ -283,13 +283,14 @@ class MessagesRoute:
             deployment, upstream_body(params["body"]), kept_headers(request),
             stream=params["stream"], query=_beta_query(request))
         if not params["stream"]:
-            raw, event = await engine.forward(
-                deployment, upstream, partial(provider.messages_usage, deployment), params,
+            result, event = await engine.forward(
+                deployment, upstream, partial(provider.messages_response, deployment), params,
                 ctx, self.gw, self.gw.prices)
             headers = self._headers(ctx.call_id)
             if event.cost is not None:
                 headers[COST_HEADER] = format_decimal(event.cost)
-            return web.Response(body=raw, headers=headers, content_type="application/json")
+            return web.Response(body=result.raw or orjson.dumps(result.body), headers=headers,
+                                content_type="application/json")
         decoder = provider.messages_stream(deployment)
         stream = ChatStream(deployment, params, ctx, self.gw, self.gw.prices,
                             include_usage=False, request=upstream, decoder=decoder)

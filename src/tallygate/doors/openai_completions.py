@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import orjson
@@ -218,16 +219,11 @@ class CompletionsRoute:
         body = {k: v for k, v in data.items() if k not in _GATEWAY_KEYS}
         headers = self._headers(ctx.call_id)
         if not params["stream"]:
-            def read(raw: bytes) -> tuple[Usage | None, str]:
-                result = provider.completion_response(deployment, raw)
-                text = "".join(str(c.get("text") or "") for c in result.body.get("choices")
-                               or () if isinstance(c, dict))
-                return result.usage, text
-
-            raw, event = await engine.forward(
-                deployment, provider.completion_request(deployment, body, stream=False), read,
-                params, ctx, self.gw, self.gw.prices, kind="completion")
-            return self._billed(raw, event, headers)
+            result, event = await engine.forward(
+                deployment, provider.completion_request(deployment, body, stream=False),
+                partial(provider.completion_response, deployment), params, ctx, self.gw,
+                self.gw.prices, kind="completion")
+            return self._billed(result.raw or orjson.dumps(result.body), event, headers)
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         stream = ChatStream(deployment, params, ctx, self.gw, self.gw.prices, include_usage,
                             request=provider.completion_request(deployment, body, stream=True),

@@ -170,8 +170,9 @@ class NativeMessages(ABC):
         (``anthropic-version``, ``anthropic-beta``); ``query`` its query string."""
 
     @abstractmethod
-    def messages_usage(self, deployment: Deployment, body: bytes) -> tuple[Usage | None, str]:
-        """(usage, answer text) of a non-streamed Messages answer."""
+    def messages_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        """Read a non-streamed Messages answer: its parsed body, usage, and ``raw``, the
+        bytes that go back to the client."""
 
     @abstractmethod
     def messages_stream(self, deployment: Deployment) -> PassThroughDecoder:
@@ -208,6 +209,9 @@ class Provider(ABC):
     api_key_env: ClassVar[str | None] = None
     #: True when the provider answers in-process (the mock): no transport is used.
     is_local: ClassVar[bool] = False
+    #: True when the provider serves OpenAI's Responses API itself (``responses_request``):
+    #: the Responses door then passes requests through instead of translating them.
+    responses_api: ClassVar[bool] = False
     #: genai-prices' provider id for this provider's models; None: no library price.
     price_provider: ClassVar[str | None] = None
     #: litellm_params keys this provider reads besides the common ones (model, api_base,
@@ -246,6 +250,12 @@ class Provider(ABC):
     def embedding_response(self, deployment: Deployment, body: bytes) -> ChatResult:
         raise BadRequestError(f"provider {self.name!r} does not serve embeddings",
                               param="model", code="embeddings_not_supported")
+
+    def responses_request(self, deployment: Deployment, body: bytes) -> UpstreamRequest:
+        """For ``responses_api`` providers: the upstream request of a Responses API body
+        (``model`` already the deployment's)."""
+        raise BadRequestError(f"provider {self.name!r} does not serve the Responses API",
+                              param="model", code="responses_not_supported")
 
     def local_chat(self, deployment: Deployment, params: dict[str, Any]) -> bytes:
         """For ``is_local`` providers: the raw upstream-format answer (JSON or SSE)."""

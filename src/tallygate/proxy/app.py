@@ -180,5 +180,8 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.doors.openai_completions import add_completions_routes
 
     add_completions_routes(app, gw)  # legacy text completions
+    from tallygate.doors.openai_responses import add_responses_routes
+
+    add_responses_routes(app, gw)  # the OpenAI Responses API door
     r.add_route("*", "/{tail:.*}", _no_route(gw))
     return app
