@@ -4,7 +4,8 @@ The stand-in is scripted to make Claude Code call its Read tool and then finish.
 Code runs with its telemetry, error reports, auto-updates and non-essential traffic off,
 ``ANTHROPIC_BASE_URL`` on the proxy on loopback and an HTTPS proxy that goes nowhere, so
 nothing can leave the machine. It is installed at test set-up, pinned, into the
-worktree's ``.cache/npm`` (gitignored); without npm the test fails and says why.
+worktree's ``.cache/npm/claude-code`` (gitignored); without npm the test fails and says
+why.
 
 What Claude Code 2.1 calls, found from its traffic: ``POST /v1/messages?beta=true``
 (streamed, its beta flags in ``anthropic-beta``, ``metadata.user_id`` a JSON object of
@@ -48,7 +49,9 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
 
 CLAUDE_CODE = "@anthropic-ai/claude-code"
 CLAUDE_CODE_VERSION = "2.1.332"
-NPM_CACHE = REPO / ".cache" / "npm"
+# Its own npm prefix, so that other npm-installed tools in .cache/npm (the Codex CLI) and
+# this one never prune each other.
+NPM_CACHE = REPO / ".cache" / "npm" / "claude-code"
 CLAUDE_BIN = NPM_CACHE / "node_modules" / ".bin" / "claude"
 MODEL = "claude-sonnet-4-5"
 SECRET = "pineapple"
