@@ -68,8 +68,8 @@ class CallContext:
 
 
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
-               *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset()
-               ) -> UsageEvent:
+               *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset(),
+               first_chunk_ms: int | None = None) -> UsageEvent:
     # A deployment whose name says nothing of its model (Azure) is priced by base_model.
     price = prices.price(deployment.provider, deployment.base_model or deployment.model, usage,
                          deployment.price)
@@ -86,7 +86,7 @@ def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: P
         usage=usage, cost=price.cost, customer=ctx.customer, kind=kind,
         end_user=ctx.end_user, user_id=ctx.user_id, team_id=ctx.team_id, key_id=ctx.key_id,
         price_source=price.source, flags=frozenset(flags), metadata=ctx.metadata,
-        unpriced=price.unpriced)
+        unpriced=price.unpriced, first_chunk_ms=first_chunk_ms)
 
 
 def failure_event(ctx: CallContext, deployment: Deployment | None,
@@ -261,6 +261,7 @@ class ChatStream:
         self._source: AsyncIterator[bytes] | None = None
         self.event: UsageEvent | None = None
         self._finishing: asyncio.Future[UsageEvent] | None = None
+        self._first_chunk_ms: int | None = None  # for the time-to-first-token metric
 
     async def open(self) -> ChatStream:
         """Send the request; raise the upstream's error before any chunk is produced."""
@@ -297,6 +298,8 @@ class ChatStream:
             async for data in self._source:
                 items = self._decoder.feed(data)
                 if items:
+                    if self._first_chunk_ms is None:
+                        self._first_chunk_ms = now_ms() - self.ctx.started_at_ms
                     yield items
                 if self._decoder.done:
                     break
@@ -323,7 +326,8 @@ class ChatStream:
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)
             event = make_event(self.ctx, self.deployment, usage, self._prices,
-                               kind=self._kind, extra_flags=frozenset(flags))
+                               kind=self._kind, extra_flags=frozenset(flags),
+                               first_chunk_ms=self._first_chunk_ms)
             self.event = event
             await self._recorder.record(event)
         except BaseException as exc:

@@ -124,8 +124,7 @@ class Routes:
                             headers={REQUEST_ID_HEADER: new_call_id()})
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        await self.gw.refresh_queue_gauges()
-        return web.Response(text=self.gw.metrics.render(), content_type="text/plain",
+        return web.Response(text=await self.gw.render_metrics(), content_type="text/plain",
                             charset="utf-8", headers={REQUEST_ID_HEADER: new_call_id()})
 
 
