@@ -456,3 +456,58 @@ def test_responses_door_reaches_each(proxy: RunningProxy, lago: FakeLago,
         final = stream.get_final_response()
     assert final.output_text == target.reply()
     assert final.usage is not None and final.usage.output_tokens == 21
+
+
+def test_messages_door_passes_claude_on_vertex_through(proxy: RunningProxy, lago: FakeLago,
+                                                       vertex: FakeVertex,
+                                                       request: pytest.FixtureRequest) -> None:
+    vertex.claude.input_tokens, vertex.claude.cache_write_1h_tokens = 90, 3000
+    vertex.claude.output_tokens = 12
+    claude_sdk = anthropic.Anthropic(base_url=proxy.base_url, api_key=MASTER_KEY,
+                                     max_retries=0)
+    request.addfinalizer(claude_sdk.close)
+    raw = claude_sdk.messages.with_raw_response.create(
+        model="vertex-claude", max_tokens=256, metadata={"user_id": "cust-native"},
+        thinking={"type": "enabled", "budget_tokens": 128},
+        messages=[{"role": "user", "content": "Hi"}],
+        extra_headers={"anthropic-beta": "context-1m-2025-08-07"})
+    message = raw.parse()
+    assert message.id.startswith("msg_vrtx_")  # Vertex's own answer, passed through
+    got = vertex.received[-1]
+    assert got.path.endswith(f"/publishers/anthropic/models/{CLAUDE}:rawPredict")
+    assert got.body == {"max_tokens": 256, "metadata": {"user_id": "cust-native"},
+                        "thinking": {"type": "enabled", "budget_tokens": 128},
+                        "messages": [{"role": "user", "content": "Hi"}],
+                        "anthropic_version": "vertex-2023-10-16"}
+    assert got.headers["anthropic-beta"] == "context-1m-2025-08-07"
+    assert got.headers["Authorization"].startswith("Bearer ya29.")
+    ev = billed(lago, raw.headers[CALL_ID_HEADER], "cust-native")
+    p = ev.properties
+    assert (p["uncached_input_tokens"], p["cache_creation_1h_input_tokens"],
+            p["output_tokens"]) == (90, 3000, 12)
+    # 90 x $1 + 3000 one-hour writes x $2 + 12 x $5, per Mtok
+    assert Decimal(p["response_cost"]) == (90 + 3000 * 2 + 12 * 5) / MTOK
+    with claude_sdk.messages.stream(model="vertex-claude", max_tokens=64,
+                                    messages=[{"role": "user", "content": "Hi"}]) as stream:
+        final = stream.get_final_message()
+    assert final.id.startswith("msg_vrtx_") and final.usage.output_tokens == 12
+    assert vertex.received[-1].path.endswith(":streamRawPredict")
+
+
+def test_count_tokens_on_vertex(proxy: RunningProxy, vertex: FakeVertex,
+                                request: pytest.FixtureRequest) -> None:
+    vertex.claude.counted_tokens = 321
+    claude_sdk = anthropic.Anthropic(base_url=proxy.base_url, api_key=MASTER_KEY,
+                                     max_retries=0)
+    request.addfinalizer(claude_sdk.close)
+    counted = claude_sdk.messages.count_tokens(
+        model="vertex-claude", messages=[{"role": "user", "content": "Hi"}])
+    assert counted.input_tokens == 321
+    got = vertex.received[-1]
+    assert got.path == ("/v1/projects/tg-project/locations/europe-west4/publishers/"
+                        "anthropic/models/count-tokens:rawPredict")
+    assert got.body is not None and got.body["model"] == CLAUDE
+    # A Gemini deployment has no Messages API to count with: estimated, and said so.
+    raw = claude_sdk.messages.with_raw_response.count_tokens(
+        model="vertex-flash", messages=[{"role": "user", "content": "Hi"}])
+    assert raw.headers["x-tallygate-token-count"] == "estimated"

@@ -16,7 +16,8 @@ Routes (from Vertex AI's REST reference):
   the same ``GeminiScript`` as the AI Studio stand-in), and
   ``.../publishers/anthropic/models/{model}:rawPredict`` / ``:streamRawPredict``
   (Anthropic's Messages body with ``anthropic_version`` and without ``model``; answers
-  by ``FakeAnthropic``'s script, ``fake.claude``).
+  by ``FakeAnthropic``'s script, ``fake.claude``), and
+  ``.../publishers/anthropic/models/count-tokens:rawPredict`` (the model in the body).
 Every model call needs ``Authorization: Bearer <a token this server issued>``; others
 get 401 UNAUTHENTICATED, as Vertex answers. ``revoke_tokens()`` scripts a token that
 Vertex stops accepting before it expires.
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.gemini_server import BadRequest, GeminiScript, google_error_body
-from tests.fakes.server_base import FakeServer, Received
+from tests.fakes.server_base import FakeServer, FakeTurn, Received
 
 __all__ = ["FakeVertex", "make_rsa_key"]
 
@@ -179,19 +180,38 @@ class FakeVertex(FakeServer):
         body = got.body or {}
         if method not in ("rawPredict", "streamRawPredict"):
             return self.error(404, f"method {method!r} not found")
-        if "model" in body:
-            return self.claude.error(400, "model: Extra inputs are not permitted")
         if not body.get("anthropic_version"):
             return self.claude.error(400, "anthropic_version: Field required")
+        if model == "count-tokens":  # Vertex counts at one endpoint, the model in the body
+            return self._count_tokens(body)
+        if "model" in body:
+            return self.claude.error(400, "model: Extra inputs are not permitted")
         for name in ("messages", "max_tokens"):
             if name not in body:
                 return self.claude.error(400, f"{name}: Field required")
+        extra = set(body.get("metadata") or {}) - {"user_id"}
+        if extra:
+            return self.claude.error(400, f"metadata.{sorted(extra)[0]}: Extra inputs are "
+                                     "not permitted")
         claude = self.claude
+        turn = claude.turns.pop(0) if claude.turns else FakeTurn(claude.reply_text,
+                                                                  claude.tool_call)
+        blocks = claude._blocks(turn)
         mid = f"msg_vrtx_{next(self._msg_ids)}"
-        stop_reason = "tool_use" if claude.tool_call is not None else claude.stop_reason
+        stop_reason = "tool_use" if turn.tool_call is not None else claude.stop_reason
         if method == "streamRawPredict" or body.get("stream"):
-            return await self.send_stream(request, claude._frames(mid, model, stop_reason))
+            return await self.send_stream(request,
+                                          claude._frames(mid, model, stop_reason, blocks))
         return await self.send_json(request, {
             "id": mid, "type": "message", "role": "assistant", "model": model,
-            "content": claude._blocks(), "stop_reason": stop_reason, "stop_sequence": None,
+            "content": blocks, "stop_reason": stop_reason, "stop_sequence": None,
             "usage": claude.usage()})
+
+    def _count_tokens(self, body: dict[str, Any]) -> web.Response:
+        for name in ("model", "messages"):
+            if name not in body:
+                return self.claude.error(400, f"{name}: Field required")
+        count = self.claude.counted_tokens
+        if count is None:
+            count = len(orjson.dumps([body.get("system"), body["messages"]])) // 4
+        return web.json_response({"input_tokens": count})

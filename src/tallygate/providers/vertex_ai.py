@@ -38,6 +38,8 @@ from tallygate.providers import anthropic
 from tallygate.providers.base import (
     ChatResult,
     Deployment,
+    NativeMessages,
+    PassThroughDecoder,
     Provider,
     StreamDecoder,
     UpstreamRequest,
@@ -137,7 +139,7 @@ def vertex_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstre
     return google_error(status, body, headers)
 
 
-class VertexAIProvider(Provider):
+class VertexAIProvider(Provider, NativeMessages):
     name = "vertex_ai"
     # genai-prices' "google" prices Gemini and, for Vertex, the Claude models too.
     price_provider = "google"
@@ -147,6 +149,7 @@ class VertexAIProvider(Provider):
     def __init__(self) -> None:
         self._targets: dict[tuple[str, ...], VertexTarget] = {}
         self._lock = threading.Lock()
+        self._anthropic = anthropic.AnthropicProvider()  # reads Claude's answers
 
     def check_deployment(self, deployment: Deployment) -> None:
         if "/" in deployment.model:
@@ -186,6 +189,54 @@ class VertexAIProvider(Provider):
         headers = {**JSON_HEADERS, **deployment.headers}
         return UpstreamRequest(url=f"{self._model_url(deployment, target)}:{method}",
                                headers=headers, body=orjson.dumps(body))
+
+    # -- Claude's Messages API, passed through by the Messages door -------------------
+
+    def speaks_messages(self, deployment: Deployment) -> bool:
+        return is_claude(deployment.model)
+
+    def _claude_headers(self, deployment: Deployment,
+                        client: Mapping[str, str]) -> dict[str, str]:
+        # The version goes in the body on Vertex; the client's beta flags stay headers.
+        headers = {**JSON_HEADERS, **deployment.headers}
+        beta = client.get(anthropic.BETA_HEADER)
+        if beta:
+            own = headers.get(anthropic.BETA_HEADER)
+            headers[anthropic.BETA_HEADER] = f"{own},{beta}" if own else beta
+        return headers
+
+    def messages_request(self, deployment: Deployment, body: dict[str, Any],
+                         headers: Mapping[str, str], *, stream: bool,
+                         query: str = "") -> UpstreamRequest:
+        out = {k: v for k, v in body.items() if k != "model"}
+        out["anthropic_version"] = VERTEX_ANTHROPIC_VERSION
+        method = "streamRawPredict" if stream else "rawPredict"
+        url = f"{self._model_url(deployment, self.target(deployment))}:{method}"
+        return UpstreamRequest(url=url, headers=self._claude_headers(deployment, headers),
+                               body=orjson.dumps(out))
+
+    def messages_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        return self._anthropic.messages_response(deployment, body)
+
+    def messages_stream(self, deployment: Deployment) -> PassThroughDecoder:
+        return self._anthropic.messages_stream(deployment)
+
+    def count_tokens_request(self, deployment: Deployment, body: dict[str, Any],
+                             headers: Mapping[str, str]) -> UpstreamRequest:
+        # Vertex counts Claude's tokens at one model-less endpoint; the model is in the body.
+        target = self.target(deployment)
+        base = (deployment.api_base or "").rstrip("/")
+        if base and urlsplit(base).path.strip("/"):
+            # LiteLLM's api_base is the model's URL: count at its count-tokens sibling.
+            head, sep, _ = base.rpartition("/models/")
+            url = (f"{head}/models/count-tokens" if sep else base) + ":rawPredict"
+        else:
+            url = (f"{base or target.host()}/v1/projects/{target.project}/locations/"
+                   f"{target.location}/publishers/anthropic/models/count-tokens:rawPredict")
+        out = {**body, "model": deployment.model,
+               "anthropic_version": VERTEX_ANTHROPIC_VERSION}
+        return UpstreamRequest(url=url, headers=self._claude_headers(deployment, headers),
+                               body=orjson.dumps(out))
 
     async def authorize(self, deployment: Deployment, request: UpstreamRequest, *,
                         rejected: bool = False) -> None:
