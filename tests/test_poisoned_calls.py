@@ -51,7 +51,18 @@ POISONS: tuple[tuple[str, dict[str, Any], str], ...] = (
     ("chat", {"metadata": _deep(300)}, "metadata"),
     ("messages", {"metadata": {"user_id": "u\x00"}}, "metadata.user_id"),
     ("messages", {"metadata": {"tag": ["x", "\x00"]}}, "metadata.tag[1]"),
+    ("responses", {"safety_identifier": "a\x00"}, "safety_identifier"),
+    ("completions", {"user": "x\x00"}, "user"),
+    ("chat", {"safety_identifier": "\x00"}, "safety_identifier"),
 )
+PATHS = {"chat": "/v1/chat/completions", "messages": "/v1/messages",
+         "responses": "/v1/responses", "completions": "/v1/completions"}
+BODIES: dict[str, dict[str, Any]] = {
+    "chat": {"model": "gpt", "messages": MESSAGES, "user": "poison"},
+    "messages": {"model": "gpt", "max_tokens": 5, "messages": MESSAGES},
+    "responses": {"model": "gpt", "input": "hi"},
+    "completions": {"model": "gpt", "prompt": "hi"},
+}
 
 
 @pytest.fixture(name="pg_url")
@@ -73,14 +84,8 @@ async def _burst(base: str, ordinary: int) -> tuple[list[Any], list[Any]]:
         good = [_post(s, base + "/v1/chat/completions",
                       {"model": "gpt", "messages": MESSAGES, "user": f"tenant-{i}",
                        "metadata": {"i": i}}) for i in range(ordinary)]
-        bad = []
-        for door, fields, _ in POISONS:
-            if door == "chat":
-                body = {"model": "gpt", "messages": MESSAGES, "user": "poison", **fields}
-                bad.append(_post(s, base + "/v1/chat/completions", body))
-            else:
-                body = {"model": "gpt", "max_tokens": 5, "messages": MESSAGES, **fields}
-                bad.append(_post(s, base + "/v1/messages", body))
+        bad = [_post(s, base + PATHS[door], {**BODIES[door], **fields})
+               for door, fields, _ in POISONS]
         results = await asyncio.gather(*good, *bad)
     return list(results[:ordinary]), list(results[ordinary:])
 
@@ -95,7 +100,7 @@ def test_poisoned_calls_fail_alone_on_postgres(tmp_path: Path, lago: FakeLago,
         assert [r[0] for r in good] == [200] * 40, [r for r in good if r[0] != 200][:3]
         for (status, _, body), (door, _, param) in zip(bad, POISONS, strict=True):
             assert status == 400, body
-            if door == "chat":
+            if door != "messages":
                 assert body["error"]["param"] == param, body
                 assert "NUL" in body["error"]["message"] or "deep" in body["error"]["message"]
             else:

@@ -85,7 +85,10 @@ def test_a_restricted_key_lists_only_its_models(tmp_path: Path) -> None:
         assert http("POST", base + "/team/new", {"team_id": "t", "models": ["a", "b"]}
                     ).status == 200
         assert listed(generate(base, team_id="t")["key"]) == ["a", "b"]
-        assert listed(generate(base, team_id="t", models=["b", "c"])["key"]) == ["b"]
+        restricted = generate(base, team_id="t", models=["b", "c"])["key"]
+        assert listed(restricted) == ["b"]
+        assert http("GET", base + "/v1/models/b", key=restricted).status == 200
+        assert_openai_error(http("GET", base + "/v1/models/c", key=restricted), 404)
 
 
 def _raw(base_url: str, data: bytes, wait_s: float) -> tuple[bytes, float]:

@@ -31,7 +31,14 @@ from tallygate.event import (
     now_ms,
 )
 from tallygate.pricing import PriceBook
-from tallygate.providers.base import ChatResult, Deployment, Provider, StreamDecoder, StreamItem
+from tallygate.providers.base import (
+    ChatResult,
+    Deployment,
+    Provider,
+    StreamDecoder,
+    StreamItem,
+    UpstreamRequest,
+)
 from tallygate.providers.registry import get_provider
 from tallygate.usage import Usage
 
@@ -64,8 +71,8 @@ class CallContext:
 
 
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
-               *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset()
-               ) -> UsageEvent:
+               *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset(),
+               first_chunk_ms: int | None = None) -> UsageEvent:
     # A deployment whose name says nothing of its model (Azure) is priced by base_model.
     price = prices.price(deployment.provider, deployment.base_model or deployment.model, usage,
                          deployment.price, ctx.price_context)
@@ -82,7 +89,7 @@ def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: P
         usage=usage, cost=price.cost, customer=ctx.customer, kind=kind,
         end_user=ctx.end_user, user_id=ctx.user_id, team_id=ctx.team_id, key_id=ctx.key_id,
         price_source=price.source, flags=frozenset(flags), metadata=ctx.metadata,
-        unpriced=price.unpriced)
+        unpriced=price.unpriced, first_chunk_ms=first_chunk_ms)
 
 
 def failure_event(ctx: CallContext, deployment: Deployment | None,
@@ -134,14 +141,45 @@ async def _send(provider: Provider, deployment: Deployment, params: dict[str, An
         return provider.local_chat(deployment, params)
     request = (provider.embedding_request(deployment, params) if embedding
                else provider.chat_request(deployment, params, stream=False))
-    resp = await transport.post(request, deployment.timeout)
+    resp = await _post(provider, deployment, request)
     if resp.status >= 400:
         raise provider.error_from_response(resp.status, resp.body, resp.headers)
     return resp.body
 
 
+async def _post(provider: Provider, deployment: Deployment,
+                request: UpstreamRequest) -> transport.UpstreamResponse:
+    """POST; with fetched credentials (``needs_authorize``) a 401 (a token revoked or
+    expired early) gets fresh ones and one retry."""
+    if not provider.needs_authorize:
+        return await transport.post(request, deployment.timeout)
+    await provider.authorize(deployment, request)
+    resp = await transport.post(request, deployment.timeout)
+    if resp.status == 401:
+        await provider.authorize(deployment, request, rejected=True)
+        resp = await transport.post(request, deployment.timeout)
+    return resp
+
+
+async def _open_stream(provider: Provider, deployment: Deployment, request: UpstreamRequest
+                       ) -> tuple[Any, transport.UpstreamStream]:
+    """Open an upstream stream: (its context manager, the answer), entered. Fetched
+    credentials are refreshed once on a 401, as in ``_post``."""
+    if provider.needs_authorize:
+        await provider.authorize(deployment, request)
+    cm = transport.open_stream(request, deployment.timeout)
+    stream = await cm.__aenter__()
+    if stream.status == 401 and provider.needs_authorize:
+        await cm.__aexit__(None, None, None)
+        await provider.authorize(deployment, request, rejected=True)
+        cm = transport.open_stream(request, deployment.timeout)
+        stream = await cm.__aenter__()
+    return cm, stream
+
+
 async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
-               recorder: Recorder, prices: PriceBook) -> tuple[ChatResult, UsageEvent]:
+               recorder: Recorder, prices: PriceBook, *,
+               kind: CallKind = "chat") -> tuple[ChatResult, UsageEvent]:
     """A non-streaming chat call, billed. Failures bill nothing and are recorded."""
     try:
         provider = get_provider(deployment.provider)
@@ -154,7 +192,35 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    event = make_event(ctx, deployment, usage, prices)
+    event = make_event(ctx, deployment, usage, prices, kind=kind)
+    await recorder.record(event)
+    return result, event
+
+
+async def forward(deployment: Deployment, request: UpstreamRequest,
+                  read: Callable[[bytes], ChatResult], params: Mapping[str, Any],
+                  ctx: CallContext, recorder: Recorder, prices: PriceBook, *,
+                  kind: CallKind = "chat") -> tuple[ChatResult, UsageEvent]:
+    """A non-streaming call whose upstream request a door built itself (its own API
+    passed through), billed like chat: ``read`` turns the 200 answer into its usage
+    (None: estimated from ``params["messages"]``). Failures bill nothing."""
+    try:
+        provider = get_provider(deployment.provider)
+        resp = await _post(provider, deployment, request)
+        if resp.status >= 400:
+            raise provider.error_from_response(resp.status, resp.body, resp.headers)
+        try:
+            result = read(resp.body)
+        except TallygateError:
+            raise
+        except Exception as exc:
+            raise UpstreamError("upstream answered 200 with a body that is not the "
+                                f"expected answer ({type(exc).__name__})") from None
+        usage = result.usage or _estimated_usage(params, _answer_text(result.body), None)
+    except BaseException as exc:
+        await recorder.record_failure(failure_event(ctx, deployment, exc))
+        raise
+    event = make_event(ctx, deployment, usage, prices, kind=kind)
     await recorder.record(event)
     return result, event
 
@@ -174,6 +240,16 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     event = make_event(ctx, deployment, usage, prices, kind="embedding")
     await recorder.record(event)
     return result, event
+
+
+async def unbilled(deployment: Deployment, request: UpstreamRequest) -> bytes:
+    """A request that costs nothing (token counting): sent, its answer returned, no
+    event. Upstream errors are the provider's errors, as for a billed call."""
+    provider = get_provider(deployment.provider)
+    resp = await _post(provider, deployment, request)
+    if resp.status >= 400:
+        raise provider.error_from_response(resp.status, resp.body, resp.headers)
+    return resp.body
 
 
 def _read_answer(read: Callable[[], ChatResult], key: str, what: str) -> ChatResult:
@@ -210,11 +286,18 @@ def _check_choices(choices: list[Any]) -> None:
 
 
 def _answer_text(body: Mapping[str, Any]) -> str:
+    """The generated text of an answer, for an estimate: a chat completion's messages, a
+    text completion's ``text``, a Messages answer's text blocks."""
     parts = []
     for choice in body.get("choices") or ():
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict) and isinstance(message.get("content"), str):
             parts.append(message["content"])
+        elif isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            parts.append(choice["text"])
+    for block in body.get("content") or () if isinstance(body.get("content"), list) else ():
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            parts.append(block["text"])
     return "".join(parts)
 
 
@@ -224,18 +307,27 @@ class ChatStream:
     and an estimate from the streamed text otherwise."""
 
     def __init__(self, deployment: Deployment, params: dict[str, Any], ctx: CallContext,
-                 recorder: Recorder, prices: PriceBook, include_usage: bool) -> None:
+                 recorder: Recorder, prices: PriceBook, include_usage: bool, *,
+                 request: UpstreamRequest | None = None,
+                 decoder: StreamDecoder | None = None, kind: CallKind = "chat") -> None:
+        """``request`` and ``decoder``: a door's own upstream request and reading of its
+        stream (its API passed through) instead of the provider's chat ones (``params``
+        then only feed estimates); ``kind`` is the billed event's."""
         self.deployment = deployment
         self.ctx = ctx
         self._params = params
         self._recorder = recorder
         self._prices = prices
+        self._kind: CallKind = kind
+        self._request = request
         self._provider = get_provider(deployment.provider)
-        self._decoder: StreamDecoder = self._provider.chat_stream(deployment, include_usage)
+        self._decoder: StreamDecoder = (decoder if decoder is not None else
+                                        self._provider.chat_stream(deployment, include_usage))
         self._upstream: Any = None  # the open transport stream's context manager
         self._source: AsyncIterator[bytes] | None = None
         self.event: UsageEvent | None = None
         self._finishing: asyncio.Future[UsageEvent | None] | None = None
+        self._first_chunk_ms: int | None = None  # for the time-to-first-token metric
 
     async def open(self) -> ChatStream:
         """Send the request; raise the upstream's error before any chunk is produced."""
@@ -244,9 +336,9 @@ class ChatStream:
                 self._source = _local_source(self._provider.local_chat(
                     self.deployment, {**self._params, "stream": True}))
                 return self
-            request = self._provider.chat_request(self.deployment, self._params, stream=True)
-            cm = transport.open_stream(request, self.deployment.timeout)
-            stream = await cm.__aenter__()
+            request = self._request or self._provider.chat_request(
+                self.deployment, self._params, stream=True)
+            cm, stream = await _open_stream(self._provider, self.deployment, request)
             self._upstream = cm
             if stream.status >= 400:
                 body = await stream.read()
@@ -288,6 +380,8 @@ class ChatStream:
             async for data in self._source:
                 items = self._decoder.feed(data)
                 if items:
+                    if self._first_chunk_ms is None:
+                        self._first_chunk_ms = now_ms() - self.ctx.started_at_ms
                     yield items
                 if self._decoder.done:
                     break
@@ -341,7 +435,8 @@ class ChatStream:
             if incomplete:
                 flags.add(FLAG_INCOMPLETE)
             event = make_event(self.ctx, self.deployment, usage, self._prices,
-                               extra_flags=frozenset(flags))
+                               kind=self._kind, extra_flags=frozenset(flags),
+                               first_chunk_ms=self._first_chunk_ms)
             self.event = event
             await self._recorder.record(event)
         except BaseException as exc:

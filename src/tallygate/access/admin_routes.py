@@ -28,11 +28,13 @@ from tallygate.errors import (
     PermissionDeniedError,
     TallygateError,
 )
+from tallygate.event import new_call_id
 from tallygate.proxy.auth import presented_key
 from tallygate.proxy.validation import close_after, read_in_time
 from tallygate.storable import check_storable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID_HEADER = "x-request-id"  # on every answer of the gateway, as the proxy's
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -107,9 +109,11 @@ class AdminRoutes:
                     self._master(request)
                 for name, value in request.query.items():  # they reach the access tables
                     check_storable(value, name)
-                return await fn(request)
+                answer = await fn(request)
             except TallygateError as exc:
-                return close_after(_error(exc), exc)
+                answer = close_after(_error(exc), exc)
+            answer.headers[REQUEST_ID_HEADER] = new_call_id()
+            return answer
         return handler
 
     # -- keys ------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 Every input a provider bills is counted, and counted high:
 
-- text anywhere in the request (message content, names, tool calls and their arguments,
-  tool definitions, ``functions``, ``response_format`` schemas): one token per UTF-8
-  byte, which no byte-level BPE tokenizer (OpenAI's, Anthropic's) can exceed;
+- text anywhere in the request as the caller sent it, whichever door (message content,
+  names, tool calls and their arguments, tool definitions, ``system``, ``functions``,
+  ``response_format`` schemas, prompts): one token per UTF-8 byte, which no byte-level
+  BPE tokenizer (OpenAI's, Anthropic's) can exceed;
 - each image at the most an image costs on the model (``IMAGE_TOKENS``), each audio
   clip and file from the size of its data;
-- output: ``n`` choices of ``max_completion_tokens`` / ``max_tokens``, or, without
+- output: ``n`` (or ``best_of``) choices of ``max_completion_tokens`` / ``max_tokens``
+  / ``max_output_tokens``, or, without
   one, of the model's own output limit (``max_output_tokens``; an unknown model gets
   ``DEFAULT_MAX_OUTPUT_TOKENS``), plus a ``prediction``'s tokens (rejected predicted
   tokens are billed as output); with audio output asked for, at the dearer rate.
@@ -79,44 +81,68 @@ def _image_tokens(model: str) -> int:
     return next((n for prefix, n in IMAGE_TOKENS if prefix in name), IMAGE_TOKENS_DEFAULT)
 
 
-def _part_tokens(part: object, model: str) -> tuple[int, int]:
-    """(text-priced tokens, audio tokens) of one content part, counted high."""
-    if not isinstance(part, Mapping):
-        return _bytes(part), 0
-    kind = part.get("type")
-    if kind == "image_url":
-        return _image_tokens(model), 0
-    if kind == "input_audio":
-        audio = part.get("input_audio")
-        data = audio.get("data") if isinstance(audio, Mapping) else None
-        size = len(data) * 3 // 4 if isinstance(data, str) else 0  # base64 -> bytes
-        return 0, -(-size // AUDIO_BYTES_PER_TOKEN) + 1
-    if kind == "file":
-        # A document is billed as its text and page images: its data size is the bound.
-        return _bytes(part.get("file")), 0
-    return sum(_bytes(v) for k, v in part.items() if k not in ("type", "cache_control")), 0
+# Parts that are images, whatever the API: OpenAI chat, Responses, Anthropic.
+_IMAGE_TYPES = frozenset({"image_url", "image", "input_image"})
+_AUDIO_TYPES = frozenset({"input_audio"})
+# Request fields the provider does not bill as input (the gateway's own, or settings).
+_NOT_INPUT = frozenset({"model", "metadata", "user", "safety_identifier", "mock_response",
+                        "stream", "stream_options", "max_tokens", "max_completion_tokens",
+                        "max_output_tokens", "n", "best_of", "temperature", "top_p", "top_k",
+                        "seed", "service_tier", "store", "logprobs", "top_logprobs",
+                        "cache_control"})
+
+
+def _audio_tokens(part: Mapping[str, Any]) -> int:
+    audio = part.get("input_audio")
+    data = audio.get("data") if isinstance(audio, Mapping) else None
+    size = len(data) * 3 // 4 if isinstance(data, str) else 0  # base64 -> bytes
+    return -(-size // AUDIO_BYTES_PER_TOKEN) + 1
+
+
+def _walk(value: object, model: str, top: bool = False) -> tuple[int, int]:
+    """(text-priced, audio) tokens of a request value: every string one token a byte,
+    images and audio by their own rule, token ids one token each."""
+    if isinstance(value, str):
+        return _bytes(value), 0
+    if isinstance(value, bool) or value is None:
+        return 1, 0
+    if isinstance(value, int | float):
+        return 1, 0  # a token id, or a number in a schema
+    text = audio = 0
+    if isinstance(value, Mapping):
+        kind = value.get("type")
+        if kind in _IMAGE_TYPES:
+            return _image_tokens(model), 0
+        if kind in _AUDIO_TYPES:
+            return 0, _audio_tokens(value)
+        for key, item in value.items():
+            if top and key in _NOT_INPUT:
+                continue
+            t, a = _walk(item, model)
+            text, audio = text + t + (0 if top else _bytes(key)), audio + a
+        return text, audio
+    if isinstance(value, list | tuple):
+        for item in value:
+            t, a = _walk(item, model)
+            text, audio = text + t, audio + a
+    return text, audio
+
+
+def request_body(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The request as the caller sent it: the door's ``body`` when it keeps one (the
+    Messages, Responses and completions doors), else the params (chat, embeddings)."""
+    body = params.get("body")
+    return body if isinstance(body, Mapping) else params
 
 
 def prompt_tokens(params: Mapping[str, Any], model: str) -> tuple[int, int]:
-    """(text-priced, audio) input tokens of a chat request, counted high."""
-    text = REPLY_PRIMING
-    audio = 0
-    messages = params.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        text += TOKENS_PER_MESSAGE
-        if not isinstance(message, Mapping):
-            text += _bytes(message)
-            continue
-        for name, value in message.items():
-            if name == "content" and isinstance(value, list):
-                for part in value:
-                    t, a = _part_tokens(part, model)
-                    text, audio = text + t, audio + a
-            elif name != "role":
-                text += _bytes(value)
-    for name in ("tools", "functions", "response_format", "tool_choice"):
-        text += _bytes(params.get(name))
-    return text, audio
+    """(text-priced, audio) input tokens of a request, counted high: everything it
+    carries (messages, system, tools, schemas, prompts) plus each message's framing."""
+    body = request_body(params)
+    text, audio = _walk(body, model, top=True)
+    messages = body.get("messages", body.get("input"))
+    count = len(messages) if isinstance(messages, list) else 1
+    return REPLY_PRIMING + TOKENS_PER_MESSAGE * count + text, audio
 
 
 def embedding_tokens(params: Mapping[str, Any]) -> int:
@@ -138,8 +164,12 @@ def _output_tokens(params: Mapping[str, Any], deployment: Deployment) -> int:
     if limit is None:
         limit = min(max_output_tokens(deployment.base_model or deployment.model),
                     ADAPTER_MAX_TOKENS.get(deployment.provider, DEFAULT_MAX_OUTPUT_TOKENS))
-    n = params.get("n")
-    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    body = request_body(params)
+    choices = 1
+    for name in ("n", "best_of"):  # best_of completions are all billed
+        value = body.get(name, params.get(name))
+        if isinstance(value, int) and not isinstance(value, bool) and value > choices:
+            choices = value
     prediction = params.get("prediction")
     predicted = _bytes(prediction.get("content")) if isinstance(prediction, Mapping) else 0
     return choices * limit + predicted
@@ -148,7 +178,7 @@ def _output_tokens(params: Mapping[str, Any], deployment: Deployment) -> int:
 def worst_case_usages(params: Mapping[str, Any], deployment: Deployment) -> list[Usage]:
     """The usages the call can reach on ``deployment`` (the dearest one is reserved)."""
     model = deployment.base_model or deployment.model
-    if "messages" not in params:
+    if "messages" not in params:  # embeddings: input only
         return [Usage(input_tokens=embedding_tokens(params))]
     text, audio = prompt_tokens(params, model)
     out = _output_tokens(params, deployment)

@@ -1,9 +1,10 @@
-"""Messages API request bodies checked against the ranges and shapes Anthropic allows.
+"""Messages API request bodies checked against the shapes and ranges Anthropic allows.
 
-The door's translation (``anthropic_messages.to_chat_params``) checks what it reads to
-translate; this adds what it would otherwise let through to a provider that refuses it
-or to an estimator that cannot read it: the sampling ranges, ``tool_use`` input as an
-object, and that whatever the gateway keeps (``metadata``) can be stored.
+Whatever the deployment (a body passed through to Anthropic as it came, or translated
+for another provider), a body Anthropic's API refuses is a 400 naming the field before
+admission: content blocks and their fields, ``system``, ``tools``, ``tool_choice``,
+``stop_sequences``, the sampling ranges, and that what the gateway keeps (``metadata``)
+can be stored.
 """
 
 from __future__ import annotations
@@ -27,21 +28,106 @@ def _number(data: Mapping[str, Any], name: str, low: float, high: float) -> None
         raise _bad(f"{name}: must be a number between {low:g} and {high:g}", name)
 
 
-def _tool_uses(messages: object) -> None:
+def _string(block: Mapping[str, Any], name: str, where: str) -> None:
+    if not isinstance(block.get(name), str):
+        raise _bad(f"{where}.{name}: must be a string", f"{where}.{name}")
+
+
+def _source(block: Mapping[str, Any], where: str) -> None:
+    source = block.get("source")
+    at = f"{where}.source"
+    if not isinstance(source, dict):
+        raise _bad(f"{at}: must be an object", at)
+    kind = source.get("type")
+    if kind == "base64":
+        _string(source, "media_type", at)
+        _string(source, "data", at)
+    elif kind == "url":
+        _string(source, "url", at)
+    elif kind not in ("text", "content", "file"):
+        raise _bad(f"{at}.type: must be 'base64', 'url', 'text', 'content' or 'file'", at)
+
+
+def _block(block: object, where: str) -> None:
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+        raise _bad(f"{where}: must be a content block with a type", where)
+    kind = block["type"]
+    if kind == "text":
+        _string(block, "text", where)
+    elif kind in ("image", "document"):
+        _source(block, where)
+    elif kind == "tool_use":
+        _string(block, "id", where)
+        _string(block, "name", where)
+        if not isinstance(block.get("input"), dict):
+            raise _bad(f"{where}.input: must be an object", f"{where}.input")
+    elif kind == "tool_result":
+        _string(block, "tool_use_id", where)
+        content = block.get("content")
+        if content is not None and not isinstance(content, str):
+            _blocks(content, f"{where}.content")
+
+
+def _blocks(content: object, where: str) -> None:
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _bad(f"{where}: must be a string or a list of content blocks", where)
+    for i, block in enumerate(content):
+        _block(block, f"{where}[{i}]")
+
+
+def _messages(messages: object) -> None:
     if not isinstance(messages, list):
-        return  # the translation names it
+        return  # named by the door's own check
     for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list):
-            continue
-        for j, block in enumerate(content):
-            if isinstance(block, dict) and block.get("type") == "tool_use" and not isinstance(
-                    block.get("input"), dict):
-                where = f"messages[{i}].content[{j}].input"
-                raise _bad(f"{where}: must be an object", where)
+        if isinstance(message, dict):
+            _blocks(message.get("content"), f"messages[{i}].content")
 
 
-def check_messages(data: Mapping[str, Any]) -> None:
+def _system(system: object) -> None:
+    if system is None or isinstance(system, str):
+        return
+    if not isinstance(system, list):
+        raise _bad("system: must be a string or a list of text blocks", "system")
+    for i, block in enumerate(system):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise _bad(f"system[{i}]: must be a text block", f"system[{i}]")
+        _string(block, "text", f"system[{i}]")
+
+
+def _tools(tools: object) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _bad("tools: must be a list", "tools")
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            raise _bad(f"{where}: must be an object with a name", where)
+        schema = tool.get("input_schema")
+        if tool.get("type") in (None, "custom") and not isinstance(schema, dict):
+            raise _bad(f"{where}: input_schema must be an object", where)
+
+
+def _tool_choice(choice: object) -> None:
+    if choice is None:
+        return
+    if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool",
+                                                                  "none"):
+        raise _bad("tool_choice: must be an object whose type is auto, any, tool or none",
+                   "tool_choice")
+    if choice["type"] == "tool" and not isinstance(choice.get("name"), str):
+        raise _bad("tool_choice: a 'tool' choice needs the tool's name", "tool_choice")
+
+
+def _stop(stop: object) -> None:
+    if stop is not None and (not isinstance(stop, list)
+                             or not all(isinstance(s, str) for s in stop)):
+        raise _bad("stop_sequences: must be a list of strings", "stop_sequences")
+
+
+def check_fields(data: Mapping[str, Any]) -> None:
     """Raise a 400 naming the first field of a Messages API body Anthropic refuses that
     the translation does not check itself."""
     _number(data, "temperature", 0, 1)
@@ -50,6 +136,10 @@ def check_messages(data: Mapping[str, Any]) -> None:
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool)
                               or top_k < 0):
         raise _bad("top_k: must be a non-negative integer", "top_k")
-    _tool_uses(data.get("messages"))
+    _messages(data.get("messages"))
+    _system(data.get("system"))
+    _tools(data.get("tools"))
+    _tool_choice(data.get("tool_choice"))
+    _stop(data.get("stop_sequences"))
     if data.get("metadata") is not None:  # kept on the event: it must be storable
         check_storable(data["metadata"], "metadata")

@@ -323,7 +323,7 @@ def _check_fields(data: Mapping[str, Any], fields: Mapping[str, Callable[[object
 
 def _kept(data: Mapping[str, Any]) -> None:
     """What the gateway keeps on the event must be storable (tallygate.storable)."""
-    for name in ("user", "metadata"):
+    for name in ("user", "safety_identifier", "metadata"):
         if data.get(name) is not None:
             check_storable(data[name], name)
 
@@ -373,6 +373,7 @@ _EMBEDDING_FIELDS: Mapping[str, Callable[[object, str], None]] = {
     "encoding_format": lambda v, w: _choice(v, w, ("float", "base64")),
     "dimensions": lambda v, w: _integer(v, w, 1),
     "user": _string,
+    "safety_identifier": _string,
     "metadata": _is_object,
 }
 

@@ -20,6 +20,8 @@ from tallygate.errors import BadRequestError, UpstreamError, upstream_error_for
 from tallygate.providers.base import (
     ChatResult,
     Deployment,
+    NativeMessages,
+    PassThroughDecoder,
     Provider,
     StreamDecoder,
     StreamItem,
@@ -30,6 +32,12 @@ from tallygate.providers.sse import SSEParser
 from tallygate.usage import Usage
 
 ANTHROPIC_VERSION = "2023-06-01"
+# The client's headers a native (pass-through) Messages call keeps.
+VERSION_HEADER, BETA_HEADER = "anthropic-version", "anthropic-beta"
+# response_format (json_schema / json_object) is served the way Anthropic documents JSON
+# output: one tool with the schema as its input_schema, which the model is made to call;
+# its input is the answer's text.
+JSON_TOOL = "tallygate_json_response"
 # Anthropic requires max_tokens; OpenAI callers often leave it out.
 DEFAULT_MAX_TOKENS = 4096
 
@@ -232,6 +240,27 @@ def translate_tool_choice(choice: object, parallel: object) -> dict[str, Any] | 
     return result
 
 
+def _json_tool(response_format: object) -> dict[str, Any] | None:
+    """The tool that carries a ``response_format`` answer; None for plain text."""
+    if not isinstance(response_format, dict) or response_format.get("type") in (None, "text"):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        schema: object = {"type": "object", "additionalProperties": True}
+        description = "Give the answer as a JSON object."
+    elif kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequestError("response_format.json_schema.schema must be an object",
+                                  param="response_format")
+        description = str(spec.get("description") or "Give the answer in this JSON schema.")
+    else:
+        raise BadRequestError(f"response_format type {kind!r} is not supported",
+                              param="response_format")
+    return {"name": JSON_TOOL, "description": description, "input_schema": schema}
+
+
 def build_body(model: str, params: dict[str, Any], stream: bool) -> dict[str, Any]:
     """The Messages API request body for OpenAI chat ``params``."""
     n = params.get("n")
@@ -258,8 +287,15 @@ def build_body(model: str, params: dict[str, Any], stream: bool) -> dict[str, An
                                        params.get("parallel_tool_calls"))
         if choice is not None:
             body["tool_choice"] = choice
-    if params.get("user"):
-        body["metadata"] = {"user_id": str(params["user"])}
+    json_tool = _json_tool(params.get("response_format"))
+    if json_tool is not None:
+        body["tools"] = [*body.get("tools", ()), json_tool]
+        # Alone, the model must answer through it; beside the caller's tools, through one.
+        only = len(body["tools"]) == 1
+        body["tool_choice"] = {"type": "tool", "name": JSON_TOOL} if only else {"type": "any"}
+    user = params.get("user") or params.get("safety_identifier")
+    if user:
+        body["metadata"] = {"user_id": str(user)}
     if stream:
         body["stream"] = True
     return body
@@ -293,7 +329,11 @@ def check_message(parsed: dict[str, Any]) -> None:
 def translate_response(parsed: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
     blocks = [b for b in parsed.get("content") or () if isinstance(b, dict)]
     text = "".join(str(b.get("text") or "") for b in blocks if b.get("type") == "text")
-    tool_calls = [_tool_call(b) for b in blocks if b.get("type") == "tool_use"]
+    answers = [b for b in blocks if b.get("type") == "tool_use" and b.get("name") == JSON_TOOL]
+    if answers:  # the JSON answer is the text; words around it are not part of it
+        text = orjson.dumps(answers[0].get("input") or {}).decode()
+    tool_calls = [_tool_call(b) for b in blocks
+                  if b.get("type") == "tool_use" and b.get("name") != JSON_TOOL]
     message: dict[str, Any] = {
         "role": "assistant",
         "content": None if tool_calls and not text else text,
@@ -301,13 +341,16 @@ def translate_response(parsed: dict[str, Any], usage: Usage | None) -> dict[str,
     }
     if tool_calls:
         message["tool_calls"] = tool_calls
+    finish = finish_reason(parsed.get("stop_reason"))
+    if answers and not tool_calls and finish == "tool_calls":
+        finish = "stop"
     body: dict[str, Any] = {
         "id": parsed.get("id"),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": parsed.get("model"),
         "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": finish_reason(parsed.get("stop_reason"))}],
+                     "finish_reason": finish}],
     }
     if usage is not None:
         body["usage"] = usage.to_openai()
@@ -357,6 +400,7 @@ class AnthropicStreamDecoder(StreamDecoder):
         self._created = int(time.time())
         self._raw_usage: dict[str, Any] = {}
         self._tool_index: dict[int, int] = {}  # content block index -> OpenAI tool index
+        self._json_block: int | None = None  # the block of the response_format answer
         self._finished = False
 
     def feed(self, data: bytes) -> list[StreamItem]:
@@ -408,7 +452,11 @@ class AnthropicStreamDecoder(StreamDecoder):
             stop_reason = _object(event.get("delta")).get("stop_reason")
             if stop_reason and not self._finished:
                 self._finished = True
-                return [self._chunk({}, finish_reason(stop_reason))]
+                finish = finish_reason(stop_reason)
+                if finish == "tool_calls" and self._json_block is not None \
+                        and not self._tool_index:
+                    finish = "stop"
+                return [self._chunk({}, finish)]
             return []
         if kind == "message_stop":
             self.done = True
@@ -421,12 +469,7 @@ class AnthropicStreamDecoder(StreamDecoder):
                 out.append(StreamItem(chunk, b"data: " + orjson.dumps(chunk) + b"\n\n"))
             return out
         if kind == "error":
-            err = _object(event.get("error"))
-            err_type = str(err.get("type") or "api_error")
-            status = ERROR_STATUS.get(err_type, 500)
-            raise UpstreamError(str(err.get("message") or "upstream stream error"),
-                                status_code=status if status < 500 else 502,
-                                error_type=err_type)
+            raise _error_event(event)
         return []  # ping, content_block_stop and event types added later
 
     def _on_block_start(self, event: dict[str, Any]) -> list[StreamItem]:
@@ -434,6 +477,9 @@ class AnthropicStreamDecoder(StreamDecoder):
         if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
             self.output_parts.append(block["text"])
             return [self._chunk({"content": block["text"]})]
+        if block.get("type") == "tool_use" and block.get("name") == JSON_TOOL:
+            self._json_block = _index(event)
+            return []
         if block.get("type") == "tool_use":
             tool_index = len(self._tool_index)
             self._tool_index[_index(event)] = tool_index
@@ -449,6 +495,10 @@ class AnthropicStreamDecoder(StreamDecoder):
             self.output_parts.append(delta["text"])
             return [self._chunk({"content": delta["text"]})]
         partial = delta.get("partial_json")
+        if (kind == "input_json_delta" and isinstance(partial, str) and partial
+                and self._json_block == _index(event)):
+            self.output_parts.append(partial)
+            return [self._chunk({"content": partial})]
         if kind == "input_json_delta" and isinstance(partial, str) and partial:
             tool_index = self._tool_index.get(_index(event))
             if tool_index is None:
@@ -459,16 +509,183 @@ class AnthropicStreamDecoder(StreamDecoder):
         return []  # thinking_delta, signature_delta, citations_delta
 
 
-class AnthropicProvider(Provider):
+# --- native: the Messages API passed through ------------------------------------------
+
+def _error_event(event: dict[str, Any]) -> UpstreamError:
+    """An in-stream ``error`` event as the UpstreamError its HTTP answer would have been."""
+    err = _object(event.get("error"))
+    err_type = str(err.get("type") or "api_error")
+    status = ERROR_STATUS.get(err_type, 500)
+    return UpstreamError(str(err.get("message") or "upstream stream error"),
+                         status_code=status if status < 500 else 502, error_type=err_type)
+
+
+def _stream_error(payload: bytes) -> UpstreamError:
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        event = None
+    return _error_event(event if isinstance(event, dict) else {})
+
+
+def _frame_parts(frame: bytes) -> tuple[str | None, bytes]:
+    """(event name, data) of one raw SSE frame."""
+    kind: str | None = None
+    data: list[bytes] = []
+    for line in frame.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if line.startswith(b"event:"):
+            kind = line[6:].strip().decode("utf-8", "replace")
+        elif line.startswith(b"data:"):
+            data.append(line[5:].lstrip(b" "))
+    return kind, b"\n".join(data)
+
+
+class AnthropicPassThrough(PassThroughDecoder):
+    """Anthropic's stream as it came, frame by frame; usage from ``message_start`` and
+    ``message_delta`` (cumulative: a later value replaces an earlier one). Only those
+    frames are parsed; the deltas are read back only for an estimate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buf = b""
+        self._raw_usage: dict[str, Any] = {}
+        self._deltas: list[bytes] = []
+
+    def _frames(self) -> list[bytes]:
+        """The complete frames (each with its blank line) taken off the buffer."""
+        frames: list[bytes] = []
+        start = pos = 0
+        buf = self._buf
+        while (nl := buf.find(b"\n", pos)) >= 0:
+            blank = nl == pos or (nl == pos + 1 and buf[pos] == 0x0D)  # "\n" or "\r\n"
+            pos = nl + 1
+            if blank:
+                frames.append(buf[start:pos])
+                start = pos
+        self._buf = buf[start:]
+        return frames
+
+    def _merge_usage(self, raw: object, *, final: bool = False) -> None:
+        if isinstance(raw, dict):
+            self._raw_usage.update({k: v for k, v in raw.items() if v is not None})
+            self.usage = anthropic_usage(self._raw_usage)  # None when invalid: estimated
+            self.usage_final = final and self.usage is not None
+
+    def feed(self, data: bytes) -> list[StreamItem]:
+        self._buf += data
+        out: list[StreamItem] = []
+        for frame in self._frames():
+            if self.done:  # nothing normally follows message_stop; keep it all the same
+                self.tail += frame
+                continue
+            kind, payload = _frame_parts(frame)
+            if kind == "message_stop":
+                self.done = True
+                self.tail = frame
+                continue
+            if kind == "error":
+                # Not forwarded as it came: its message may quote a credential. The door
+                # reports it in-band in its own (scrubbed) error event.
+                raise _stream_error(payload)
+            if kind in ("message_start", "message_delta"):
+                try:
+                    event = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    event = None
+                if isinstance(event, dict):
+                    message = event.get("message")
+                    self._merge_usage(message.get("usage") if isinstance(message, dict)
+                                      else event.get("usage"), final=kind == "message_delta")
+            elif kind == "content_block_delta":
+                self._deltas.append(payload)
+            out.append(StreamItem(None, frame, payload or b"{}"))
+        if self.done and self._buf:
+            self.tail += self._buf
+            self._buf = b""
+        return out
+
+    def output_text(self) -> str:
+        parts: list[str] = []
+        for payload in self._deltas:
+            try:
+                event = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            delta = event.get("delta") if isinstance(event, dict) else None
+            if isinstance(delta, dict):
+                for name in ("text", "partial_json", "thinking"):
+                    if isinstance(delta.get(name), str):
+                        parts.append(delta[name])
+        return "".join(parts)
+
+
+def _merge_beta(*values: str | None) -> str:
+    """Comma-separated beta flags of several sources, each once, in order."""
+    seen: list[str] = []
+    for value in values:
+        for flag in (value or "").split(","):
+            flag = flag.strip()
+            if flag and flag not in seen:
+                seen.append(flag)
+    return ",".join(seen)
+
+
+class AnthropicProvider(Provider, NativeMessages):
     name = "anthropic"
     price_provider = "anthropic"
     default_api_base = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
 
-    def _url(self, deployment: Deployment) -> str:
+    def _url(self, deployment: Deployment, path: str = "/messages") -> str:
         base = (deployment.api_base or self.default_api_base or "").rstrip("/")
         # Accept a base given with or without the version segment.
-        return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        return base + (path if base.endswith("/v1") else "/v1" + path)
+
+    def _native_headers(self, deployment: Deployment,
+                        client: Mapping[str, str]) -> dict[str, str]:
+        """The gateway's key and headers; the client's API version and beta flags (the
+        deployment's own ``anthropic-beta`` added to the client's)."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   VERSION_HEADER: client.get(VERSION_HEADER) or ANTHROPIC_VERSION}
+        api_key = self.api_key(deployment, os.environ)
+        if api_key:
+            headers["x-api-key"] = api_key
+        own_beta = None
+        for name, value in deployment.headers.items():
+            if name.lower() == BETA_HEADER:
+                own_beta = value
+            else:
+                headers[name] = value
+        beta = _merge_beta(client.get(BETA_HEADER), own_beta)
+        if beta:
+            headers[BETA_HEADER] = beta
+        return headers
+
+    def messages_request(self, deployment: Deployment, body: dict[str, Any],
+                         headers: Mapping[str, str], *, stream: bool,
+                         query: str = "") -> UpstreamRequest:
+        out = {**body, "model": deployment.model}
+        url = self._url(deployment) + (f"?{query}" if query else "")
+        return UpstreamRequest(url=url, headers=self._native_headers(deployment, headers),
+                               body=orjson.dumps(out))
+
+    def messages_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        parsed = orjson.loads(body)
+        if not isinstance(parsed, dict) or parsed.get("type") != "message":
+            raise UpstreamError("upstream answered 200 with a body that is not a message")
+        check_message(parsed)  # passed on as it is: it must be a message a client reads
+        return ChatResult(body=parsed, usage=anthropic_usage(parsed.get("usage")), raw=body)
+
+    def messages_stream(self, deployment: Deployment) -> PassThroughDecoder:
+        return AnthropicPassThrough()
+
+    def count_tokens_request(self, deployment: Deployment, body: dict[str, Any],
+                             headers: Mapping[str, str]) -> UpstreamRequest:
+        out = {**body, "model": deployment.model}
+        return UpstreamRequest(url=self._url(deployment, "/messages/count_tokens"),
+                               headers=self._native_headers(deployment, headers),
+                               body=orjson.dumps(out))
 
     def chat_request(self, deployment: Deployment, params: dict[str, Any],
                      stream: bool) -> UpstreamRequest:

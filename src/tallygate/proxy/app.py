@@ -22,12 +22,13 @@ from tallygate.errors import (
     TallygateError,
     UpstreamError,
 )
-from tallygate.event import UsageEvent, format_decimal
+from tallygate.event import UsageEvent, format_decimal, new_call_id
 from tallygate.providers.base import Deployment
 from tallygate.providers.openai import DONE_FRAME
 from tallygate.proxy.calls import (
     CALL_ID_HEADER,
     COST_HEADER,
+    REQUEST_ID_HEADER,
     CallFrame,
     openai_error_response,
     serve_stream,
@@ -38,7 +39,6 @@ log = logging.getLogger("tallygate.proxy")
 
 GATEWAY = web.AppKey("gateway", Gateway)
 _GATEWAY_PARAMS = ("metadata",)  # read by the gateway, never sent upstream
-error_response = openai_error_response
 
 
 def _upstream_params(data: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
@@ -71,7 +71,7 @@ class Routes:
         self.calls = CallFrame(gw)
 
     def _billed_response(self, body: bytes, event: UsageEvent) -> web.Response:
-        headers = {CALL_ID_HEADER: event.call_id,
+        headers = {CALL_ID_HEADER: event.call_id, REQUEST_ID_HEADER: event.call_id,
                    **self.gw.access.response_headers(event.call_id)}
         if event.cost is not None:
             headers[COST_HEADER] = format_decimal(event.cost)
@@ -102,7 +102,8 @@ class Routes:
             # The stream billed itself (outbox write) before the last byte goes out.
             await resp.write_eof(DONE_FRAME)
 
-        headers = {CALL_ID_HEADER: ctx.call_id, **self.gw.access.response_headers(ctx.call_id)}
+        headers = {CALL_ID_HEADER: ctx.call_id, REQUEST_ID_HEADER: ctx.call_id,
+                   **self.gw.access.response_headers(ctx.call_id)}
         return await serve_stream(request, stream, headers, write, _openai_error_frame)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -115,21 +116,9 @@ class Routes:
         return self._billed_response(
             result.raw if result.raw is not None else orjson.dumps(result.body), event)
 
-    async def models(self, request: web.Request) -> web.StreamResponse:
-        try:
-            identity = await self.gw.access.authenticate(request)
-        except TallygateError as exc:
-            return error_response(exc)
-        created = int(self.gw.started_at)
-        # A key restricted to some model groups sees only those.
-        names = self.gw.access.visible_models(identity, self.gw.model_names())
-        data = [{"id": name, "object": "model", "created": created, "owned_by": "tallygate"}
-                for name in names]
-        return web.Response(body=orjson.dumps({"object": "list", "data": data}),
-                            content_type="application/json")
-
     async def liveness(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(body=b'"I\'m alive!"', content_type="application/json")
+        return web.Response(body=b'"I\'m alive!"', content_type="application/json",
+                            headers={REQUEST_ID_HEADER: new_call_id()})
 
     async def _operator_only(self, request: web.Request, required: bool) -> None:
         """The status routes show the gateway's internals (delivery errors, volumes):
@@ -142,21 +131,21 @@ class Routes:
         try:
             await self._operator_only(request, self.gw.settings.readiness_auth)
         except TallygateError as exc:
-            return error_response(exc)
+            return openai_error_response(exc)
         # Degraded delivery (e.g. Lago refusing our key) keeps serving: events wait in
         # the outbox, so the gateway stays in rotation and says so in the body.
         ready, body = await self.gw.readiness()
         return web.Response(body=orjson.dumps(body), status=200 if ready else 503,
-                            content_type="application/json")
+                            content_type="application/json",
+                            headers={REQUEST_ID_HEADER: new_call_id()})
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         try:
             await self._operator_only(request, self.gw.settings.metrics_auth)
         except TallygateError as exc:
-            return error_response(exc)
-        await self.gw.refresh_queue_gauges()
-        return web.Response(text=self.gw.metrics.render(),
-                            content_type="text/plain", charset="utf-8")
+            return openai_error_response(exc)
+        return web.Response(text=await self.gw.render_metrics(), content_type="text/plain",
+                            charset="utf-8", headers={REQUEST_ID_HEADER: new_call_id()})
 
 
 def _openapi() -> Any:
@@ -171,10 +160,11 @@ def _openapi() -> Any:
     return openapi
 
 
-def _fallback(app: web.Application) -> Any:
+def _no_route(app: web.Application, gw: Gateway) -> Any:
     """The answer to a request no route takes: 405 with ``Allow`` when the path exists
     with other methods (in that route's API shape: Anthropic's for /v1/messages), else a
-    JSON 404."""
+    JSON 404. Both are counted by method: a client calling a route we do not serve shows
+    in /metrics."""
     allowed: dict[str, set[str]] = {}
     for route in app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
@@ -183,22 +173,27 @@ def _fallback(app: web.Application) -> Any:
     from tallygate.doors.anthropic_messages import error_response as anthropic_error
     from tallygate.doors.anthropic_messages import is_messages_path
 
-    async def fallback(request: web.Request) -> web.StreamResponse:
+    async def no_route(request: web.Request) -> web.StreamResponse:
         methods = allowed.get(request.path)
+        status = "405" if methods else "404"
+        gw.metrics.inc("tallygate_requests_total", (("route", "no_route"),
+                                                    ("method", request.method),
+                                                    ("status", status)))
         if not methods:
             body = {"error": {"message": f"no route {request.method} {request.path}",
                               "type": "invalid_request_error", "param": None,
                               "code": "not_found"}}
             return web.Response(body=orjson.dumps(body), status=404,
-                                content_type="application/json")
+                                content_type="application/json",
+                                headers={REQUEST_ID_HEADER: new_call_id()})
         allow = ", ".join(sorted(methods, key=lambda m: (m == "HEAD", m)))
         verbs = " or ".join(sorted(m for m in methods if m != "HEAD"))
         exc = MethodNotAllowedError(f"{request.method} is not allowed on {request.path}; "
                                     f"use {verbs}", headers={"Allow": allow})
-        render = anthropic_error if is_messages_path(request.path) else error_response
-        return render(exc)
+        render = anthropic_error if is_messages_path(request.path) else openai_error_response
+        return render(exc, new_call_id())
 
-    return fallback
+    return no_route
 
 
 def create_app(settings: ProxySettings) -> web.Application:
@@ -225,7 +220,6 @@ def create_app(settings: ProxySettings) -> web.Application:
     for prefix in ("/v1", ""):
         r.add_post(f"{prefix}/chat/completions", routes.chat_completions)
         r.add_post(f"{prefix}/embeddings", routes.embeddings)
-        r.add_get(f"{prefix}/models", routes.models)
     r.add_get("/health/liveliness", routes.liveness)
     r.add_get("/health/liveness", routes.liveness)
     r.add_get("/health/readiness", routes.readiness)
@@ -237,5 +231,14 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.doors.anthropic_messages import add_messages_routes
 
     add_messages_routes(app, gw)  # the Anthropic Messages API door
-    r.add_route("*", "/{tail:.*}", _fallback(app))
+    from tallygate.doors.models import add_models_routes
+
+    add_models_routes(app, gw)  # in OpenAI's shape, or Anthropic's for its clients
+    from tallygate.doors.openai_completions import add_completions_routes
+
+    add_completions_routes(app, gw)  # legacy text completions
+    from tallygate.doors.openai_responses import add_responses_routes
+
+    add_responses_routes(app, gw)  # the OpenAI Responses API door
+    r.add_route("*", "/{tail:.*}", _no_route(app, gw))
     return app
