@@ -190,4 +190,8 @@ def test_service_tier_is_priced_or_refused(tmp_path: Path, upstream: FakeOpenAI)
             err = assert_openai_error(call(model, tier), 400, param="service_tier")
             assert repr(tier) in err["message"]
         assert_openai_error(call("mini", 5), 400, param="service_tier")
+        # The Responses door passes service_tier on to OpenAI as it came: the same rule.
+        responses = http("POST", proxy.base_url + "/v1/responses",
+                         {"model": "mini", "input": "hi", "user": "u", "service_tier": "flex"})
+        assert_openai_error(responses, 400, param="service_tier")
         assert len(upstream.requests) == sent

@@ -18,15 +18,25 @@ from tallygate.errors import BadRequestError
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
 
-STANDARD_TIERS = frozenset({"auto", "default"})
+# Standard rates: OpenAI's auto and default, Anthropic's auto and standard_only.
+STANDARD_TIERS = frozenset({"auto", "default", "standard_only"})
 _NONE: Mapping[str, str] = MappingProxyType({})
+
+
+def requested_tier(params: Mapping[str, Any]) -> Any:
+    """The call's ``service_tier``: in the params, or in the request body a door keeps
+    (the Responses and Messages doors pass it on as it came)."""
+    body = params.get("body")
+    if "service_tier" not in params and isinstance(body, Mapping):
+        return body.get("service_tier")
+    return params.get("service_tier")
 
 
 def price_context(params: Mapping[str, Any], deployments: Sequence[Deployment],
                   prices: PriceBook) -> Mapping[str, str]:
     """The price context of a call (``{"service_tier": ...}`` or empty); 400 when it asks
     for rates that are not known for every deployment that may serve it."""
-    tier = params.get("service_tier")
+    tier = requested_tier(params)
     if tier is None or tier in STANDARD_TIERS:
         return _NONE
     if not isinstance(tier, str) or not tier:

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from tallygate.price_fields import STANDARD_TIERS
+from tallygate.price_fields import STANDARD_TIERS, requested_tier
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
 from tallygate.usage import Usage
@@ -193,7 +193,7 @@ def worst_case_usages(params: Mapping[str, Any], deployment: Deployment) -> list
 def worst_case_cost(params: Mapping[str, Any], deployments: Sequence[Deployment],
                     prices: PriceBook) -> Decimal | None:
     """The most the call can cost at the dearest deployment; None if a price is unknown."""
-    tier = params.get("service_tier")
+    tier = requested_tier(params)
     context = ({"service_tier": tier} if isinstance(tier, str) and tier not in STANDARD_TIERS
                else None)
     worst = Decimal(0)
