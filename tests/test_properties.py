@@ -118,9 +118,17 @@ def _streamed_content(door: str, text: str) -> bool:
     for line in text.split("\n"):
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
-        data = orjson.loads(line[6:])
+        try:
+            data = orjson.loads(line[6:])
+        except orjson.JSONDecodeError:
+            continue  # noise an upstream sent, passed on: no content
+        if not isinstance(data, dict):
+            continue
         if door == "messages" and data.get("type") == "content_block_delta":
-            return True
+            delta = data.get("delta")
+            if isinstance(delta, dict) and any(isinstance(delta.get(k), str) and delta[k]
+                                               for k in ("text", "partial_json", "thinking")):
+                return True
         choices = data.get("choices") if door == "chat" else None
         for choice in choices if isinstance(choices, list) else ():
             delta = choice.get("delta") if isinstance(choice, dict) else None

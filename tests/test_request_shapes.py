@@ -157,3 +157,27 @@ def test_messages_shapes_anthropic_refuses(proxy: RunningProxy, model: str,
     err = reply.json()
     assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error", err
     assert field in err["error"]["message"], err
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/messages", {"max_tokens": 10, "messages": [HI]}),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 5}),
+    ("/v1/responses", {"input": "hi", "max_output_tokens": 5}),
+])
+def test_a_field_name_is_never_a_header_injection(tmp_path: Path, upstream: FakeOpenAI,
+                                                  claude: FakeAnthropic, path: str,
+                                                  body: dict[str, Any]) -> None:
+    # A translating door names the fields it drops in x-tallygate-dropped-params: a name
+    # with a line break must not become a header of its own (aiohttp raised, a 500).
+    cfg = config_dict([openai_entry("gpt", upstream.base_url),
+                       anthropic_entry("claude", claude.base_url)], tmp_path, lago=False)
+    # Translated: the Messages door to an OpenAI deployment, the others to Anthropic.
+    model = "gpt" if path == "/v1/messages" else "claude"
+    with run_proxy(proxy_settings(tmp_path, cfg)) as proxy:
+        reply = http("POST", proxy.base_url + path,
+                     {"model": model, "user": "u", **body, "evil\r\nx-injected: 1": True,
+                      "plain_unknown": 1})
+    assert reply.status in (200, 400), reply.text
+    assert "x-injected" not in reply.headers
+    dropped = reply.headers.get("x-tallygate-dropped-params", "")
+    assert "\r" not in dropped and "\n" not in dropped

@@ -405,7 +405,9 @@ class ChatStream:
     async def fail(self, exc: BaseException) -> UsageEvent | None:
         """The stream broke (``exc``): bill what the client was sent, flagged incomplete;
         if nothing was, it is a failed call: nothing billed, the reservation released."""
-        if self._finishing is not None or self._decoder.output_text():
+        if self._finishing is not None:  # already billed, or already failed
+            return await asyncio.shield(self._finishing)
+        if self._decoder.output_text():
             log.warning("call %s: upstream stream failed after output began: %s",
                         self.ctx.call_id, getattr(exc, "message", type(exc).__name__))
             return await self.finish(incomplete=True)

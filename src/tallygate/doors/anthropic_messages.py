@@ -46,6 +46,7 @@ from tallygate.proxy.calls import (
     DROPPED_HEADER,
     REQUEST_ID_HEADER,
     CallFrame,
+    dropped_header,
     model_group,
     read_body,
     serve_stream,
@@ -325,7 +326,7 @@ class MessagesRoute:
             chat["user"] = params["user"]
         headers = self._headers(ctx.call_id)
         if translation.dropped:
-            headers[DROPPED_HEADER] = ",".join(translation.dropped)
+            headers[DROPPED_HEADER] = dropped_header(translation.dropped)
         message_id = "msg_" + ctx.call_id.replace("-", "_")
         if params["stream"]:
             return await self._stream(request, deployment, chat, ctx, message_id, headers)

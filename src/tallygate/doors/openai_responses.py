@@ -48,6 +48,7 @@ from tallygate.proxy.calls import (
     CALL_ID_HEADER,
     COST_HEADER,
     CallFrame,
+    dropped_header,
     openai_error_response,
     serve_stream,
 )
@@ -107,7 +108,7 @@ class ResponsesRoute:
     def _headers(self, call_id: str, dropped: Sequence[str] = ()) -> dict[str, str]:
         headers = {CALL_ID_HEADER: call_id, **self.gw.access.response_headers(call_id)}
         if dropped:
-            headers[DROPPED_HEADER] = ", ".join(dropped)
+            headers[DROPPED_HEADER] = dropped_header(dropped, ", ")
         return headers
 
     def _billed(self, body: bytes, event: UsageEvent,

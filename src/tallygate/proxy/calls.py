@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -40,6 +41,22 @@ COST_HEADER = "x-tallygate-response-cost"
 REQUEST_ID_HEADER = "x-request-id"
 # What a translating door left out of the request (comma-separated field paths).
 DROPPED_HEADER = "x-tallygate-dropped-params"
+_HEADER_SAFE = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,200}$")  # visible ASCII, no comma
+
+
+def dropped_header(names: Iterable[str], sep: str = ",") -> str:
+    """The ``x-tallygate-dropped-params`` value: the names are the caller's own field
+    names, so one with a control character (a header injection, which aiohttp refuses
+    with an exception) or no ASCII is left out, counted as ``(N more)``."""
+    kept, other = [], 0
+    for name in names:
+        if _HEADER_SAFE.match(name):
+            kept.append(name)
+        else:
+            other += 1
+    if other:
+        kept.append(f"({other} more)")
+    return sep.join(kept)
 
 # (request, OpenAI-shaped params, deployment, ctx) -> the answer, once the call is admitted.
 CallRunner = Callable[[web.Request, dict[str, Any], Deployment, CallContext],
