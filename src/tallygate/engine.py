@@ -69,10 +69,10 @@ class CallContext:
 
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
                *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset(),
-               first_chunk_ms: int | None = None) -> UsageEvent:
+               first_chunk_ms: int | None = None, variant: str | None = None) -> UsageEvent:
     # A deployment whose name says nothing of its model (Azure) is priced by base_model.
     price = prices.price(deployment.provider, deployment.base_model or deployment.model, usage,
-                         deployment.price)
+                         deployment.price, variant=variant)
     flags = set(extra_flags)
     if price.cost is None:
         flags.add(FLAG_UNKNOWN_PRICE)

@@ -40,9 +40,25 @@ class PriceOverride:
     input_cost_per_audio_token: Decimal | None = None
     output_cost_per_audio_token: Decimal | None = None
     per_request: Mapping[str, Decimal] = field(default_factory=lambda: _NO_RATES)
+    input_cost_per_image_token: Decimal | None = None
+    # Other units (images, seconds, characters, rerank searches), USD per unit.
+    output_cost_per_image: Decimal | None = None
+    input_cost_per_second: Decimal | None = None
+    input_cost_per_character: Decimal | None = None
+    input_cost_per_query: Decimal | None = None
 
     def is_empty(self) -> bool:
-        return self.input_cost_per_token is None and self.output_cost_per_token is None
+        return all(getattr(self, k) is None for k in (
+            "input_cost_per_token", "output_cost_per_token", *UNIT_PRICE_KEYS))
+
+
+# LiteLLM's price keys of the non-token units -> the usage item each prices.
+UNIT_PRICE_KEYS: dict[str, str] = {
+    "output_cost_per_image": "images",
+    "input_cost_per_second": "audio_seconds",
+    "input_cost_per_character": "input_characters",
+    "input_cost_per_query": "rerank_searches",
+}
 
 
 # PriceOverride's per-token fields: the names a config entry or an SDK call sets prices with.
@@ -50,7 +66,8 @@ PRICE_KEYS: tuple[str, ...] = ("input_cost_per_token", "output_cost_per_token",
                                "cache_read_input_token_cost",
                                "cache_creation_input_token_cost",
                                "cache_creation_input_token_cost_above_1hr",
-                               "input_cost_per_audio_token", "output_cost_per_audio_token")
+                               "input_cost_per_audio_token", "output_cost_per_audio_token",
+                               "input_cost_per_image_token", *UNIT_PRICE_KEYS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +273,14 @@ class Provider(ABC):
         (``model`` already the deployment's)."""
         raise BadRequestError(f"provider {self.name!r} does not serve the Responses API",
                               param="model", code="responses_not_supported")
+
+    def media_request(self, deployment: Deployment, path: str, body: bytes,
+                      content_type: str) -> UpstreamRequest:
+        """For providers that serve OpenAI's other endpoints (``images/generations``,
+        ``audio/transcriptions``, ``audio/speech``, ``moderations``, ``rerank``): the
+        upstream request of ``body`` (JSON or multipart, ``model`` the deployment's)."""
+        raise BadRequestError(f"provider {self.name!r} does not serve /{path}",
+                              param="model", code="endpoint_not_supported")
 
     def local_chat(self, deployment: Deployment, params: dict[str, Any]) -> bytes:
         """For ``is_local`` providers: the raw upstream-format answer (JSON or SSE)."""

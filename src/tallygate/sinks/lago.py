@@ -148,8 +148,11 @@ def lago_event_body(event: UsageEvent, code: str, *, send_amount: bool = False,
       ``cached_input_tokens`` (cache reads), ``cache_creation_input_tokens`` (cache
       writes, of which ``cache_creation_1h_input_tokens`` were kept one hour) and
       ``audio_input_tokens``; ``reasoning_tokens`` and ``audio_output_tokens`` are parts
-      of ``output_tokens``. Items billed per request are counted by name
-      (``web_searches``). The optional ones are sent only when nonzero.
+      of ``output_tokens``; ``image_input_tokens`` (image models' image input) is a
+      part of ``input_tokens``. Items billed per request, and the units of calls not
+      billed in tokens, are counted by name (``web_searches``; ``images``,
+      ``audio_seconds``, ``input_characters``, ``rerank_searches``). The optional ones
+      are sent only when nonzero.
 
     ``model`` is the deployment's model without its provider prefix (config
     ``model: openai/my-fake-model`` sends ``"my-fake-model"``), as LiteLLM's integration
@@ -189,7 +192,8 @@ def lago_event_body(event: UsageEvent, code: str, *, send_amount: bool = False,
     }
     for name, value in (("cache_creation_1h_input_tokens", u.cache_write_1h_tokens),
                         ("audio_input_tokens", u.audio_input_tokens),
-                        ("audio_output_tokens", u.audio_output_tokens), *u.requests):
+                        ("audio_output_tokens", u.audio_output_tokens),
+                        ("image_input_tokens", u.image_input_tokens), *u.requests):
         if value:
             props[name] = value
     if event.cost is not None:
