@@ -62,6 +62,12 @@ if TYPE_CHECKING:
         speech,
         transcription,
     )
+    from tallygate.sdk_responses import (
+        aresponses,
+        atext_completion,
+        responses,
+        text_completion,
+    )
 
 __version__ = "0.1.0"
 
@@ -81,6 +87,8 @@ _LAZY = {
         "image_generation", "aimage_generation", "image_edit", "aimage_edit",
         "transcription", "atranscription", "speech", "aspeech", "rerank", "arerank",
         "moderation", "amoderation")},
+    **{name: "tallygate.sdk_responses" for name in (
+        "responses", "aresponses", "text_completion", "atext_completion")},
     **{name: "tallygate.sdk_helpers" for name in (
         "completion_cost", "cost_per_token", "token_counter", "stream_chunk_builder")},
     **{name: "tallygate.model_info" for name in (
@@ -118,7 +126,9 @@ __all__ = [
     "aimage_generation",
     "amoderation",
     "arerank",
+    "aresponses",
     "aspeech",
+    "atext_completion",
     "atranscription",
     "callbacks",
     "completion",
@@ -135,9 +145,11 @@ __all__ = [
     "model_cost",
     "moderation",
     "rerank",
+    "responses",
     "speech",
     "stream_chunk_builder",
     "success_callback",
+    "text_completion",
     "token_counter",
     "transcription",
 ]
