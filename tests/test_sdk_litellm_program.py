@@ -11,13 +11,7 @@ from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.openai_server import FakeOpenAI
 from tests.programs import litellm_style
-from tests.sdk_fixtures import (  # noqa: F401  (fixtures)
-    SdkPaths,
-    anthropic_fake,
-    lago,
-    openai_fake,
-    sdk,
-)
+from tests.sdk_fixtures import SdkPaths
 
 M = Decimal(1_000_000)
 # genai-prices' list prices (USD per million tokens), by hand:

@@ -15,16 +15,7 @@ from tests.fakes.lago_server import FakeLago
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.rerank_server import FakeRerank
 from tests.fakes.server_base import run_in_thread
-from tests.sdk_fixtures import (  # noqa: F401  (fixtures)
-    MESSAGES,
-    SdkPaths,
-    anthropic_fake,
-    anthropic_kwargs,
-    lago,
-    openai_fake,
-    openai_kwargs,
-    sdk,
-)
+from tests.sdk_fixtures import SdkPaths, anthropic_kwargs, openai_kwargs
 
 M = Decimal(1_000_000)
 
