@@ -150,6 +150,10 @@ async def _post(provider: Provider, deployment: Deployment,
     return resp
 
 
+# For the other call kinds (tallygate.media): the same credentials handling.
+authorized_post = _post
+
+
 async def _open_stream(provider: Provider, deployment: Deployment, request: UpstreamRequest
                        ) -> tuple[Any, transport.UpstreamStream]:
     """Open an upstream stream: (its context manager, the answer), entered. Fetched

@@ -1,8 +1,10 @@
 """Per-image list prices of the image models billed per image (not per token).
 
-genai-prices has no per-image prices, and OpenAI prices DALL-E images by size and
-quality (https://openai.com/api/pricing). Token-priced image models (gpt-image-1) are
-priced from their reported tokens instead, and are not listed here.
+genai-prices has no per-image prices. OpenAI prices DALL-E images by size and quality
+(https://openai.com/api/pricing); Google prices Imagen per image whatever its aspect
+ratio (https://cloud.google.com/vertex-ai/generative-ai/pricing), listed under ``*``. Token-priced
+image models (gpt-image-1) are priced from their reported tokens instead, and are not
+listed here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ _PRICES: dict[tuple[str, str], dict[str, Decimal]] = {
         "standard/1024x1024": Decimal("0.020"),
     },
 }
+_IMAGEN: dict[str, dict[str, Decimal]] = {
+    "imagen-4.0-generate-001": {"*": Decimal("0.04")},
+    "imagen-4.0-fast-generate-001": {"*": Decimal("0.02")},
+    "imagen-4.0-ultra-generate-001": {"*": Decimal("0.06")},
+    "imagen-3.0-generate-002": {"*": Decimal("0.03")},
+}
+_PRICES.update({("vertex_ai", model): table for model, table in _IMAGEN.items()})
 DEFAULT_SIZE = "1024x1024"
 DEFAULT_QUALITY = "standard"
 
@@ -44,4 +53,4 @@ def image_price(provider: str, model: str, variant: str | None) -> Decimal | Non
     table = _PRICES.get(("openai" if provider == "azure" else provider, model))
     if table is None:
         return None
-    return table.get(variant or f"{DEFAULT_QUALITY}/{DEFAULT_SIZE}")
+    return table.get(variant or f"{DEFAULT_QUALITY}/{DEFAULT_SIZE}", table.get("*"))

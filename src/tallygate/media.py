@@ -19,8 +19,13 @@ from typing import Any
 
 import orjson
 
-from tallygate import transport
-from tallygate.engine import CallContext, Recorder, failure_event, make_event
+from tallygate.engine import (
+    CallContext,
+    Recorder,
+    authorized_post,
+    failure_event,
+    make_event,
+)
 from tallygate.errors import BadRequestError, TallygateError, UpstreamError
 from tallygate.estimate import estimate_text_tokens
 from tallygate.event import CallKind, UsageEvent
@@ -210,10 +215,12 @@ async def call(deployment: Deployment, req: MediaRequest, ctx: CallContext,
     try:
         provider = get_provider(deployment.provider)
         request = provider.media_request(deployment, req.path, req.body, req.content_type)
-        resp = await transport.post(request, deployment.timeout)
+        resp = await authorized_post(provider, deployment, request)
         if resp.status >= 400:
             raise provider.error_from_response(resp.status, resp.body, resp.headers)
-        answer = MediaAnswer(resp.status, resp.body, resp.headers.get("Content-Type", ""))
+        body, ctype = provider.media_response(deployment, req.path, resp.body,
+                                              resp.headers.get("Content-Type", ""))
+        answer = MediaAnswer(resp.status, body, ctype)
         try:
             usage = req.read_usage(answer)
         except TallygateError:

@@ -298,6 +298,12 @@ class Provider(ABC):
         raise BadRequestError(f"provider {self.name!r} does not serve /{path}",
                               param="model", code="endpoint_not_supported")
 
+    def media_response(self, deployment: Deployment, path: str, body: bytes,
+                       content_type: str) -> tuple[bytes, str]:
+        """A 200 answer of ``media_request`` in OpenAI's shape (body, content type); a
+        provider that translates the request translates the answer here."""
+        return body, content_type
+
     def local_chat(self, deployment: Deployment, params: dict[str, Any]) -> bytes:
         """For ``is_local`` providers: the raw upstream-format answer (JSON or SSE)."""
         raise NotImplementedError
