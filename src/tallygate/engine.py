@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -60,12 +61,28 @@ class CallContext:
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
+def priced_model(deployment: Deployment, answered_model: str | None) -> str | None:
+    """The model a call is priced as: ``model_info.base_model`` when set; else, for a
+    provider whose deployment names are not models (Azure), the model the answer
+    named (None when it named none); else the model as sent upstream."""
+    if deployment.base_model:
+        return deployment.base_model
+    provider = get_provider(deployment.provider)
+    if not provider.names_model:
+        return answered_model
+    return provider.wire_model(deployment)
+
+
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
-               *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset()
+               *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset(),
+               answered_model: str | None = None, provider_cost: Decimal | None = None
                ) -> UsageEvent:
-    # A deployment whose name says nothing of its model (Azure) is priced by base_model.
-    price = prices.price(deployment.provider, deployment.base_model or deployment.model, usage,
-                         deployment.price)
+    model = priced_model(deployment, answered_model)
+    if model is None and (deployment.price is None or deployment.price.is_empty()):
+        price = prices.unknown_model(deployment.provider, deployment.model)
+    else:
+        price = prices.price(deployment.provider, model or deployment.model, usage,
+                             deployment.price)
     flags = set(extra_flags)
     if price.cost is None:
         flags.add(FLAG_UNKNOWN_PRICE)
@@ -79,7 +96,7 @@ def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: P
         usage=usage, cost=price.cost, customer=ctx.customer, kind=kind,
         end_user=ctx.end_user, user_id=ctx.user_id, team_id=ctx.team_id, key_id=ctx.key_id,
         price_source=price.source, flags=frozenset(flags), metadata=ctx.metadata,
-        unpriced=price.unpriced)
+        unpriced=price.unpriced, provider_cost=provider_cost)
 
 
 def failure_event(ctx: CallContext, deployment: Deployment | None,
@@ -135,7 +152,8 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    event = make_event(ctx, deployment, usage, prices)
+    event = make_event(ctx, deployment, usage, prices, answered_model=result.answered_model,
+                       provider_cost=result.provider_cost)
     await recorder.record(event)
     return result, event
 
@@ -152,7 +170,8 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
     usage = result.usage or Usage(source="estimated")
-    event = make_event(ctx, deployment, usage, prices, kind="embedding")
+    event = make_event(ctx, deployment, usage, prices, kind="embedding",
+                       answered_model=result.answered_model)
     await recorder.record(event)
     return result, event
 
@@ -261,7 +280,10 @@ class ChatStream:
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)
             event = make_event(self.ctx, self.deployment, usage, self._prices,
-                               extra_flags=frozenset(flags))
+                               extra_flags=frozenset(flags),
+                               answered_model=(None if self._provider.names_model
+                                               else dec.answered_model()),
+                               provider_cost=dec.provider_cost)
             self.event = event
             await self._recorder.record(event)
         except BaseException as exc:

@@ -61,6 +61,9 @@ class UsageEvent:
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     #: with ``cost`` None: the usage buckets no price was found for
     unpriced: tuple[str, ...] = ()
+    #: what the provider itself says the call cost (OpenRouter's ``usage.cost``,
+    #: Perplexity's ``usage.cost.total_cost``), beside ``cost``, tallygate's own price
+    provider_cost: Decimal | None = None
 
     @property
     def timestamp(self) -> str:
@@ -98,12 +101,15 @@ class UsageEvent:
             "flags": sorted(self.flags),
             "metadata": dict(self.metadata),
             "unpriced": list(self.unpriced),
+            "provider_cost": (None if self.provider_cost is None
+                              else format_decimal(self.provider_cost)),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UsageEvent:
         u = data["usage"]
         cost = data.get("cost")
+        provider_cost = data.get("provider_cost")
         return cls(
             call_id=data["call_id"],
             started_at_ms=int(data["started_at_ms"]),
@@ -128,6 +134,7 @@ class UsageEvent:
             flags=frozenset(data.get("flags") or ()),
             metadata=MappingProxyType(dict(data.get("metadata") or {})),
             unpriced=tuple(data.get("unpriced") or ()),
+            provider_cost=None if provider_cost is None else Decimal(provider_cost),
         )
 
 

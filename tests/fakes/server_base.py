@@ -29,6 +29,7 @@ class Received:
     path: str
     headers: CIMultiDict[str]  # case-insensitive, as HTTP headers are
     body: dict[str, Any] | None
+    query: str = ""            # the raw query string (Azure's api-version)
 
 
 @dataclass
@@ -130,7 +131,7 @@ class FakeServer:
         raw = await request.read()
         body = orjson.loads(raw) if raw else None
         got = Received(request.method, request.path, CIMultiDict(request.headers),
-                       body if isinstance(body, dict) else None)
+                       body if isinstance(body, dict) else None, request.query_string)
         self.received.append(got)
         if self.latency:
             await asyncio.sleep(self.latency)

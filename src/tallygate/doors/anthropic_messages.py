@@ -387,7 +387,8 @@ def for_deployment(params: dict[str, Any], deployment: Deployment) -> dict[str, 
 
 def usage_dict(usage: Usage) -> dict[str, int]:
     """Anthropic's usage object from our disjoint buckets (``input_tokens`` uncached)."""
-    return {"input_tokens": usage.input_tokens + usage.audio_input_tokens,
+    return {"input_tokens": (usage.input_tokens + usage.audio_input_tokens
+                             + usage.citation_tokens),
             "cache_creation_input_tokens": usage.cache_write_all_tokens,
             "cache_read_input_tokens": usage.cache_read_tokens,
             "output_tokens": usage.completion_tokens}

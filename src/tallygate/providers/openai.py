@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -108,9 +108,9 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue
             if not isinstance(chunk, dict):
                 continue
-            usage = chunk.get("usage")
+            usage = self.usage_field(chunk)
             if isinstance(usage, dict):
-                self.usage = Usage.from_openai(usage)
+                self.usage = self.read_usage(chunk, usage)
             choices = chunk.get("choices") or ()
             if choices:
                 self._payloads.append(payload)
@@ -118,11 +118,19 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue  # the usage-only chunk the caller did not ask for
             if usage and choices and not self._include_usage:
                 chunk = dict(chunk)
-                chunk.pop("usage")
+                chunk.pop("usage", None)
                 out.append(StreamItem(chunk, b"data: " + orjson.dumps(chunk) + b"\n\n"))
                 continue
             out.append(StreamItem(chunk, b"data: " + payload + b"\n\n"))
         return out
+
+    def usage_field(self, chunk: dict[str, Any]) -> Any:
+        """Where a parsed chunk keeps its usage (Groq's older streams: ``x_groq``)."""
+        return chunk.get("usage")
+
+    def read_usage(self, chunk: dict[str, Any], usage: dict[str, Any]) -> Usage | None:
+        """The usage of the chunk that carries it (a provider may read more of it)."""
+        return Usage.from_openai(usage)
 
     def output_text(self) -> str:
         parts: list[str] = []
@@ -144,8 +152,8 @@ class OpenAIStreamDecoder(StreamDecoder):
 
 class OpenAIProvider(Provider):
     name = "openai"
-    price_provider = "openai"
-    default_api_base = "https://api.openai.com/v1"
+    price_provider: ClassVar[str | None] = "openai"
+    default_api_base: ClassVar[str | None] = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"
 
     def _base(self, deployment: Deployment) -> str:
