@@ -88,14 +88,14 @@ def _reset(azure: FakeCompat) -> None:
     azure.content_filtered = False
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(proxy: RunningProxy) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=MASTER_KEY,
                        max_retries=0) as c:
         yield c
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def messages(proxy: RunningProxy) -> Iterator[anthropic.Anthropic]:
     with anthropic.Anthropic(base_url=proxy.base_url, api_key=MASTER_KEY,
                              max_retries=0) as c:

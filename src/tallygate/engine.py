@@ -126,6 +126,16 @@ def _estimated_usage(params: Mapping[str, Any], output_text: str,
                  output_tokens=out, source="estimated")
 
 
+def _with_estimated_requests(usage: Usage, provider: Provider, deployment: Deployment,
+                             params: Mapping[str, Any]) -> Usage:
+    """An estimate keeps the per-request fees the provider charges whatever the answer
+    (Perplexity's search fee): the request was made, so it is billed."""
+    if usage.requests:
+        return usage
+    items = provider.estimated_requests(deployment, params)
+    return replace(usage, requests=items) if items else usage
+
+
 async def _send(provider: Provider, deployment: Deployment, params: dict[str, Any],
                 *, embedding: bool = False) -> bytes:
     if provider.is_local:
@@ -148,7 +158,9 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
                               "choices", "a chat completion")
         usage = result.usage
         if usage is None:
-            usage = _estimated_usage(params, _answer_text(result.body), None)
+            usage = _with_estimated_requests(
+                _estimated_usage(params, _answer_text(result.body), None),
+                provider, deployment, params)
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
@@ -275,7 +287,9 @@ class ChatStream:
             dec = self._decoder
             usage = dec.usage if (dec.done and dec.usage is not None) else None
             if usage is None:
-                usage = _estimated_usage(self._params, dec.output_text(), dec.usage)
+                usage = _with_estimated_requests(
+                    _estimated_usage(self._params, dec.output_text(), dec.usage),
+                    self._provider, self.deployment, self._params)
             flags = {FLAG_STREAM}
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)

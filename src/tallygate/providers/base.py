@@ -233,6 +233,12 @@ class Provider(ABC):
         """For ``is_local`` providers: the raw upstream-format answer (JSON or SSE)."""
         raise NotImplementedError
 
+    def estimated_requests(self, deployment: Deployment,
+                           params: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+        """Per-request items a call is charged even when its usage never arrived (a
+        stream cut short): Perplexity's search fee. Most providers charge none."""
+        return ()
+
     def wire_model(self, deployment: Deployment) -> str:
         """The model name as sent upstream (and priced): most providers take the
         deployment's as it is."""

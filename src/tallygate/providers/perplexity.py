@@ -24,6 +24,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+from tallygate.providers.base import Deployment
 from tallygate.providers.openai_compat import (
     OpenAICompatProvider,
     decimal_or_none,
@@ -83,6 +84,15 @@ class PerplexityProvider(OpenAICompatProvider):
 
     def read_usage(self, raw: Mapping[str, Any], model: str | None) -> Usage | None:
         return perplexity_usage(raw, model)
+
+    def estimated_requests(self, deployment: Deployment,
+                           params: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+        if "deep-research" in deployment.model:
+            return ()
+        options = params.get("web_search_options")
+        size = options.get("search_context_size") if isinstance(options, dict) else None
+        size = size if isinstance(size, str) and size in _SIZES else "low"  # its default
+        return ((f"search_context_size_{size}", 1),)
 
     def provider_cost(self, raw: Mapping[str, Any]) -> Decimal | None:
         cost = raw.get("cost")
