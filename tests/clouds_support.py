@@ -167,13 +167,13 @@ def start_clouds(tmp: Path, extra_models: list[dict[str, Any]] | None = None
         assert lago.schema_violations == []
 
 
-@pytest.fixture(scope="module")
-def clouds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clouds]:
+@pytest.fixture(scope="module", name="clouds")
+def clouds_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clouds]:
     yield from start_clouds(tmp_path_factory.mktemp("clouds"))
 
 
-@pytest.fixture(autouse=True)
-def _reset_fakes(request: pytest.FixtureRequest) -> None:
+@pytest.fixture(autouse=True, name="reset_fakes")
+def reset_fakes_fixture(request: pytest.FixtureRequest) -> None:
     if "clouds" in request.fixturenames:
         for fake in request.getfixturevalue("clouds").fakes.values():
             reset(fake)

@@ -19,8 +19,8 @@ from tests.clouds_support import (  # noqa: F401  (fixtures)
     UPSTREAM_KEYS,
     Cloud,
     Clouds,
-    _reset_fakes,
-    clouds,
+    clouds_fixture,
+    reset_fakes_fixture,
 )
 from tests.proxy_harness import MASTER_KEY, http
 

@@ -19,8 +19,8 @@ from tests.clouds_support import (  # noqa: F401  (fixtures)
     CLOUDS,
     Cloud,
     Clouds,
-    _reset_fakes,
-    clouds,
+    clouds_fixture,
+    reset_fakes_fixture,
     expected_cost,
 )
 from tests.fakes.openai_compat_server import FakeToolCall
