@@ -20,8 +20,8 @@ from tests.clouds_support import (  # noqa: F401  (fixtures)
     Cloud,
     Clouds,
     clouds_fixture,
-    reset_fakes_fixture,
     expected_cost,
+    reset_fakes_fixture,
 )
 from tests.fakes.openai_compat_server import FakeToolCall
 from tests.proxy_harness import MASTER_KEY, billed
