@@ -138,6 +138,25 @@ def reset(fake: FakeCompat) -> None:
     fake.x_groq_only = False
 
 
+# LiteLLM's per-request table for Perplexity's fee by search context size (USD).
+SEARCH_FEES = {"search_context_size_low": "0.005", "search_context_size_medium": "0.008",
+               "search_context_size_high": "0.012"}
+
+
+def _quirk_models(fakes: Mapping[str, FakeCompat]) -> list[dict[str, Any]]:
+    """Further deployments the quirk tests call."""
+    pplx = BY_FLAVOR["perplexity"]
+    return [
+        entry(Cloud("perplexity", "sonar-deep-research", None), fakes["perplexity"],
+              group="perplexity-deep"),
+        entry(pplx, fakes["perplexity"], group="perplexity-exact",
+              search_context_cost_per_query=SEARCH_FEES),
+        entry(BY_FLAVOR["azure"], fakes["azure"], group="azure-old",
+              api_version="2024-02-01"),
+        entry(Cloud("mistral", "mistral-embed", None), fakes["mistral"], group="mistral-embed"),
+    ]
+
+
 @dataclass
 class Clouds:
     proxy: RunningProxy
@@ -157,7 +176,8 @@ def start_clouds(tmp: Path, extra_models: list[dict[str, Any]] | None = None
                 fake = runner.__enter__()
                 entered.append(runner)
                 fakes[fake.flavor.name] = fake
-            models = [entry(c, fakes[c.flavor]) for c in CLOUDS] + list(extra_models or ())
+            models = [entry(c, fakes[c.flavor]) for c in CLOUDS] + _quirk_models(fakes)
+            models += list(extra_models or ())
             cfg = config_dict(models, tmp)
             with run_proxy(proxy_settings(tmp, cfg, lago_env(lago))) as proxy:
                 yield Clouds(proxy, lago, fakes)

@@ -172,6 +172,8 @@ class OpenAICompatProvider(OpenAIProvider):
     rename_fields: ClassVar[Mapping[str, str]] = _NO_RENAMES
     #: False when the provider refuses ``stream_options`` (its streams carry usage anyway)
     sends_stream_options: ClassVar[bool] = True
+    #: the Responses door reaches these clouds through their chat API, translated
+    responses_api: ClassVar[bool] = False
 
     # -- where and how ---------------------------------------------------------------
 
