@@ -214,3 +214,37 @@ def test_every_golden_price_is_the_library_price_today() -> None:
             assert expected is not None
             expected += Decimal("0.012")  # the library's per-request fee, always charged
         assert price.cost == expected, cloud
+
+
+def test_deepseek_reasoning_is_a_thinking_block_through_the_messages_door(
+        clouds: Clouds) -> None:
+    import anthropic
+
+    fake = clouds.fakes["deepseek"]
+    fake.reasoning_text = "Weigh the options."
+    with anthropic.Anthropic(base_url=clouds.proxy.base_url, api_key=MASTER_KEY,
+                             max_retries=0) as door:
+        message = door.messages.create(model="deepseek-chat", max_tokens=64,
+                                       messages=MESSAGES)
+        assert [b.type for b in message.content] == ["thinking", "text"]
+        assert message.content[0].thinking == "Weigh the options."  # type: ignore[union-attr]
+        with door.messages.stream(model="deepseek-chat", max_tokens=64,
+                                  messages=MESSAGES) as stream:
+            final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert final.content[0].thinking == "Weigh the options."  # type: ignore[union-attr]
+    assert final.content[1].text == fake.reply_text  # type: ignore[union-attr]
+
+
+def test_sdk_stream_hands_reasoning_content_over(clouds: Clouds, sdk: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import tallygate
+
+    fake = clouds.fakes["deepseek"]
+    fake.reasoning_text = "Step by step."
+    monkeypatch.setenv("DEEPSEEK_API_KEY", fake.require_api_key or "")
+    chunks = list(tallygate.completion(model="deepseek/deepseek-chat", messages=MESSAGES,
+                                       api_base=fake.base_url, stream=True))
+    thought = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or ""
+                      for c in chunks if c.choices)
+    assert thought == "Step by step."
