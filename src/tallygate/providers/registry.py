@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from tallygate.errors import BadRequestError
 from tallygate.providers.base import Provider
 
-_NOT_ADAPTERS = {"base", "registry", "sse"}
+_NOT_ADAPTERS = {"base", "registry", "sse", "openai_compat"}
 _providers: dict[str, Provider] = {}
 _loaded = False
 
