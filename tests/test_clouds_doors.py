@@ -135,3 +135,20 @@ def test_sdk_completion_with_litellm_variables(sdk: SdkPaths, clouds: Clouds, cl
              "output_tokens": ev.usage.output_tokens, **dict(ev.usage.requests)}
     when = datetime.fromtimestamp(ev.finished_at_ms / 1000, UTC)
     assert reply.cost == expected_cost(cloud, props, when)
+
+
+@pytest.mark.parametrize("cloud", CLOUDS, ids=IDS)
+def test_legacy_completions_door(clouds: Clouds, client: openai.OpenAI, cloud: Cloud) -> None:
+    """Servers that take /completions get it as it came; the others, translated to chat."""
+    fake = clouds.fakes[cloud.flavor]
+    raw = client.completions.with_raw_response.create(model=cloud.group, prompt="Say hi",
+                                                      user="cmpl-user", max_tokens=20)
+    assert raw.parse().choices[0].text == fake.reply_text
+    ev = billed(clouds.lago, raw.headers["x-tallygate-call-id"], "cmpl-user")
+    _check(cloud, ev, 1000, 0, 50)
+    native = bool(fake.flavor.completions)
+    assert fake.received[-1].path.endswith("/completions")
+    assert fake.received[-1].path.endswith("/chat/completions") is not native
+    chunks = list(client.completions.create(model=cloud.group, prompt="Say hi",
+                                            user="cmpl-user", stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == fake.reply_text

@@ -91,3 +91,17 @@ async def test_errors_raise_the_sdks_classes(fake: FakeCompat) -> None:
         fake.require_api_key = "another"
         with pytest.raises(openai.AuthenticationError):
             await c.chat.completions.create(model=model_for(fake), messages=MESSAGES)
+
+
+async def test_legacy_completions_parse_where_served(fake: FakeCompat) -> None:
+    if not fake.flavor.completions:
+        pytest.skip(f"{fake.flavor.name} serves no legacy completions")
+    async with client(fake) as c:
+        reply = await c.completions.create(model=model_for(fake), prompt="Say hi")
+        stream = await c.completions.create(model=model_for(fake), prompt="Say hi",
+                                            stream=True, stream_options={"include_usage": True})
+        chunks = [ch async for ch in stream]
+    assert reply.choices[0].text == fake.reply_text
+    assert reply.usage is not None and reply.usage.prompt_tokens == fake.prompt_tokens
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == fake.reply_text
+    assert chunks[-1].usage is not None

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from tallygate.usage import TOKEN_BUCKETS, Usage
 
-CallKind = Literal["chat", "embedding"]
+CallKind = Literal["chat", "embedding", "completion"]
 
 # Flags an event can carry; each says something a billing reader must know.
 FLAG_UNKNOWN_PRICE = "unknown_price"
@@ -61,6 +61,8 @@ class UsageEvent:
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     #: with ``cost`` None: the usage buckets no price was found for
     unpriced: tuple[str, ...] = ()
+    #: streams: milliseconds from the call's start to its first chunk
+    first_chunk_ms: int | None = None
     #: what the provider itself says the call cost (OpenRouter's ``usage.cost``,
     #: Perplexity's ``usage.cost.total_cost``), beside ``cost``, tallygate's own price
     provider_cost: Decimal | None = None
@@ -101,6 +103,7 @@ class UsageEvent:
             "flags": sorted(self.flags),
             "metadata": dict(self.metadata),
             "unpriced": list(self.unpriced),
+            "first_chunk_ms": self.first_chunk_ms,
             "provider_cost": (None if self.provider_cost is None
                               else format_decimal(self.provider_cost)),
         }
@@ -134,6 +137,7 @@ class UsageEvent:
             flags=frozenset(data.get("flags") or ()),
             metadata=MappingProxyType(dict(data.get("metadata") or {})),
             unpriced=tuple(data.get("unpriced") or ()),
+            first_chunk_ms=data.get("first_chunk_ms"),
             provider_cost=None if provider_cost is None else Decimal(provider_cost),
         )
 

@@ -48,6 +48,7 @@ class Flavor:
     #: request fields the provider accepts, others refused with 422 (Mistral)
     strict_fields: frozenset[str] | None = None
     usage_in_last_chunk: bool = False  # usage rides the finish chunk, unasked
+    completions: tuple[str, ...] = ()  # the legacy text completions route, if served
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,16 +71,18 @@ FLAVORS: dict[str, Flavor] = {f.name: f for f in (
                                  "/v1/chat/completions")),
     Flavor("groq", "/openai/v1", ("/openai/v1/chat/completions",)),
     Flavor("together_ai", "/v1", ("/v1/chat/completions",), ("/v1/embeddings",),
-           usage_in_last_chunk=True),
+           usage_in_last_chunk=True, completions=("/v1/completions",)),
     Flavor("fireworks_ai", "/inference/v1", ("/inference/v1/chat/completions",),
-           ("/inference/v1/embeddings",)),
+           ("/inference/v1/embeddings",), completions=("/inference/v1/completions",)),
     Flavor("xai", "/v1", ("/v1/chat/completions",)),
     Flavor("openrouter", "/api/v1", ("/api/v1/chat/completions",)),
     Flavor("perplexity", "", ("/chat/completions",), usage_in_last_chunk=True),
     Flavor("cerebras", "/v1", ("/v1/chat/completions",), flat_errors=True),
     Flavor("nvidia_nim", "/v1", ("/v1/chat/completions",), ("/v1/embeddings",)),
-    Flavor("hosted_vllm", "/v1", ("/v1/chat/completions",), ("/v1/embeddings",)),
-    Flavor("lm_studio", "/v1", ("/v1/chat/completions",), ("/v1/embeddings",)),
+    Flavor("hosted_vllm", "/v1", ("/v1/chat/completions",), ("/v1/embeddings",),
+           completions=("/v1/completions",)),
+    Flavor("lm_studio", "/v1", ("/v1/chat/completions",), ("/v1/embeddings",),
+           completions=("/v1/completions",)),
 )}
 
 _FILTER_OK = {sev: {"filtered": False, "severity": "safe"}
@@ -122,6 +125,7 @@ class FakeCompat(FakeServer):
     def routes(self) -> list[web.RouteDef]:
         out = [web.post(path, self._chat) for path in self.flavor.chat]
         out += [web.post(path, self._embeddings) for path in self.flavor.embeddings]
+        out += [web.post(path, self._completions) for path in self.flavor.completions]
         return out
 
     # -- errors -------------------------------------------------------------------------
@@ -363,6 +367,31 @@ class FakeCompat(FakeServer):
         if name == "openrouter":
             out.insert(0, b": OPENROUTER PROCESSING\n\n")
         return [*out, b"data: [DONE]\n\n"]
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        """The legacy text completions: one prompt, JSON or SSE with a usage chunk."""
+        body, refusal = await self._gate(request)
+        if refusal is not None:
+            return refusal
+        if body.get("prompt") is None:
+            return self.error(400, "'prompt' is a required property")
+        cid, created = f"cmpl-{self.flavor.name}{next(self._ids)}", int(time.time())
+
+        def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+            choices = [] if text is None else [{"text": text, "index": 0, "logprobs": None,
+                                                "finish_reason": finish}]
+            return {"id": cid, "object": "text_completion", "created": created,
+                    "model": self._model(request, body), "choices": choices}
+
+        if not body.get("stream"):
+            return await self.send_json(request, {**chunk(self.reply_text, self.finish_reason),
+                                                  "usage": self.usage()})
+        frames = [chunk(p, None) for p in split_text(self.reply_text, self.stream_chunks)]
+        frames.append(chunk("", self.finish_reason))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            frames.append({**chunk(None, None), "usage": self.usage()})
+        return await self.send_stream(request, [b"data: " + orjson.dumps(f) + b"\n\n"
+                                                for f in frames] + [b"data: [DONE]\n\n"])
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body, refusal = await self._gate(request)

@@ -29,7 +29,7 @@ class Received:
     path: str
     headers: CIMultiDict[str]  # case-insensitive, as HTTP headers are
     body: dict[str, Any] | None
-    query: str = ""            # the raw query string (Azure's api-version)
+    query: str = ""            # the query string, without "?"
 
 
 @dataclass
@@ -50,6 +50,14 @@ class FakeToolCall:
     id: str = "call_fake_1"
 
 
+@dataclass
+class FakeTurn:
+    """One scripted answer: its text and, optionally, a tool call after it."""
+
+    reply_text: str = ""
+    tool_call: FakeToolCall | None = None
+
+
 def split_text(text: str, pieces: int) -> list[str]:
     """``text`` in ``pieces`` nearly equal parts (fewer if the text is shorter)."""
     pieces = max(1, min(pieces, len(text) or 1))
@@ -67,6 +75,7 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self.sent: list[bytes] = []                 # every answer body, as sent
         self.errors: list[FakeError] = []           # FIFO: each answers one request
         self.latency = 0.0                          # seconds before any answer
         self.chunk_delay = 0.0                      # seconds between stream frames
@@ -155,6 +164,7 @@ class FakeServer:
 
     async def send_json(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         data = orjson.dumps(body)
+        self.sent.append(data)
         if self.drop_connection is None:
             return web.Response(body=data, content_type="application/json")
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -174,6 +184,7 @@ class FakeServer:
             return response
         await response.prepare(request)
         cut = len(frames) // 2 if self.drop_connection == "mid" else len(frames)
+        self.sent.append(b"".join(frames[:cut]))
         for i, frame in enumerate(frames[:cut]):
             if i and self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)

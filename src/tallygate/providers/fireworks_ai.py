@@ -13,11 +13,11 @@ from types import MappingProxyType
 from typing import Any
 
 from tallygate.providers.base import Deployment
-from tallygate.providers.openai_compat import OpenAICompatProvider
+from tallygate.providers.openai_compat import CompatCompletions, OpenAICompatProvider
 from tallygate.providers.registry import register
 
 
-class FireworksProvider(OpenAICompatProvider):
+class FireworksProvider(OpenAICompatProvider, CompatCompletions):
     name = "fireworks_ai"
     price_provider = "fireworks"
     default_api_base = "https://api.fireworks.ai/inference/v1"

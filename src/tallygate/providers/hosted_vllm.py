@@ -5,11 +5,11 @@ price: set the per-token prices to bill them."""
 
 from __future__ import annotations
 
-from tallygate.providers.openai_compat import OpenAICompatProvider
+from tallygate.providers.openai_compat import CompatCompletions, OpenAICompatProvider
 from tallygate.providers.registry import register
 
 
-class HostedVllmProvider(OpenAICompatProvider):
+class HostedVllmProvider(OpenAICompatProvider, CompatCompletions):
     name = "hosted_vllm"
     price_provider = None
     default_api_base = None

@@ -4,11 +4,11 @@ Local models have no library price: set the per-token prices to bill them."""
 
 from __future__ import annotations
 
-from tallygate.providers.openai_compat import OpenAICompatProvider
+from tallygate.providers.openai_compat import CompatCompletions, OpenAICompatProvider
 from tallygate.providers.registry import register
 
 
-class LmStudioProvider(OpenAICompatProvider):
+class LmStudioProvider(OpenAICompatProvider, CompatCompletions):
     name = "lm_studio"
     price_provider = None
     default_api_base = "http://localhost:1234/v1"

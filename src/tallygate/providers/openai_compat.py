@@ -21,9 +21,21 @@ from typing import Any, ClassVar
 
 import orjson
 
-from tallygate.errors import BadRequestError, UpstreamError, upstream_error_for
-from tallygate.providers.base import ChatResult, Deployment, StreamDecoder, UpstreamRequest
-from tallygate.providers.openai import OpenAIProvider, OpenAIStreamDecoder, json_headers
+from tallygate.errors import BadRequestError, ConfigError, UpstreamError, upstream_error_for
+from tallygate.providers.base import (
+    ChatResult,
+    Deployment,
+    NativeCompletions,
+    Provider,
+    StreamDecoder,
+    UpstreamRequest,
+)
+from tallygate.providers.openai import (
+    CompletionStreamDecoder,
+    OpenAIStreamDecoder,
+    completion_body,
+    json_headers,
+)
 from tallygate.usage import Usage
 
 _NO_RENAMES: Mapping[str, str] = MappingProxyType({})
@@ -161,9 +173,11 @@ class CompatStreamDecoder(OpenAIStreamDecoder):
         return "".join(parts)
 
 
-class OpenAICompatProvider(OpenAIProvider):
+class OpenAICompatProvider(Provider):
     """An OpenAI-compatible cloud; subclasses set the attributes and override the hooks
-    where the provider differs."""
+    where the provider differs. Its chat API serves every door: the Responses and legacy
+    completions doors translate to it (``CompatCompletions`` for the servers that take
+    ``/completions`` themselves)."""
 
     #: request fields the provider refuses and no caller needs sent (``user`` is the
     #: gateway's billing field; Mistral answers 422 to any field it does not know)
@@ -172,8 +186,6 @@ class OpenAICompatProvider(OpenAIProvider):
     rename_fields: ClassVar[Mapping[str, str]] = _NO_RENAMES
     #: False when the provider refuses ``stream_options`` (its streams carry usage anyway)
     sends_stream_options: ClassVar[bool] = True
-    #: the Responses door reaches these clouds through their chat API, translated
-    responses_api: ClassVar[bool] = False
 
     # -- where and how ---------------------------------------------------------------
 
@@ -187,8 +199,6 @@ class OpenAICompatProvider(OpenAIProvider):
 
     def check_deployment(self, deployment: Deployment) -> None:
         if self.default_api_base is None and not deployment.api_base:
-            from tallygate.errors import ConfigError
-
             names = " or ".join(self.api_base_envs)
             raise ConfigError(f"api_base: required for {self.name}/ models"
                               + (f" (or set {names})" if names else ""))
@@ -263,9 +273,39 @@ class OpenAICompatProvider(OpenAIProvider):
     def chat_stream(self, deployment: Deployment, include_usage: bool) -> StreamDecoder:
         return CompatStreamDecoder(self, deployment, include_usage)
 
+    def embedding_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        parsed = orjson.loads(body)
+        if not isinstance(parsed, dict):
+            raise UpstreamError("upstream answered with a non-object body")
+        raw = parsed.get("usage")
+        raw = raw if isinstance(raw, dict) else {}
+        prompt = raw.get("prompt_tokens") or raw.get("total_tokens") or 0
+        usage = Usage(input_tokens=int(prompt)) if isinstance(prompt, int) else None
+        return ChatResult(body=parsed, usage=usage, raw=body)
+
     def error_from_response(self, status: int, body: bytes,
                             headers: Mapping[str, str]) -> UpstreamError:
         message, err_type, code, param = error_parts(body)
         return upstream_error_for(status, message or f"upstream answered {status}",
                                   param=param, code=code, error_type=err_type,
                                   headers=retry_headers(headers))
+
+
+class CompatCompletions(NativeCompletions):
+    """For the servers that take OpenAI's legacy ``/completions`` themselves (vLLM, LM
+    Studio, Together, Fireworks): the completions door passes requests to them."""
+
+    def completion_request(self, deployment: Deployment, params: dict[str, Any],
+                           stream: bool) -> UpstreamRequest:
+        assert isinstance(self, OpenAICompatProvider)
+        body = completion_body({k: v for k, v in params.items() if k not in self.drop_fields},
+                               self.wire_model(deployment), stream)
+        return UpstreamRequest(url=self._base(deployment) + "/completions",
+                               headers=self._headers(deployment), body=orjson.dumps(body))
+
+    def completion_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        assert isinstance(self, OpenAICompatProvider)
+        return self.chat_response(deployment, body)
+
+    def completion_stream(self, deployment: Deployment, include_usage: bool) -> StreamDecoder:
+        return CompletionStreamDecoder(include_usage)

@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tallygate.providers.openai_compat import OpenAICompatProvider, openai_usage
+from tallygate.providers.openai_compat import (
+    CompatCompletions,
+    OpenAICompatProvider,
+    openai_usage,
+)
 from tallygate.providers.registry import register
 from tallygate.usage import Usage
 
 
-class TogetherProvider(OpenAICompatProvider):
+class TogetherProvider(OpenAICompatProvider, CompatCompletions):
     name = "together_ai"
     price_provider = "together"
     default_api_base = "https://api.together.xyz/v1"
