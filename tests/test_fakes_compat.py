@@ -12,7 +12,7 @@ from tests.fakes.openai_compat_server import FLAVORS, FakeCompat, FakeToolCall
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 KEY = "sk-compat-test"
-pytestmark = pytest.mark.parametrize("flavor", sorted(FLAVORS))
+every_flavor = pytest.mark.parametrize("flavor", sorted(FLAVORS))
 
 
 def client(fake: FakeCompat) -> openai.AsyncOpenAI:
@@ -33,6 +33,7 @@ def model_for(fake: FakeCompat) -> str:
     return "accounts/fireworks/models/m" if fake.flavor.name == "fireworks_ai" else "m"
 
 
+@every_flavor
 async def test_answer_and_usage_parse(fake: FakeCompat) -> None:
     fake.prompt_tokens, fake.cached_tokens, fake.completion_tokens = 100, 40, 20
     async with client(fake) as c:
@@ -48,6 +49,7 @@ async def test_answer_and_usage_parse(fake: FakeCompat) -> None:
         assert fake.received[-1].headers["Authorization"] == f"Bearer {KEY}"
 
 
+@every_flavor
 async def test_stream_parses_to_the_usage(fake: FakeCompat) -> None:
     fake.prompt_tokens, fake.completion_tokens = 30, 9
     strict = fake.flavor.strict_fields is not None  # Mistral refuses stream_options
@@ -68,6 +70,7 @@ async def test_stream_parses_to_the_usage(fake: FakeCompat) -> None:
         assert chunks[0].choices == []  # Azure's prompt_filter_results chunk comes first
 
 
+@every_flavor
 async def test_tool_call_parses(fake: FakeCompat) -> None:
     fake.tool_call = FakeToolCall("get_weather", {"city": "Paris"})
     async with client(fake) as c:
@@ -82,6 +85,7 @@ async def test_tool_call_parses(fake: FakeCompat) -> None:
     assert args == '{"city":"Paris"}'
 
 
+@every_flavor
 async def test_errors_raise_the_sdks_classes(fake: FakeCompat) -> None:
     fake.fail(429, "slow down", headers={"Retry-After": "7"})
     async with client(fake) as c:
@@ -93,9 +97,8 @@ async def test_errors_raise_the_sdks_classes(fake: FakeCompat) -> None:
             await c.chat.completions.create(model=model_for(fake), messages=MESSAGES)
 
 
+@pytest.mark.parametrize("flavor", sorted(f for f, v in FLAVORS.items() if v.completions))
 async def test_legacy_completions_parse_where_served(fake: FakeCompat) -> None:
-    if not fake.flavor.completions:
-        pytest.skip(f"{fake.flavor.name} serves no legacy completions")
     async with client(fake) as c:
         reply = await c.completions.create(model=model_for(fake), prompt="Say hi")
         stream = await c.completions.create(model=model_for(fake), prompt="Say hi",
