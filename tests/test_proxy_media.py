@@ -121,7 +121,7 @@ def test_images_billed_per_image(client: openai.OpenAI, lago: FakeLago, upstream
         "image", images, 0, 0)
     assert cost_of(ev) == cost
     assert Decimal(raw.headers[COST_HEADER]) == cost
-    assert p["price_source"] == "openai image list prices"
+    assert p["price_source"] == "image list prices"
 
 
 def test_token_priced_images(client: openai.OpenAI, lago: FakeLago,
