@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import itertools
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -23,7 +24,10 @@ from multidict import CIMultiDict
 from tests.fakes.server_base import Received
 
 if TYPE_CHECKING:
-    from tests.fakes.openai_server import FakeOpenAI
+    from tests.fakes.server_base import FakeServer
+
+# A provider's own check of the credential headers: its refusal, or None.
+AuthCheck = Callable[[Any], web.Response | None]
 
 # A tiny valid 1x1 PNG, base64: what b64_json images carry.
 PNG_1X1 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
@@ -36,8 +40,15 @@ _TOKEN_IMAGE_MODELS = ("gpt-image-1",)
 
 
 class MediaAPI:
-    def __init__(self, fake: FakeOpenAI) -> None:
+    """The routes under ``prefix`` (OpenAI's ``/v1``; Azure's
+    ``/openai/deployments/{deployment}``); ``auth`` checks the credential headers
+    (default: OpenAI's Bearer key)."""
+
+    def __init__(self, fake: FakeServer, prefix: str = "/v1",
+                 auth: AuthCheck | None = None) -> None:
         self.fake = fake
+        self.prefix = prefix
+        self._auth = auth
         self.transcript = "Hello from the fake transcription."
         self.audio_seconds = 9.4
         self.audio_tokens, self.text_tokens, self.output_tokens = 120, 8, 15
@@ -47,12 +58,13 @@ class MediaAPI:
         self._ids = itertools.count(1)
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/images/generations", self._generate),
-                web.post("/v1/images/edits", self._edit),
-                web.post("/v1/audio/transcriptions", self._transcribe),
-                web.post("/v1/audio/translations", self._transcribe),
-                web.post("/v1/audio/speech", self._speech),
-                web.post("/v1/moderations", self._moderate)]
+        p = self.prefix
+        return [web.post(f"{p}/images/generations", self._generate),
+                web.post(f"{p}/images/edits", self._edit),
+                web.post(f"{p}/audio/transcriptions", self._transcribe),
+                web.post(f"{p}/audio/translations", self._transcribe),
+                web.post(f"{p}/audio/speech", self._speech),
+                web.post(f"{p}/moderations", self._moderate)]
 
     async def _form(self, request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
         form = await request.post()
@@ -75,6 +87,8 @@ class MediaAPI:
         return self._check_key(request.headers)
 
     def _check_key(self, headers: Any) -> web.Response | None:
+        if self._auth is not None:
+            return self._auth(headers) or self.fake.take_error()
         expected = self.fake.require_api_key
         if expected is not None and headers.get("Authorization") != f"Bearer {expected}":
             return self.fake.error(401, "Incorrect API key provided.")
