@@ -3,7 +3,6 @@ stream_chunk_builder, responses streams, text_completion translated, rerank."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -18,12 +17,6 @@ from tests.fakes.server_base import run_in_thread
 from tests.sdk_fixtures import SdkPaths, anthropic_kwargs, openai_kwargs
 
 M = Decimal(1_000_000)
-
-
-@pytest.fixture(autouse=True)
-def _no_module_drop() -> Iterator[None]:
-    yield
-    tallygate.drop_params = False
 
 
 def test_unsupported_params_refused_or_dropped(sdk: SdkPaths,
