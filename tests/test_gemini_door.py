@@ -1,6 +1,7 @@
 """The Gemini door with Google's own ``google-genai`` SDK as the proxy's client.
 
-One conversation per provider kind (``gemini/`` passed through; ``openai/`` and
+One conversation per provider kind (``gemini/`` and ``vertex_ai/`` Gemini passed
+through, Vertex with the stand-in's service-account tokens; ``openai/`` and
 ``anthropic/`` translated; the mock) and per stream / non-stream: the answer the SDK
 parses, the exact buckets billed in Lago with the Decimal cost worked out here by hand
 from the published prices, and what reached the stand-in. Then tool calls both ways,
@@ -27,6 +28,7 @@ from tests.fakes.gemini_server import FakeGemini
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.server_base import FakeToolCall, FakeTurn, run_in_thread
+from tests.fakes.vertex_server import FakeVertex, make_rsa_key
 from tests.proxy_harness import (  # noqa: F401  (fixtures)
     CALL_ID_HEADER,
     MASTER_KEY,
@@ -73,6 +75,10 @@ GOLDEN = {
     "gemini": Golden(400, 800, 70, 20,
                      (400 * Decimal("0.30") + 800 * Decimal("0.03") + 70 * Decimal("2.50")) / M,
                      "Hello from the fake Gemini."),
+    # The same model on Vertex AI, the same prices.
+    "vertex": Golden(400, 800, 70, 20,
+                     (400 * Decimal("0.30") + 800 * Decimal("0.03") + 70 * Decimal("2.50")) / M,
+                     "Hello from the fake Gemini."),
     # gpt-4o-mini: $0.15 in, $0.075 cached, $0.60 out per million; 800 of 1000 cached.
     "openai": Golden(200, 800, 50, 0,
                      (200 * Decimal("0.15") + 800 * Decimal("0.075") + 50 * Decimal("0.60")) / M,
@@ -94,10 +100,23 @@ def gemini_fixture() -> Iterator[FakeGemini]:
         yield fake
 
 
+@pytest.fixture(name="vertex", scope="module")
+def vertex_fixture() -> Iterator[FakeVertex]:
+    with run_in_thread(FakeVertex(make_rsa_key())) as fake:
+        yield fake
+
+
 @pytest.fixture(name="proxy")
 def proxy_fixture(tmp_path: Path, lago: FakeLago, gemini: FakeGemini, upstream: FakeOpenAI,
-                  claude: FakeAnthropic) -> Iterator[RunningProxy]:
+                  claude: FakeAnthropic, vertex: FakeVertex) -> Iterator[RunningProxy]:
+    vertex.received.clear()
+    key_file = tmp_path / "vertex-key.json"
+    key_file.write_text(json.dumps(vertex.service_account()))
     cfg = config_dict([
+        {"model_name": "vertex", "litellm_params": {
+            "model": "vertex_ai/gemini-2.5-flash", "vertex_credentials": str(key_file),
+            "api_base": vertex.url, "vertex_project": "tg-project",
+            "vertex_location": "europe-west4"}},
         {"model_name": "gemini", "litellm_params": {
             "model": "gemini/gemini-2.5-flash", "api_base": gemini.base_url,
             "api_key": UPSTREAM_KEY}},
@@ -127,17 +146,22 @@ def client(proxy: RunningProxy, key: str) -> genai.Client:
         retry_options=types.HttpRetryOptions(attempts=1)))
 
 
-def _script(gemini: FakeGemini, upstream: FakeOpenAI, claude: FakeAnthropic) -> None:
-    gemini.script.prompt_tokens, gemini.script.cached_tokens = 1200, 800
-    gemini.script.candidates_tokens, gemini.script.thoughts_tokens = 50, 20
+def _script(gemini: FakeGemini, upstream: FakeOpenAI, claude: FakeAnthropic,
+            vertex: FakeVertex) -> None:
+    for script in (gemini.script, vertex.script):
+        script.prompt_tokens, script.cached_tokens = 1200, 800
+        script.candidates_tokens, script.thoughts_tokens = 50, 20
     upstream.prompt_tokens, upstream.cached_tokens, upstream.completion_tokens = 1000, 800, 50
     claude.input_tokens, claude.cache_read_tokens, claude.output_tokens = 1200, 800, 300
 
 
 def _received(kind: str, gemini: FakeGemini, upstream: FakeOpenAI,
-              claude: FakeAnthropic) -> list[Any]:
+              claude: FakeAnthropic, vertex: FakeVertex | None = None) -> list[Any]:
     if kind == "gemini":
         return [r for r in gemini.received if ":" in r.path]
+    if kind == "vertex":
+        assert vertex is not None
+        return [r for r in vertex.received if ":" in r.path]
     if kind == "openai":
         return [r for r in upstream.received if r.path == "/v1/chat/completions"]
     if kind == "anthropic":
@@ -148,9 +172,9 @@ def _received(kind: str, gemini: FakeGemini, upstream: FakeOpenAI,
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 @pytest.mark.parametrize("kind", list(GOLDEN))
 def test_golden_billed_usage(proxy: RunningProxy, lago: FakeLago, key: str, gemini: FakeGemini,
-                             upstream: FakeOpenAI, claude: FakeAnthropic, kind: str,
-                             stream: bool) -> None:
-    _script(gemini, upstream, claude)
+                             upstream: FakeOpenAI, claude: FakeAnthropic, vertex: FakeVertex,
+                             kind: str, stream: bool) -> None:
+    _script(gemini, upstream, claude, vertex)
     want = GOLDEN[kind]
     config = types.GenerateContentConfig(system_instruction="Be brief.", temperature=0.2,
                                          max_output_tokens=500)
@@ -181,7 +205,7 @@ def test_golden_billed_usage(proxy: RunningProxy, lago: FakeLago, key: str, gemi
     assert usage.prompt_token_count == want.uncached + want.cache_read
     assert (usage.cached_content_token_count or 0) == want.cache_read
     assert (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0) == want.output
-    calls = _received(kind, gemini, upstream, claude)
+    calls = _received(kind, gemini, upstream, claude, vertex)
     if kind == "mock":
         return
     assert len(calls) == 1
@@ -192,6 +216,12 @@ def test_golden_billed_usage(proxy: RunningProxy, lago: FakeLago, key: str, gemi
             "streamGenerateContent" if stream else "generateContent")
         assert (got.query == "alt=sse") is stream
         assert got.body["systemInstruction"]["parts"] == [{"text": "Be brief."}]
+        assert got.body["generationConfig"] == {"temperature": 0.2, "maxOutputTokens": 500}
+    elif kind == "vertex":  # passed through, with the service account's token
+        assert got.path == ("/v1/projects/tg-project/locations/europe-west4/publishers/"
+                            "google/models/gemini-2.5-flash:" + (
+                                "streamGenerateContent" if stream else "generateContent"))
+        assert got.headers["Authorization"].startswith("Bearer ")
         assert got.body["generationConfig"] == {"temperature": 0.2, "maxOutputTokens": 500}
     else:  # translated
         body = got.body

@@ -9,7 +9,8 @@ Routes (from Google's generateContent reference): ``POST /v1beta/models/{model}:
 generateContent``, ``:streamGenerateContent`` (``?alt=sse``: SSE events separated by
 CRLF CRLF, as Google sends them; without it one JSON array), ``:embedContent``,
 ``:batchEmbedContents``, ``:countTokens`` (``contents`` or a whole
-``generateContentRequest``; ``totalTokens`` counted as text / 4). The key goes in ``x-goog-api-key`` (or ``?key=``): a missing key
+``generateContentRequest``; ``totalTokens`` counted as text / 4). The key goes in
+``x-goog-api-key`` (or ``?key=``): a missing key
 is 403 PERMISSION_DENIED, a wrong one 400 INVALID_ARGUMENT (API_KEY_INVALID), as Google
 answers. Bodies are checked as Google checks them: unknown fields (in either the
 camelCase or the snake_case JSON names), empty contents or parts, roles other than
