@@ -125,6 +125,10 @@ def proxy_fixture(tmp_path: Path, lago: FakeLago, gemini: FakeGemini, upstream: 
         {"model_name": "mock", "litellm_params": {
             "model": "mock/golden", "mock_response": MOCK_REPLY,
             "input_cost_per_token": "0.000001", "output_cost_per_token": "0.000002"}},
+        {"model_name": "gemini-embed", "litellm_params": {
+            "model": "gemini/gemini-embedding-001", "api_base": gemini.base_url,
+            "api_key": UPSTREAM_KEY, "input_cost_per_token": "0.00000015"}},
+        openai_entry("openai-embed", upstream.base_url, model="text-embedding-3-small"),
     ], tmp_path)
     with run_proxy(proxy_settings(tmp_path, cfg, lago_env(lago))) as proxy:
         yield proxy
@@ -356,3 +360,47 @@ def test_errors_in_googles_shape(proxy: RunningProxy, lago: FakeLago, key: str,
         _google_error(caught.value, 401, "UNAUTHENTICATED")
         assert "sk-not-a-key" not in (caught.value.message or "")
     assert lago.stored == []  # nothing billed for a failed call
+
+
+def test_models_listed_in_googles_shape(proxy: RunningProxy, key: str) -> None:
+    with client(proxy, key) as c:
+        names = [m.name for m in c.models.list()]
+        one = c.models.get(model="gemini")
+    assert names == ["models/vertex", "models/gemini", "models/openai", "models/anthropic",
+                     "models/mock", "models/gemini-embed", "models/openai-embed"]
+    assert one.name == "models/gemini" and one.supported_actions is not None
+    assert "generateContent" in one.supported_actions
+
+
+def test_embeddings_passed_through_and_translated(proxy: RunningProxy, lago: FakeLago,
+                                                  key: str, gemini: FakeGemini,
+                                                  upstream: FakeOpenAI) -> None:
+    """``:batchEmbedContents`` (google-genai) and ``:embedContent`` to gemini/ (the
+    stand-in's usage: text / 4 per text) and to an OpenAI embedding model (its usage:
+    ``prompt_tokens``), billed on input tokens."""
+    upstream.prompt_tokens = 6
+    texts = [types.Content(parts=[types.Part(text=t)]) for t in ("Hello world", "Goodbye")]
+    with client(proxy, key) as c:
+        native = c.models.embed_content(model="gemini-embed", contents=texts)
+        translated = c.models.embed_content(model="openai-embed", contents=texts)
+    for answer, dim in ((native, 4), (translated, 8)):
+        assert answer.embeddings is not None and len(answer.embeddings) == 2
+        assert all(e.values is not None and len(e.values) == dim for e in answer.embeddings)
+    sent = gemini.received[-1]
+    assert sent.path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    assert {r["model"] for r in sent.body["requests"]} == {"models/gemini-embedding-001"}
+    assert upstream.received[-1].body["input"] == ["Hello world", "Goodbye"]
+    one = http("POST", f"{proxy.base_url}/v1beta/models/gemini-embed:embedContent",
+               {"content": {"parts": [{"text": "Hello world"}]}}, key=None,
+               headers={"x-goog-api-key": key})
+    assert one.status == 200, one.text
+    assert len(one.json()["embedding"]["values"]) == 4
+    wait_for(lambda: len(lago.stored) == 3)
+    by_model = sorted((ev.properties["model"], ev.properties["input_tokens"],
+                       Decimal(ev.properties["response_cost"])) for ev in lago.stored)
+    # gemini-embed: 11 / 4 + 7 / 4 = 2 + 1 tokens, then 2, at the override's $0.15 per
+    # million; text-embedding-3-small: 6 tokens at $0.02 per million.
+    assert by_model == [("gemini-embedding-001", 2, 2 * Decimal("0.15") / M),
+                        ("gemini-embedding-001", 3, 3 * Decimal("0.15") / M),
+                        ("text-embedding-3-small", 6, 6 * Decimal("0.02") / M)]
+    assert all(ev.external_subscription_id == CUSTOMER for ev in lago.stored)

@@ -1,7 +1,8 @@
 """The Gemini-shaped door: Google's Gemini API for Gemini CLI and Google's SDKs.
 
 ``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent`` (``?alt=sse``
-for SSE; without it one JSON array, as Google answers) and ``:countTokens``; the model
+for SSE; without it one JSON array, as Google answers), ``:countTokens``,
+``:embedContent`` and ``:batchEmbedContents`` (``gemini_embed``); the model
 group is the ``{model}`` path segment, the key is ``x-goog-api-key`` or ``?key=`` (the
 master key or a virtual key). Two ways through, by the deployment the policy picks:
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import orjson
@@ -29,6 +31,12 @@ from aiohttp import web
 
 from tallygate import engine
 from tallygate.doors.gemini_answers import GeminiChunkEncoder, GeminiFramer, to_gemini
+from tallygate.doors.gemini_embed import (
+    EMBED_METHODS,
+    embed_params,
+    native_answer,
+    to_gemini_embeddings,
+)
 from tallygate.doors.gemini_to_chat import GeminiTranslation, fields
 from tallygate.engine import CallContext, ChatStream
 from tallygate.errors import InternalError, NotFoundError, TallygateError, UpstreamError
@@ -60,7 +68,7 @@ STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSIO
                 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
                 501: "NOT_IMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
                 504: "DEADLINE_EXCEEDED"}
-METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+METHODS = ("generateContent", "streamGenerateContent", "countTokens", *EMBED_METHODS)
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -147,6 +155,11 @@ class GeminiRoute:
             return error_response(exc)
         if method == "countTokens":
             return await self.count_tokens(request, model)
+        if method in EMBED_METHODS:
+            return await self.calls.run(request, "gemini_embed",
+                                        partial(embed_params, batch=method != "embedContent"),
+                                        partial(self._embed, method=method),
+                                        on_error=error_response, model=model)
         stream = method == "streamGenerateContent"
         route = "gemini_stream" if stream else "gemini"
 
@@ -242,6 +255,37 @@ class GeminiRoute:
         return await serve_stream(request, chat_stream, self._content_type(headers, array),
                                   write, lambda exc: self._error_frame(framer, exc))
 
+    # -- embeddings ------------------------------------------------------------------
+
+    async def _embed(self, request: web.Request, params: dict[str, Any],
+                     deployment: Deployment, ctx: CallContext, *,
+                     method: str) -> web.StreamResponse:
+        headers = self._headers(ctx.call_id)
+        provider = _native(deployment)
+        if provider is not None and deployment.provider == "gemini":
+            # Google wants each request to name the URL's model: the deployment's.
+            body = dict(params["body"])
+            name = f"models/{deployment.model}"
+            if params["batch"]:
+                body["requests"] = [{**r, "model": name} for r in body["requests"]]
+            elif "model" in body:
+                body["model"] = name
+            upstream = provider.gemini_request(deployment, method, orjson.dumps(body))
+            result, event = await engine.forward(
+                deployment, upstream, native_answer(params["input"]), params, ctx, self.gw,
+                self.gw.prices, kind="embedding")
+            answer = result.raw or orjson.dumps(result.body)
+        else:
+            embed = {"model": deployment.model, "input": params["input"]}
+            if params.get("dimensions") is not None:
+                embed["dimensions"] = params["dimensions"]
+            result, event = await engine.embedding(deployment, embed, ctx, self.gw,
+                                                   self.gw.prices)
+            answer = orjson.dumps(to_gemini_embeddings(result.body, params["batch"]))
+        if event.cost is not None:
+            headers[COST_HEADER] = format_decimal(event.cost)
+        return web.Response(body=answer, headers=headers, content_type="application/json")
+
     # -- countTokens -----------------------------------------------------------------
 
     async def count_tokens(self, request: web.Request, model: str) -> web.StreamResponse:
@@ -288,9 +332,41 @@ class GeminiRoute:
                             content_type="application/json")
 
 
+    # -- models ----------------------------------------------------------------------
+
+    @staticmethod
+    def _model(name: str) -> dict[str, Any]:
+        return {"name": f"models/{name}", "displayName": name,
+                "supportedGenerationMethods": list(METHODS)}
+
+    async def list_models(self, request: web.Request) -> web.StreamResponse:
+        """The model groups in Google's ``ListModelsResponse`` shape (one page)."""
+        try:
+            await self.gw.access.authenticate(request)
+        except TallygateError as exc:
+            return error_response(exc)
+        body = {"models": [self._model(n) for n in self.gw.model_names()]}
+        return web.Response(body=orjson.dumps(body), content_type="application/json",
+                            headers={REQUEST_ID_HEADER: new_call_id()})
+
+    async def get_model(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["model"]
+        try:
+            await self.gw.access.authenticate(request)
+            model_group(self.gw, name)
+        except TallygateError as exc:
+            return error_response(exc)
+        return web.Response(body=orjson.dumps(self._model(name)),
+                            content_type="application/json",
+                            headers={REQUEST_ID_HEADER: new_call_id()})
+
+
 def add_gemini_routes(app: web.Application, gw: Gateway) -> None:
     """``POST /v1beta/models/{model}:{method}`` (and under ``/v1``, which Google serves
-    too)."""
+    too); ``GET /v1beta/models`` and ``/v1beta/models/{model}`` in Google's shape (under
+    ``/v1`` the OpenAI-shaped models routes answer)."""
     route = GeminiRoute(gw)
     for version in ("v1beta", "v1"):
         app.router.add_post(f"/{version}/models/{{target:.+}}", route.dispatch)
+    app.router.add_get("/v1beta/models", route.list_models)
+    app.router.add_get("/v1beta/models/{model:.+}", route.get_model)
