@@ -404,3 +404,37 @@ def test_embeddings_passed_through_and_translated(proxy: RunningProxy, lago: Fak
                         ("gemini-embedding-001", 3, 3 * Decimal("0.15") / M),
                         ("text-embedding-3-small", 6, 6 * Decimal("0.02") / M)]
     assert all(ev.external_subscription_id == CUSTOMER for ev in lago.stored)
+
+
+@pytest.mark.parametrize("kind", ["gemini", "openai"])
+async def test_stream_left_by_the_client(proxy: RunningProxy, lago: FakeLago, key: str,
+                                         gemini: FakeGemini, upstream: FakeOpenAI,
+                                         kind: str) -> None:
+    """The client hangs up mid-stream: billed once, flagged, for what was generated (the
+    prompt as the provider reported it, the output estimated from the streamed text)."""
+    import aiohttp
+
+    gemini.script.reply_text, gemini.script.stream_chunks = "word " * 200, 200
+    gemini.script.prompt_tokens, gemini.script.candidates_tokens = 700, 400
+    upstream.reply_text, upstream.stream_chunks = "word " * 200, 200
+    upstream.prompt_tokens, upstream.completion_tokens = 700, 400
+    server = gemini if kind == "gemini" else upstream
+    server.chunk_delay = 0.02  # a 4 s stream if nobody leaves
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(f"{proxy.base_url}/v1beta/models/{kind}:streamGenerateContent"
+                            "?alt=sse", json={"contents": [{"parts": [{"text": "Talk."}]}]},
+                            headers={"x-goog-api-key": key})
+        assert resp.status == 200
+        call_id = resp.headers[CALL_ID_HEADER]
+        got = b""
+        while got.count(b"data: ") < 6:
+            got += await resp.content.readany()
+        resp.close()  # hang up mid-stream
+    wait_for(lambda: call_id in lago.events)
+    p = lago.events[call_id].properties
+    assert lago.count(call_id) == 1
+    assert "client_disconnected" in p["flags"].split(",")
+    assert p["usage_source"] == "estimated"
+    assert 0 < p["output_tokens"] < 400
+    if kind == "gemini":  # every Gemini chunk carries the prompt count
+        assert p["uncached_input_tokens"] == 700
