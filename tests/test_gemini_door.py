@@ -354,6 +354,11 @@ def test_errors_in_googles_shape(proxy: RunningProxy, lago: FakeLago, key: str,
         with pytest.raises(genai_errors.ClientError) as caught:
             c.models.generate_content(model="openai", contents="hi")
         _google_error(caught.value, 429, "RESOURCE_EXHAUSTED")
+    unserved = http("POST", f"{proxy.base_url}/v1beta/models/gemini:predictLongRunning", {},
+                    key=None, headers={"x-goog-api-key": key})
+    assert unserved.status == 404
+    assert unserved.json()["error"]["status"] == "NOT_FOUND"
+    assert ":generateContent" in unserved.json()["error"]["message"]
     with client(proxy, "sk-not-a-key") as c:
         with pytest.raises(genai_errors.ClientError) as caught:
             c.models.generate_content(model="gemini", contents="hi")

@@ -152,6 +152,9 @@ class GeminiRoute:
         try:
             model, method = _split_target(request.match_info["target"])
         except TallygateError as exc:
+            # A method we do not serve shows in /metrics, as any unserved route does.
+            self.gw.metrics.inc("tallygate_requests_total", (
+                ("route", "no_route"), ("method", request.method), ("status", "404")))
             return error_response(exc)
         if method == "countTokens":
             return await self.count_tokens(request, model)
