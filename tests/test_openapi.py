@@ -58,7 +58,7 @@ def api_schema_fixture(proxy: RunningProxy) -> Any:
 
 
 OPERATIONS = [(path, method) for path, ops in SPEC["paths"].items() for method in ops]
-AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
+AUTH = {"Authorization": f"Bearer {MASTER_KEY}", "x-goog-api-key": MASTER_KEY}
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
           checks.content_type_conformance, checks.response_schema_conformance]
 

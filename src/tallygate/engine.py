@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -70,12 +71,29 @@ class CallContext:
     price_context: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
+def priced_model(deployment: Deployment, answered_model: str | None) -> str | None:
+    """The model a call is priced as: ``model_info.base_model`` when set; else, for a
+    provider whose deployment names are not models (Azure), the model the answer
+    named (None when it named none); else the model as sent upstream."""
+    if deployment.base_model:
+        return deployment.base_model
+    provider = get_provider(deployment.provider)
+    if not provider.names_model:
+        return answered_model
+    return provider.wire_model(deployment)
+
+
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
                *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset(),
-               first_chunk_ms: int | None = None) -> UsageEvent:
-    # A deployment whose name says nothing of its model (Azure) is priced by base_model.
-    price = prices.price(deployment.provider, deployment.base_model or deployment.model, usage,
-                         deployment.price, ctx.price_context)
+               first_chunk_ms: int | None = None, answered_model: str | None = None,
+               provider_cost: Decimal | None = None,
+               variant: str | None = None) -> UsageEvent:
+    model = priced_model(deployment, answered_model)
+    if model is None and (deployment.price is None or deployment.price.is_empty()):
+        price = prices.unknown_model(deployment.provider, deployment.model)
+    else:
+        price = prices.price(deployment.provider, model or deployment.model, usage,
+                             deployment.price, variant=variant, context=ctx.price_context)
     flags = set(extra_flags)
     if price.cost is None:
         flags.add(FLAG_UNKNOWN_PRICE)
@@ -89,7 +107,7 @@ def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: P
         usage=usage, cost=price.cost, customer=ctx.customer, kind=kind,
         end_user=ctx.end_user, user_id=ctx.user_id, team_id=ctx.team_id, key_id=ctx.key_id,
         price_source=price.source, flags=frozenset(flags), metadata=ctx.metadata,
-        unpriced=price.unpriced, first_chunk_ms=first_chunk_ms)
+        unpriced=price.unpriced, first_chunk_ms=first_chunk_ms, provider_cost=provider_cost)
 
 
 def failure_event(ctx: CallContext, deployment: Deployment | None,
@@ -125,7 +143,19 @@ def _counted(usage: Usage | None) -> Usage | None:
     return usage if usage is not None and usage.prompt_tokens > 0 else None
 
 
-def _estimated_embedding(params: Mapping[str, Any]) -> Usage:
+def _with_estimated_requests(usage: Usage, provider: Provider, deployment: Deployment,
+                             params: Mapping[str, Any]) -> Usage:
+    """An estimate keeps the per-request fees the provider charges whatever the answer
+    (Perplexity's search fee): the request was made, so it is billed."""
+    if usage.requests:
+        return usage
+    items = provider.estimated_requests(deployment, params)
+    return replace(usage, requests=items) if items else usage
+
+
+def _estimated_embedding_usage(params: Mapping[str, Any]) -> Usage:
+    """Input tokens estimated from the input (texts, or token ids counted as they are),
+    for a provider that reports no usage or no valid one."""
     value = params.get("input")
     items = [value] if isinstance(value, str) else list(value or ())
     if items and all(isinstance(i, int) for i in items):
@@ -161,6 +191,10 @@ async def _post(provider: Provider, deployment: Deployment,
     return resp
 
 
+# For the other call kinds (tallygate.media): the same credentials handling.
+authorized_post = _post
+
+
 async def _open_stream(provider: Provider, deployment: Deployment, request: UpstreamRequest
                        ) -> tuple[Any, transport.UpstreamStream]:
     """Open an upstream stream: (its context manager, the answer), entered. Fetched
@@ -188,11 +222,15 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
                               "choices", "a chat completion")
         usage = _counted(result.usage)
         if usage is None:
-            usage = _estimated_usage(params, _answer_text(result.body), result.usage)
+            usage = _with_estimated_requests(
+                _estimated_usage(params, _answer_text(result.body), result.usage),
+                provider, deployment, params)
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    event = make_event(ctx, deployment, usage, prices, kind=kind)
+    event = make_event(ctx, deployment, usage, prices, kind=kind,
+                       answered_model=result.answered_model,
+                       provider_cost=result.provider_cost)
     await recorder.record(event)
     return result, event
 
@@ -236,8 +274,9 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    usage = _counted(result.usage) or _estimated_embedding(params)
-    event = make_event(ctx, deployment, usage, prices, kind="embedding")
+    usage = _counted(result.usage) or _estimated_embedding_usage(params)
+    event = make_event(ctx, deployment, usage, prices, kind="embedding",
+                       answered_model=result.answered_model)
     await recorder.record(event)
     return result, event
 
@@ -430,7 +469,9 @@ class ChatStream:
             final = dec.done or dec.usage_final
             usage = _counted(dec.usage) if final else None
             if usage is None:
-                usage = _estimated_usage(self._params, dec.output_text(), dec.usage)
+                usage = _with_estimated_requests(
+                    _estimated_usage(self._params, dec.output_text(), dec.usage),
+                    self._provider, self.deployment, self._params)
             flags = {FLAG_STREAM}
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)
@@ -438,7 +479,10 @@ class ChatStream:
                 flags.add(FLAG_INCOMPLETE)
             event = make_event(self.ctx, self.deployment, usage, self._prices,
                                kind=self._kind, extra_flags=frozenset(flags),
-                               first_chunk_ms=self._first_chunk_ms)
+                               first_chunk_ms=self._first_chunk_ms,
+                               answered_model=(None if self._provider.names_model
+                                               else dec.answered_model()),
+                               provider_cost=dec.provider_cost)
             self.event = event
             await self._recorder.record(event)
         except BaseException as exc:

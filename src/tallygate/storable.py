@@ -10,12 +10,25 @@ before anything is sent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from tallygate.errors import BadRequestError
 
 # Deepest nesting kept (the event itself adds a few levels; the encoder stops at 254).
 MAX_DEPTH = 32
+
+
+# The admitted params the usage event or the ledger keeps, on every door.
+KEPT_PARAMS = ("user", "safety_identifier", "metadata")
+
+
+def check_kept(params: Mapping[str, Any]) -> None:
+    """Raise a 400 for the first kept param (``KEPT_PARAMS``) that cannot be stored."""
+    for name in KEPT_PARAMS:
+        value = params.get(name)
+        if value is not None:
+            check_storable(value, name)
 
 
 def check_storable(value: Any, param: str) -> None:

@@ -415,6 +415,9 @@ class VirtualKeyPolicy:
         ``max_reservation_usd`` when a price is unknown; never more than the largest
         budget it is held against (holding all of a budget keeps every other call out
         of it while this one runs, which is what bounds the overrun to one call)."""
+        if "messages" not in data and ("input" not in data or "voice" in data):
+            # Images, audio, rerank: no token bound to price; reserve the cap.
+            return self._cap_micros
         cost = worst_case_cost(data, self.settings.models.get(model, ()), self.prices)
         amount = self._cap_micros if cost is None else to_micros(cost)
         return min(amount, max(budget_caps)) if budget_caps else amount
@@ -438,7 +441,8 @@ class VirtualKeyPolicy:
                event.model, event.provider, event.provider_model, event.kind,
                # The ledger keeps four columns: audio input counts as uncached input,
                # every cache write as a write, audio output as output.
-               u.input_tokens + u.audio_input_tokens, u.cache_read_tokens,
+               u.input_tokens + u.audio_input_tokens + u.image_input_tokens,
+               u.cache_read_tokens,
                u.cache_write_all_tokens, u.completion_tokens,
                None if event.cost is None else format_decimal(event.cost),
                "billed" if event.customer else "unattributed", ",".join(sorted(event.flags)),

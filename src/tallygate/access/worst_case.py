@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from tallygate.engine import priced_model
 from tallygate.price_fields import STANDARD_TIERS, requested_tier
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
@@ -198,9 +199,12 @@ def worst_case_cost(params: Mapping[str, Any], deployments: Sequence[Deployment]
                else None)
     worst = Decimal(0)
     for deployment in deployments:
+        model = priced_model(deployment, None)
+        if model is None and (deployment.price is None or deployment.price.is_empty()):
+            return None  # no model to price it as (Azure without base_model): unknown
         for usage in worst_case_usages(params, deployment):
-            price = prices.price(deployment.provider, deployment.base_model or deployment.model,
-                                 usage, deployment.price, context)
+            price = prices.price(deployment.provider, model or deployment.model, usage,
+                                 deployment.price, context=context)
             if price.cost is None:
                 return None
             worst = max(worst, price.cost)

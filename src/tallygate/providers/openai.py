@@ -128,10 +128,10 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue
             if not isinstance(chunk, dict):
                 continue
-            usage = chunk.get("usage")
+            usage = self.usage_field(chunk)
             if isinstance(usage, dict):
                 # An invalid usage object reads as None: the call is then estimated.
-                self.usage = Usage.from_openai(usage)
+                self.usage = self.read_usage(chunk, usage)
                 self.usage_final = self.usage is not None
             choices = chunk.get("choices") or ()
             if choices:
@@ -140,11 +140,19 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue  # the usage-only chunk the caller did not ask for
             if usage and choices and not self._include_usage:
                 chunk = dict(chunk)
-                chunk.pop("usage")
+                chunk.pop("usage", None)
                 out.append(StreamItem(chunk, b"data: " + orjson.dumps(chunk) + b"\n\n"))
                 continue
             out.append(StreamItem(chunk, b"data: " + payload + b"\n\n"))
         return out
+
+    def usage_field(self, chunk: dict[str, Any]) -> Any:
+        """Where a parsed chunk keeps its usage (Groq's older streams: ``x_groq``)."""
+        return chunk.get("usage")
+
+    def read_usage(self, chunk: dict[str, Any], usage: dict[str, Any]) -> Usage | None:
+        """The usage of the chunk that carries it (a provider may read more of it)."""
+        return Usage.from_openai(usage)
 
     def output_text(self) -> str:
         """The text and tool arguments streamed so far; parts of chunks that are not in
@@ -188,7 +196,7 @@ class CompletionStreamDecoder(OpenAIStreamDecoder):
         return "".join(parts)
 
 
-def _completion_body(params: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
+def completion_body(params: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
     """The body with the deployment's model; a stream always asks for its usage (as
     ``chat_request`` does, kept apart so the chat path stays as it is)."""
     body = dict(params)
@@ -225,6 +233,13 @@ class OpenAIProvider(Provider, NativeCompletions):
 
     def _base(self, deployment: Deployment) -> str:
         return (deployment.api_base or self.default_api_base or "").rstrip("/")
+
+    def media_request(self, deployment: Deployment, path: str, body: bytes,
+                      content_type: str) -> UpstreamRequest:
+        headers = json_headers(self.api_key(deployment, os.environ), deployment.headers)
+        headers["Content-Type"] = content_type
+        headers["Accept"] = "*/*"  # speech answers audio bytes
+        return UpstreamRequest(f"{self._base(deployment)}/{path}", headers, body)
 
     def chat_request(self, deployment: Deployment, params: dict[str, Any],
                      stream: bool) -> UpstreamRequest:
@@ -269,7 +284,7 @@ class OpenAIProvider(Provider, NativeCompletions):
         return UpstreamRequest(
             url=self._base(deployment) + "/completions",
             headers=json_headers(self.api_key(deployment, os.environ), deployment.headers),
-            body=orjson.dumps(_completion_body(params, deployment.model, stream)),
+            body=orjson.dumps(completion_body(params, deployment.model, stream)),
         )
 
     def completion_response(self, deployment: Deployment, body: bytes) -> ChatResult:
