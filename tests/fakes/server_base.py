@@ -168,11 +168,14 @@ class FakeServer:
             return web.Response(status=raw.status, body=raw.body, headers=headers)
         response = web.StreamResponse(status=raw.status, headers=headers)
         await response.prepare(request)
-        for frame in raw.body:
-            await response.write(frame)
-            if self.chunk_delay:
-                await asyncio.sleep(self.chunk_delay)
-        await response.write_eof()
+        try:
+            for frame in raw.body:
+                await response.write(frame)
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the gateway stopped reading (it does after an error event): fine
         return response
 
     def error(self, status: int, message: str, error_type: str | None = None) -> web.Response:
