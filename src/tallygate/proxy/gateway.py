@@ -19,6 +19,7 @@ from tallygate.metering.delivery import DeliveryWorker
 from tallygate.metering.group_commit import GroupCommitter
 from tallygate.metering.outbox import Outbox
 from tallygate.pricing import PriceBook
+from tallygate.proxy import loop_lag
 from tallygate.proxy.access import AccessPolicy
 from tallygate.proxy.metrics import CustomerLabels, Labels, Metrics
 from tallygate.proxy.metrics_share import MetricsShare
@@ -50,6 +51,8 @@ class Gateway:
         self._writer: GroupCommitter[tuple[UsageEvent, tuple[str, ...]]] | None = None
         self.worker: DeliveryWorker | None = None
         self.ledger_sink: LedgerSink | None = None
+        interval = loop_lag.interval_from_env(settings.extra.get("environ") or os.environ)
+        self.loop_lag = loop_lag.LoopLagSampler(interval) if interval else None
         self.started_at = time.time()
         self._queue_gauge_cache: list[tuple[Labels, float]] = []
         self._queue_age_cache: list[tuple[Labels, float]] = []
@@ -97,6 +100,8 @@ class Gateway:
         from tallygate.metering.factory import open_outbox
 
         self.prices.warm()
+        if self.loop_lag is not None:
+            self.loop_lag.start()
         url = self.settings.database_url or self.settings.default_database_path()
         self.outbox = await open_outbox(url)
         self._writer = GroupCommitter(self._write_outbox)
@@ -170,6 +175,8 @@ class Gateway:
     async def stop(self) -> None:
         from tallygate import transport
 
+        if self.loop_lag is not None:
+            self.loop_lag.stop()
         if self._writer is not None:
             await self._writer.wait_idle()
         if self.metrics_share is not None:
