@@ -128,7 +128,7 @@ async def reserve_many(db: Database, items: Sequence[Reservation]) -> list[Excee
     commit), each under a savepoint so that a refused call rolls back alone."""
     now = wall_ms()
     if isinstance(db, SQLiteDatabase):
-        return db.transaction(lambda conn: [
+        return await db.write(lambda conn: [
             _reserve_sqlite(conn, call_id, scopes, amount, now) if scopes else None
             for call_id, scopes, amount in items])
     assert isinstance(db, PostgresDatabase)
@@ -214,7 +214,7 @@ async def settle(db: Database, call_id: str, scopes: Sequence[Scope],
     release. A call whose ledger row is already there is left alone (settled once)."""
     held = set(reserved)
     if isinstance(db, SQLiteDatabase):
-        db.transaction(lambda conn: _settle_sqlite(conn, call_id, scopes, held, cost_micros,
+        await db.write(lambda conn: _settle_sqlite(conn, call_id, scopes, held, cost_micros,
                                                    ledger_row))
         return
     assert isinstance(db, PostgresDatabase)
@@ -233,7 +233,7 @@ async def settle_many(db: Database, items: Sequence[Settlement]) -> None:
             for call_id, scopes, reserved, cost, row in items:
                 _settle_sqlite(conn, call_id, scopes, set(reserved), cost, row)
 
-        db.transaction(run)
+        await db.write(run)
         return
     assert isinstance(db, PostgresDatabase)
     async with db.pool.acquire() as conn, conn.transaction():
