@@ -1,16 +1,19 @@
-"""Event-loop lag, sampled: how late a timer due every ``interval`` actually runs.
+"""Event-loop lag, sampled: how long the loop takes to run a callback posted to it.
 
-A timer that fires late was kept waiting by whatever held the loop (a callback, a
-synchronous database call, JSON work): at one call at a time its lateness is that
-task's hold time. Off unless ``TALLYGATE_LOOP_LAG_SAMPLE_MS`` is set (the benchmark
-sets it); then ``GET /debug/loop-lag`` returns the figures since the last reset
-(``?reset=1`` starts a new window).
+A probe that waits was kept waiting by whatever held the loop (a callback, a
+synchronous database call, JSON work): at one call at a time that is the task's hold
+time; under load it also counts the other callbacks ready before it. Off unless
+``TALLYGATE_LOOP_LAG_SAMPLE_MS`` is set (the benchmark sets it); then
+``GET /debug/loop-lag`` returns the figures since the last reset (``?reset=1`` starts a
+new window).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,32 +35,47 @@ def interval_from_env(environ: Mapping[str, str] | None = None) -> float | None:
 
 
 class LoopLagSampler:
+    """A thread that, every ``interval``, asks the loop to run a callback and records
+    how long the loop took to get to it: the rest of whatever held it then. (A timer
+    on the loop would not do: uvloop's clock and timers are in whole milliseconds.)"""
+
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
         self._lags: list[float] = []
-        self._handle: asyncio.TimerHandle | None = None
-        self._due = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._arrived = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._schedule()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="tallygate-loop-lag",
+                                        daemon=True)
+        self._thread.start()
 
-    def _schedule(self) -> None:
-        assert self._loop is not None
-        self._due = self._loop.time() + self.interval_s
-        self._handle = self._loop.call_at(self._due, self._tick)
+    def _run(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while not self._stop.wait(self.interval_s):
+            self._arrived.clear()
+            try:
+                loop.call_soon_threadsafe(self._record, time.perf_counter())
+            except RuntimeError:  # the loop closed
+                return
+            self._arrived.wait(1.0)  # one probe in flight at a time
 
-    def _tick(self) -> None:
-        assert self._loop is not None
+    def _record(self, sent: float) -> None:
         if len(self._lags) < MAX_SAMPLES:
-            self._lags.append(max(self._loop.time() - self._due, 0.0))
-        self._schedule()
+            self._lags.append(time.perf_counter() - sent)
+        self._arrived.set()
 
     def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._stop.set()
+        self._arrived.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None
 
     def figures(self, reset: bool = False) -> dict[str, Any]:
         lags = sorted(self._lags)
