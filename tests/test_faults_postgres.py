@@ -118,7 +118,7 @@ def test_two_gateways_on_one_postgres_deliver_each_event_once(
     assert set(sent) == set(ok)
     assert [tid for tid, n in sent.items() if n > 1] == []
 
-    status = outbox_cli(pg_url, "status")
+    status = outbox_cli(pg_url, "status", "--sink", "lago")
     assert status.returncode == 0, status.stderr
     counts = status_counts(status.stdout)
     assert (counts["delivered"], counts["pending"], counts["dead"]) == ("500", "0", "0")

@@ -207,13 +207,18 @@ def test_refused_key_pauses_delivery_until_fixed(tmp_path: Path, lago: FakeLago,
         ok = ok_call_ids(asyncio.run(load(proc.base_url, 60, concurrency=8)))
         assert len(ok) == 60   # the callers never notice
         wait_for(lambda: readiness(proc.base_url)["status"] == "degraded", timeout=10)
+        wait_for(lambda: readiness(proc.base_url)["sinks"]["ledger"]["delivered"] == 60,  # type: ignore[index]
+                 timeout=10)
         body = readiness(proc.base_url)
         sink = body["sinks"]["lago"]  # type: ignore[index]
         assert sink["paused"] is True, body
         assert str(refusal) in sink["last_error"], body
         assert "lago-wrong-key" not in str(body)
         outbox = body["outbox"]
-        assert outbox["dead"] == 0 and outbox["delivered"] == 0, body  # type: ignore[index]
+        # Only the ledger's rows are delivered (spend is counted while Lago refuses us).
+        ledger = body["sinks"]["ledger"]  # type: ignore[index]
+        assert ledger["delivered"] == 60 and not ledger["degraded"], body
+        assert outbox["dead"] == 0 and outbox["delivered"] == 60, body  # type: ignore[index]
         assert outbox["pending"] + outbox["inflight"] == 60, body  # type: ignore[index]
         assert proc.stop(timeout=20) == 0, proc.stderr
     assert lago.stored == []
