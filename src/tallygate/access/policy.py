@@ -395,6 +395,9 @@ class VirtualKeyPolicy:
         """The most this call can cost: the prompt estimate plus ``max_tokens`` of
         output at the dearest deployment; without a bound, ``max_reservation_usd``."""
         is_chat = "messages" in data
+        if not is_chat and ("input" not in data or "voice" in data):
+            # Images, audio, rerank: no token bound to price; reserve the cap.
+            return self._cap_micros
         max_out = self._max_output(data) if is_chat else 0
         if max_out is None:
             return self._cap_micros

@@ -38,9 +38,9 @@ def ledger_row(event: UsageEvent, data: Mapping[str, Any]) -> tuple[Any, ...]:
             event.user_id, data.get("team_id", event.team_id),
             data.get("customer_id", event.customer), event.customer, event.end_user,
             event.model, event.provider, event.provider_model, event.kind,
-            # The ledger keeps four columns: audio input counts as uncached input,
-            # every cache write as a write, audio output as output.
-            u.input_tokens + u.audio_input_tokens, u.cache_read_tokens,
+            # The ledger keeps four columns: audio and image input count as uncached
+            # input, every cache write as a write, audio output as output.
+            u.input_tokens + u.audio_input_tokens + u.image_input_tokens, u.cache_read_tokens,
             u.cache_write_all_tokens, u.completion_tokens,
             None if event.cost is None else format_decimal(event.cost),
             "billed" if event.customer else "unattributed", ",".join(sorted(event.flags)),
