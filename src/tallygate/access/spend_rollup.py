@@ -84,6 +84,7 @@ def migration(d: Dialect) -> tuple[str, ...]:
             f"GROUP BY {', '.join(str(i) for i in range(1, 2 + len(DIMENSIONS)))}")
     risk = ("CREATE INDEX access_ledger_risk ON access_ledger (ts_ms) "
             "WHERE cost IS NULL OR flags LIKE '%estimated_usage%'")
+    triggers: tuple[str, ...]
     if d == "sqlite":
         triggers = (
             f"CREATE TRIGGER access_spend_ins AFTER INSERT ON access_ledger BEGIN "

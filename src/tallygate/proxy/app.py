@@ -177,5 +177,8 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.doors.openai_responses import add_responses_routes
 
     add_responses_routes(app, gw)  # the OpenAI Responses API door
+    from tallygate.ui.routes import add_ui_routes
+
+    add_ui_routes(app, gw)  # the spend dashboard at /ui
     r.add_route("*", "/{tail:.*}", _json_404)
     return app
