@@ -14,7 +14,6 @@ import openai
 import pytest
 
 from tallygate.access.budgets import from_micros, to_micros
-
 from tests.browser_support import browser, screenshot
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.openai_server import FakeOpenAI
@@ -63,10 +62,11 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, lago: FakeLago,
         yield running
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def admin(browser: Any, proxy: RunningProxy) -> Iterator[Any]:
-    """A page signed in with the master key."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    """A page signed in with the master key (one session for the module)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900},
+                                  permissions=["clipboard-read", "clipboard-write"])
     try:
         yield sign_in(context, proxy, MASTER_KEY)
     finally:
@@ -136,7 +136,7 @@ def test_calls_appear_with_their_exact_cost(admin: Any, proxy: RunningProxy,
     made = [sdk_call(proxy, user="acme") for _ in range(2)]
     upstream.prompt_tokens, upstream.completion_tokens = 40, 7
     made.append(sdk_call(proxy, user="globex"))
-    admin.reload()
+    admin.goto(proxy.base_url + "/ui")
     for call_id, cost in made:
         row = row_of(admin, "recent_calls", call_id)
         assert row[10] == cost            # the ledger's exact Decimal text, not a float
@@ -172,7 +172,6 @@ def test_create_a_key_and_use_it(admin: Any, proxy: RunningProxy) -> None:
     admin.click("form.create button")
     plain = admin.inner_text("#new-key").strip()
     assert plain.startswith("sk-tg-")
-    admin.context.grant_permissions(["clipboard-read", "clipboard-write"])
     admin.click("button[data-copy=new-key]")
     assert admin.evaluate("navigator.clipboard.readText()") == plain
     screenshot(admin, "new-key")

@@ -15,13 +15,13 @@ def bars(title: str, points: Sequence[tuple[str, Decimal | int]], unit: str = ""
     top = max((Decimal(v) for _, v in points), default=Decimal(0))
     n = max(len(points), 1)
     step = (WIDTH - PAD) / n
-    width = max(step * 0.8, 1.0)
+    width = min(max(step * 0.8, 1.0), 48.0)
     parts = [f'<svg role="img" aria-label="{esc(title)}" viewBox="0 0 {WIDTH} {HEIGHT + 20}" '
              f'width="100%" height="{HEIGHT + 20}" xmlns="http://www.w3.org/2000/svg">',
              f'<line x1="{PAD}" y1="{HEIGHT}" x2="{WIDTH}" y2="{HEIGHT}" stroke="#b8c0cc"/>',
-             f'<text x="0" y="12">{esc(text_of(top))}{esc(unit)}</text>']
+             f'<text x="{PAD}" y="12">max {esc(text_of(top))}{esc(unit)}</text>']
     for i, (label, value) in enumerate(points):
-        h = 0.0 if top == 0 else float(Decimal(value) / top) * (HEIGHT - 16)
+        h = 0.0 if top == 0 else float(Decimal(value) / top) * (HEIGHT - 22)
         x = PAD + i * step
         parts.append(f'<rect x="{x:.1f}" y="{HEIGHT - h:.1f}" width="{width:.1f}" '
                      f'height="{h:.1f}" fill="#3b6fd8"><title>{esc(label)}: '
@@ -30,6 +30,26 @@ def bars(title: str, points: Sequence[tuple[str, Decimal | int]], unit: str = ""
         parts.append(f'<text x="{PAD}" y="{HEIGHT + 14}">{esc(points[0][0])}</text>')
         parts.append(f'<text x="{WIDTH}" y="{HEIGHT + 14}" text-anchor="end">'
                      f'{esc(points[-1][0])}</text>')
+    parts.append("</svg>")
+    return Html("".join(parts))
+
+
+def ranking(title: str, points: Sequence[tuple[str, Decimal | int]], unit: str = "") -> Html:
+    """Horizontal bars, one per labelled group (the top customers, the top models)."""
+    top = max((Decimal(v) for _, v in points), default=Decimal(0))
+    row, label_w, bar_w = 22, 170, WIDTH - 170 - 150
+    parts = [f'<svg role="img" aria-label="{esc(title)}" viewBox="0 0 {WIDTH} '
+             f'{max(len(points), 1) * row}" width="100%" height="{max(len(points), 1) * row}" '
+             'xmlns="http://www.w3.org/2000/svg">']
+    for i, (label, value) in enumerate(points):
+        w = 0.0 if top == 0 else float(Decimal(value) / top) * bar_w
+        y = i * row
+        shown = label if len(label) <= 26 else label[:25] + "…"
+        parts.append(f'<text x="0" y="{y + 15}">{esc(shown)}</text>'
+                     f'<rect x="{label_w}" y="{y + 4}" width="{max(w, 1.0):.1f}" height="14" '
+                     f'fill="#3b6fd8"><title>{esc(label)}: {esc(text_of(value))}{esc(unit)}'
+                     f'</title></rect><text x="{label_w + max(w, 1.0) + 6:.1f}" y="{y + 15}">'
+                     f'{esc(text_of(value))}{esc(unit)}</text>')
     parts.append("</svg>")
     return Html("".join(parts))
 
@@ -47,6 +67,8 @@ def meter(used: Decimal, limit: Decimal | None) -> Html:
 
 
 def chart_with_table(title: str, table: Table, points: Sequence[tuple[str, Decimal | int]],
-                     query: Sequence[tuple[str, str]], unit: str = "") -> Html:
-    return Html(f"<h2>{esc(title)}</h2>{bars(title, points, unit)}<details><summary>"
+                     query: Sequence[tuple[str, str]], unit: str = "", *,
+                     ranked: bool = False) -> Html:
+    chart = (ranking if ranked else bars)(title, points, unit)
+    return Html(f"<h2>{esc(title)}</h2>{chart}<details><summary>"
                 f"{esc(title)} as a table</summary>{table.html(query)}</details>")

@@ -3,11 +3,13 @@ the customers."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from urllib.parse import quote
 
+from tallygate.access.budgets import from_micros
 from tallygate.ui import queries
 from tallygate.ui.charts import chart_with_table, meter
-from tallygate.ui.html import Html, Table, esc, link
+from tallygate.ui.html import Cell, Html, Table, esc, link
 from tallygate.ui.view import AGG_COLUMNS, Page, Range, View, agg_cells, call_table, parse_range
 
 BREAKDOWN_TITLES = {"customer_id": "customer", "model": "model group", "provider": "provider",
@@ -47,7 +49,7 @@ def _series(view: View, r: Range, o: queries.Overview, tables: dict[str, Table])
     points_calls = []
     for bucket, agg in sorted(o.series.items()):
         label = r.label(bucket)
-        table.rows.append([label, *queries_cells(agg)])
+        table.rows.append([label, *agg_cells(agg)])
         points_cost.append((label, agg.cost))
         points_calls.append((label, agg.calls))
     tables[table.name] = table
@@ -57,10 +59,6 @@ def _series(view: View, r: Range, o: queries.Overview, tables: dict[str, Table])
     tables[calls_table.name] = calls_table
     return Html(chart_with_table(f"Spend per {per}", table, points_cost, view.query, " USD")
                 + chart_with_table(f"Calls per {per}", calls_table, points_calls, view.query))
-
-
-def queries_cells(agg: queries.Agg) -> list[object]:
-    return agg_cells(agg)
 
 
 async def _breakdowns(view: View, o: queries.Overview, tables: dict[str, Table]) -> Html:
@@ -76,10 +74,10 @@ async def _breakdowns(view: View, o: queries.Overview, tables: dict[str, Table])
             table.rows.append([cell, *agg_cells(agg)])
         tables[table.name] = table
         if dim in ("customer_id", "model"):
-            top = [(row[0].text if hasattr(row[0], "text") else str(row[0]), agg.cost)
+            top = [(row[0].text if isinstance(row[0], Cell) else str(row[0]), agg.cost)
                    for row, (_, agg) in zip(table.rows[:10], groups[:10], strict=True)]
             parts.append(chart_with_table(f"Top {title}s by spend", table, top, view.query,
-                                          " USD"))
+                                          " USD", ranked=True))
         else:
             parts.append(f"<h2>By {esc(title)}</h2>{table.html(view.query)}")
     return Html("".join(parts))
@@ -156,15 +154,10 @@ async def customers(view: View) -> Page:
     return Page("Customers", body, {table.name: table})
 
 
-def _meter_cell(used: object, limit: object) -> object:
-    from decimal import Decimal
-
-    from tallygate.ui.html import Cell
-
-    assert isinstance(used, Decimal)
-    shown = meter(used, limit if isinstance(limit, Decimal) else None)
+def _meter_cell(used: Decimal | None, limit: Decimal | None) -> Cell:
+    used = used or Decimal(0)
     text = f"{used}" + (f" / {limit}" if limit is not None else "")
-    return Cell(text, shown)
+    return Cell(text, meter(used, limit))
 
 
 async def customer(view: View, ident: str) -> Page:
@@ -175,8 +168,6 @@ async def customer(view: View, ident: str) -> Page:
     tables: dict[str, Table] = {}
     info = Table("customer", ("customer", "alias", "Lago subscription", "budget", "blocked"))
     if record is not None:
-        from tallygate.access.budgets import from_micros
-
         info.rows.append([ident, record.alias or "", record.external_subscription_id or "",
                           _meter_cell(from_micros(record.budget.spend_micros),
                                       from_micros(record.budget.max_micros)),
