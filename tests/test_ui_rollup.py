@@ -82,8 +82,14 @@ async def _insert(db: Database, rng: random.Random, n: int, start: int) -> None:
 
 
 async def _check(db: Database) -> None:
-    """The rollup's totals per customer equal the ledger's own exact sums."""
-    since, until = 1_690_000_000_000, 1_800_000_000_000
+    """Both rollups' totals per customer equal the ledger's own exact sums."""
+    day = 86_400_000
+    for since, until in ((1_690_000_000_000, 1_800_000_000_000),   # hourly rollup
+                         (19_560 * day, 20_834 * day)):            # whole days: daily
+        await _check_range(db, since, until)
+
+
+async def _check_range(db: Database, since: int, until: int) -> None:
     o = await queries.overview(db, since, until, 86_400_000)
     groups, total = await ledger.grouped(db, "customer", since_ms=since, until_ms=until)
     assert o.total.calls == total.calls and o.total.cost == total.cost

@@ -1,8 +1,10 @@
-"""The ledger's hourly spend rollup: ``access_spend_hourly``, kept by database triggers.
+"""The ledger's spend rollups, ``access_spend_hourly`` and ``access_spend_daily``, kept by
+database triggers.
 
-One row per (hour, key, customer, team, model, provider, status) with the calls, token
-buckets and cost of that hour's ledger rows, so that the dashboard's overview over a month
-of a million calls reads a few thousand rows instead of the ledger. Triggers on
+One row per (hour or UTC day, key, customer, team, model, provider, status) with the
+calls, token buckets and cost of those ledger rows, so that the dashboard's overview over
+a month of a million calls reads a few thousand daily rows instead of the ledger (and a
+day's chart per hour reads at most 24 hours of the hourly one). Triggers on
 ``access_ledger`` keep it in the same transaction as every ledger write, from any
 gateway or command (an insert adds, an update such as ``outbox assign`` moves the row
 from its old group to its new one, a delete subtracts): no process memory involved.
@@ -17,8 +19,11 @@ from __future__ import annotations
 from typing import Literal
 
 Dialect = Literal["sqlite", "postgres"]
-TABLE = "access_spend_hourly"
+HOURLY = "access_spend_hourly"
+DAILY = "access_spend_daily"
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+TABLES = ((HOURLY, HOUR_MS), (DAILY, DAY_MS))
 PICO_DIGITS = 12
 DIMENSIONS = ("key_token", "customer_id", "team_id", "model", "provider", "status")
 MEASURES = ("calls", "input_tokens", "cache_read_tokens", "cache_write_tokens",
@@ -47,11 +52,11 @@ def _pg_parts(c: str) -> tuple[str, str, str]:
     return dollars, pico, inexact
 
 
-def _values(d: Dialect, r: str, sign: str) -> list[str]:
+def _values(d: Dialect, r: str, sign: str, unit_ms: int) -> list[str]:
     """The rollup row's column values for the ledger row alias ``r`` (NEW, OLD or a table)."""
     dollars, pico, inexact = (_sqlite_parts if d == "sqlite" else _pg_parts)(f"{r}.cost")
     mul = "" if sign == "1" else f"{sign} * "
-    return [f"({r}.ts_ms / {HOUR_MS}) * {HOUR_MS}",
+    return [f"({r}.ts_ms / {unit_ms}) * {unit_ms}",
             *(f"coalesce({r}.{dim}, '')" for dim in DIMENSIONS),
             sign, f"{mul}{r}.input_tokens", f"{mul}{r}.cache_read_tokens",
             f"{mul}{r}.cache_write_tokens", f"{mul}{r}.output_tokens",
@@ -61,27 +66,31 @@ def _values(d: Dialect, r: str, sign: str) -> list[str]:
             f"{mul}{inexact}"]
 
 
-_CONFLICT = (f"ON CONFLICT (hour_ms, {', '.join(DIMENSIONS)}) DO UPDATE SET "
-             + ", ".join(f"{m} = {TABLE}.{m} + excluded.{m}" for m in MEASURES))
+def _upsert_one(d: Dialect, r: str, sign: str, table: str, unit_ms: int) -> str:
+    conflict = (f"ON CONFLICT (start_ms, {', '.join(DIMENSIONS)}) DO UPDATE SET "
+                + ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES))
+    return f"INSERT INTO {table} VALUES ({', '.join(_values(d, r, sign, unit_ms))}) {conflict}"
 
 
 def _upsert(d: Dialect, r: str, sign: str) -> str:
-    return (f"INSERT INTO {TABLE} VALUES ({', '.join(_values(d, r, sign))}) {_CONFLICT}")
+    return "; ".join(_upsert_one(d, r, sign, table, unit) for table, unit in TABLES)
 
 
 def migration(d: Dialect) -> tuple[str, ...]:
     """The forward-only step that adds the rollup, fills it from the ledger, and its
     triggers; plus the index the overview's list of billing risks reads."""
     big = "INTEGER" if d == "sqlite" else "bigint"
-    create = (f"CREATE TABLE {TABLE} (hour_ms {big} NOT NULL, "
-              + ", ".join(f"{dim} TEXT NOT NULL" for dim in DIMENSIONS) + ", "
-              + ", ".join(f"{m} {big} NOT NULL" for m in MEASURES)
-              + f", PRIMARY KEY (hour_ms, {', '.join(DIMENSIONS)}))")
-    values = _values(d, "l", "1")
-    sums = [values[0], *values[1:1 + len(DIMENSIONS)], "count(*)",
-            *(f"sum({v})" for v in values[2 + len(DIMENSIONS):])]
-    fill = (f"INSERT INTO {TABLE} SELECT {', '.join(sums)} FROM access_ledger l "
-            f"GROUP BY {', '.join(str(i) for i in range(1, 2 + len(DIMENSIONS)))}")
+    made: list[str] = []
+    for table, unit in TABLES:
+        made.append(f"CREATE TABLE {table} (start_ms {big} NOT NULL, "
+                    + ", ".join(f"{dim} TEXT NOT NULL" for dim in DIMENSIONS) + ", "
+                    + ", ".join(f"{m} {big} NOT NULL" for m in MEASURES)
+                    + f", PRIMARY KEY (start_ms, {', '.join(DIMENSIONS)}))")
+        values = _values(d, "l", "1", unit)
+        sums = [values[0], *values[1:1 + len(DIMENSIONS)], "count(*)",
+                *(f"sum({v})" for v in values[2 + len(DIMENSIONS):])]
+        made.append(f"INSERT INTO {table} SELECT {', '.join(sums)} FROM access_ledger l "
+                    f"GROUP BY {', '.join(str(i) for i in range(1, 2 + len(DIMENSIONS)))}")
     risk = ("CREATE INDEX access_ledger_risk ON access_ledger (ts_ms) "
             "WHERE cost IS NULL OR flags LIKE '%estimated_usage%'")
     triggers: tuple[str, ...]
@@ -105,4 +114,4 @@ def migration(d: Dialect) -> tuple[str, ...]:
             "CREATE TRIGGER access_spend_trg AFTER INSERT OR UPDATE OR DELETE "
             "ON access_ledger FOR EACH ROW EXECUTE FUNCTION access_spend_apply()",
         )
-    return (create, fill, risk, *triggers)
+    return (*made, risk, *triggers)

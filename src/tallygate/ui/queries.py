@@ -19,7 +19,7 @@ from tallygate.access import commands as access_commands
 from tallygate.access import held as held_calls
 from tallygate.access.budgets import from_micros
 from tallygate.access.db import Database, Row, placeholders
-from tallygate.access.spend_rollup import DIMENSIONS, PICO_DIGITS, TABLE
+from tallygate.access.spend_rollup import DAILY, HOURLY, PICO_DIGITS
 from tallygate.event import FLAG_ESTIMATED_USAGE
 from tallygate.metering.outbox import Outbox
 
@@ -76,41 +76,59 @@ class Overview:
     held: Agg = field(default_factory=Agg)
 
 
+_SUMS = ", ".join(f"sum({m}) AS {m}" for m in (
+    "calls", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+    "cost_dollars", "cost_pico", "unpriced", "estimated", "inexact"))
+
+
 async def overview(db: Database, since_ms: int, until_ms: int, bucket_ms: int, *,
                    key_token: str | None = None, customer_id: str | None = None) -> Overview:
-    """Spend per time bucket and per customer, model, provider, key and team."""
-    where = "hour_ms >= ? AND hour_ms < ?"
-    args: list[Any] = [bucket_ms, bucket_ms, since_ms, until_ms]
+    """Spend per time bucket and per customer, model, provider, key and team: from the
+    daily rollup when the range is whole days counted per day, else the hourly one.
+    Each grouping is its own GROUP BY, so the database adds and Python gets a few rows."""
+    whole_days = bucket_ms % DAY_MS == 0 and since_ms % DAY_MS == 0 and until_ms % DAY_MS == 0
+    table = DAILY if whole_days else HOURLY
+    where = "start_ms >= ? AND start_ms < ?"
+    args: list[Any] = [since_ms, until_ms]
     if key_token is not None:
         where += " AND key_token = ?"
         args.append(key_token)
     if customer_id is not None:
         where += " AND customer_id = ?"
         args.append(customer_id)
-    sums = ", ".join(f"sum({m}) AS {m}" for m in (
-        "calls", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
-        "cost_dollars", "cost_pico", "unpriced", "estimated", "inexact"))
-    dims = ", ".join(DIMENSIONS)
-    rows = await db.fetch(
-        f"SELECT (hour_ms / ?) * ? AS bucket, {dims}, {sums} FROM {TABLE} WHERE {where} "
-        f"GROUP BY 1, {dims}", *args)
+
+    async def grouped(expr: str, *head: Any) -> list[tuple[str, Agg]]:
+        rows = await db.fetch(f"SELECT {expr} AS label, {_SUMS} FROM {table} WHERE {where} "
+                              "GROUP BY 1", *head, *args)
+        out: list[tuple[str, Agg]] = []
+        for row in rows:
+            agg = Agg()
+            agg.add(row)
+            if agg.calls or agg.dollars or agg.pico:   # not a group whose rows moved away
+                out.append((str(row["label"]), agg))
+        return out
+
     out = Overview(bucket_ms)
     start = since_ms - since_ms % bucket_ms
     for t in range(start, until_ms, bucket_ms):
         out.series[t] = Agg()
+    for label, agg in await grouped("(start_ms / ?) * ?", bucket_ms, bucket_ms):
+        out.series[int(label)] = agg
+    for label, agg in await grouped("status"):
+        out.total.add(_as_row(agg))
+        if label == held_calls.HELD:
+            out.held = agg
     for name in BREAKDOWNS:
-        out.by[name] = {}
-    for row in rows:
-        if not row["calls"] and not row["cost_dollars"] and not row["cost_pico"]:
-            continue  # a group every row of which moved away (an assigned held call)
-        out.series.setdefault(int(row["bucket"]), Agg()).add(row)
-        out.total.add(row)
-        if row["status"] == held_calls.HELD:
-            out.held.add(row)
-        for name in BREAKDOWNS:
-            group = out.by[name].setdefault(str(row[name]), Agg())
-            group.add(row)
+        out.by[name] = dict(await grouped(name))
     return out
+
+
+def _as_row(a: Agg) -> dict[str, int]:
+    return {"calls": a.calls, "input_tokens": a.input_tokens,
+            "cache_read_tokens": a.cache_read_tokens,
+            "cache_write_tokens": a.cache_write_tokens, "output_tokens": a.output_tokens,
+            "cost_dollars": a.dollars, "cost_pico": a.pico, "unpriced": a.unpriced,
+            "estimated": a.estimated, "inexact": a.inexact}
 
 
 async def key_aliases(db: Database) -> dict[str, str]:
