@@ -56,7 +56,9 @@ def upstream() -> Iterator[FakeOpenAI]:
 def proxy(tmp_path_factory: pytest.TempPathFactory, lago: FakeLago,
           upstream: FakeOpenAI) -> Iterator[RunningProxy]:
     tmp_path = tmp_path_factory.mktemp("ui")
-    cfg = config_dict([openai_entry("gpt-4o-mini", upstream.base_url)], tmp_path)
+    cfg = config_dict([openai_entry("gpt-4o-mini", upstream.base_url),
+                       openai_entry("mystery", upstream.base_url, model="tg-no-such-model")],
+                      tmp_path)
     cfg["access_settings"] = {"unattributed": "hold"}
     with run_proxy(proxy_settings(tmp_path, cfg, lago_env(lago))) as running:
         yield running
@@ -136,7 +138,15 @@ def test_calls_appear_with_their_exact_cost(admin: Any, proxy: RunningProxy,
     made = [sdk_call(proxy, user="acme") for _ in range(2)]
     upstream.prompt_tokens, upstream.completion_tokens = 40, 7
     made.append(sdk_call(proxy, user="globex"))
+    unpriced = client(proxy).chat.completions.with_raw_response.create(
+        model="mystery", messages=MESSAGES, user="globex")  # type: ignore[arg-type]
+    assert COST_HEADER not in unpriced.headers          # no price known: none invented
+    mystery = unpriced.headers[CALL_ID_HEADER]
     admin.goto(proxy.base_url + "/ui")
+    assert admin.inner_text("[data-card='unknown price'] b") == "1"
+    risk = row_of(admin, "billing_risks", mystery)
+    assert risk[10] == "unknown" and "unknown_price" in risk[12]
+    assert row_of(admin, "recent_calls", mystery)[10] == "unknown"
     for call_id, cost in made:
         row = row_of(admin, "recent_calls", call_id)
         assert row[10] == cost            # the ledger's exact Decimal text, not a float

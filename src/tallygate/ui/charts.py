@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from tallygate.ui.html import Html, Table, esc, text_of
 
-WIDTH, HEIGHT, PAD = 760, 170, 28
+WIDTH, HEIGHT, PAD = 760, 120, 28
 
 
 def bars(title: str, points: Sequence[tuple[str, Decimal | int]], unit: str = "") -> Html:
@@ -17,7 +17,7 @@ def bars(title: str, points: Sequence[tuple[str, Decimal | int]], unit: str = ""
     step = (WIDTH - PAD) / n
     width = min(max(step * 0.8, 1.0), 48.0)
     parts = [f'<svg role="img" aria-label="{esc(title)}" viewBox="0 0 {WIDTH} {HEIGHT + 20}" '
-             f'width="100%" height="{HEIGHT + 20}" xmlns="http://www.w3.org/2000/svg">',
+             f'width="{WIDTH}" height="{HEIGHT + 20}" style="max-width:100%" xmlns="http://www.w3.org/2000/svg">',
              f'<line x1="{PAD}" y1="{HEIGHT}" x2="{WIDTH}" y2="{HEIGHT}" stroke="#b8c0cc"/>',
              f'<text x="{PAD}" y="12">max {esc(text_of(top))}{esc(unit)}</text>']
     for i, (label, value) in enumerate(points):
@@ -39,7 +39,7 @@ def ranking(title: str, points: Sequence[tuple[str, Decimal | int]], unit: str =
     top = max((Decimal(v) for _, v in points), default=Decimal(0))
     row, label_w, bar_w = 22, 170, WIDTH - 170 - 150
     parts = [f'<svg role="img" aria-label="{esc(title)}" viewBox="0 0 {WIDTH} '
-             f'{max(len(points), 1) * row}" width="100%" height="{max(len(points), 1) * row}" '
+             f'{max(len(points), 1) * row}" width="{WIDTH}" style="max-width:100%" height="{max(len(points), 1) * row}" '
              'xmlns="http://www.w3.org/2000/svg">']
     for i, (label, value) in enumerate(points):
         w = 0.0 if top == 0 else float(Decimal(value) / top) * bar_w

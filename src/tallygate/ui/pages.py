@@ -89,6 +89,12 @@ async def overview(view: View) -> Page:
     o = await queries.overview(view.db, r.since_ms, r.until_ms, r.bucket_ms, key_token=own)
     tables: dict[str, Table] = {}
     body: list[str] = [_range_picker(view, r, "/ui"), _cards(o), _series(view, r, o, tables)]
+    recent = await queries.recent_calls(view.db, key_token=own, limit=25)
+    states = await queries.delivery_states(view.db, _sinks(view),
+                                           [str(c["call_id"]) for c in recent])
+    recent_table = call_table("recent_calls", recent, states)
+    tables[recent_table.name] = recent_table
+    body.append(f"<h2>Recent calls</h2>{recent_table.html(view.query)}")
     if view.session.is_master:
         body.append(await _breakdowns(view, o, tables))
     else:
@@ -101,14 +107,8 @@ async def overview(view: View) -> Page:
     risk_table = call_table("billing_risks", risky_rows(risky), {},
                             empty="no unknown-price or estimated-usage calls")
     tables[risk_table.name] = risk_table
-    recent = await queries.recent_calls(view.db, key_token=own, limit=25)
-    states = await queries.delivery_states(view.db, _sinks(view),
-                                           [str(c["call_id"]) for c in recent])
-    recent_table = call_table("recent_calls", recent, states)
-    tables[recent_table.name] = recent_table
     body.append(f"<h2>Unknown-price and estimated-usage calls</h2>"
-                f"{risk_table.html(view.query)}<h2>Recent calls</h2>"
-                f"{recent_table.html(view.query)}")
+                f"{risk_table.html(view.query)}")
     title = "Overview" if view.session.is_master else "Your spend"
     return Page(title, Html("".join(body)), tables)
 
