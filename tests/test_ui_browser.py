@@ -110,6 +110,13 @@ def row_of(page: Any, table: str, text: str) -> list[str]:
     raise AssertionError(f"no row with {text!r} in table {table}: {table_rows(page, table)}")
 
 
+def row_of_containing(page: Any, table: str, text: str) -> str:
+    for row in table_rows(page, table):
+        if any(text in cell for cell in row):
+            return " ".join(row)
+    raise AssertionError(f"nothing with {text!r} in table {table}: {table_rows(page, table)}")
+
+
 def generate(proxy: RunningProxy, **spec: Any) -> str:
     reply = http("POST", proxy.base_url + "/key/generate", spec)
     assert reply.status == 200, reply.body
@@ -235,6 +242,9 @@ def test_assign_a_held_call(admin: Any, proxy: RunningProxy, lago: FakeLago) -> 
     nobody = generate(proxy, key_alias="no-payer")
     call_id, cost = sdk_call(proxy, nobody)            # no customer anywhere: held
     admin.goto(proxy.base_url + "/ui/billing")
+    admin.fill("input[name=reconcile]", "1h")
+    admin.click("button:text-is('Reconcile')")
+    assert "held unattributed" in row_of_containing(admin, "reconcile", call_id)
     row = admin.locator("tr", has_text=call_id)
     assert row_of(admin, "held_calls", call_id)[4] == cost
     row.locator("input[name=customer]").fill("hooli")
@@ -246,6 +256,10 @@ def test_assign_a_held_call(admin: Any, proxy: RunningProxy, lago: FakeLago) -> 
     assert stored.external_subscription_id == "sub_hooli"
     admin.goto(proxy.base_url + "/ui/customers/hooli")
     assert row_of(admin, "customer_calls", call_id)[10] == cost
+    wait_for(lambda: proxy.outbox_stats().pending == 0)
+    admin.goto(proxy.base_url + "/ui/billing?reconcile=1h")   # as `tallygate reconcile`
+    assert all(call_id not in r[0] for r in table_rows(admin, "reconcile"))
+    assert "call(s) in the ledger" in admin.inner_text("main")
 
 
 def test_virtual_key_sees_only_its_own_spend(browser: Any, proxy: RunningProxy) -> None:
@@ -282,12 +296,12 @@ def test_forged_actions_are_refused(admin: Any, proxy: RunningProxy) -> None:
     # The session cookie goes along, but the form token is wrong or missing: refused.
     for csrf in ("0" * 64, None):
         fields = {"token": token} if csrf is None else {"token": token, "csrf": csrf}
-        admin.evaluate("""fields => { const f = document.createElement('form');
-            f.method = 'post'; f.action = '/ui/keys/delete';
-            for (const [k, v] of Object.entries(fields)) { const i =
-                document.createElement('input'); i.name = k; i.value = v; f.append(i); }
-            document.body.append(f); f.submit(); }""", fields)
-        admin.wait_for_load_state()
+        with admin.expect_navigation():
+            admin.evaluate("""fields => { const f = document.createElement('form');
+                f.method = 'post'; f.action = '/ui/keys/delete';
+                for (const [k, v] of Object.entries(fields)) { const i =
+                    document.createElement('input'); i.name = k; i.value = v; f.append(i); }
+                document.body.append(f); f.submit(); }""", fields)
         assert "refused" in admin.inner_text("main")
     # A post from another origin with this session's own token: refused too.
     admin.goto(proxy.base_url + "/ui/keys")
