@@ -1,4 +1,4 @@
-"""The hourly spend rollup the dashboard reads (access migration 3) against the ledger it
+"""The daily spend rollup the dashboard reads (access migration 3) against the ledger it
 summarises, on SQLite and PostgreSQL: filled from the rows already there when the
 migration runs, kept exact (Decimal to the last digit) by the triggers on insert, on
 `outbox assign`'s update and on delete."""
@@ -82,9 +82,10 @@ async def _insert(db: Database, rng: random.Random, n: int, start: int) -> None:
 
 
 async def _check(db: Database) -> None:
-    """Both rollups' totals per customer equal the ledger's own exact sums."""
+    """The overview's totals per customer (from the rollup for whole days, from the
+    ledger's rows otherwise) equal the ledger's own exact sums."""
     day = 86_400_000
-    for since, until in ((1_690_000_000_000, 1_800_000_000_000),   # hourly rollup
+    for since, until in ((1_690_000_000_000, 1_800_000_000_000),   # part days: the ledger
                          (19_560 * day, 20_834 * day)):            # whole days: daily
         await _check_range(db, since, until)
 

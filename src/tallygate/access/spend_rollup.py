@@ -1,17 +1,16 @@
-"""The ledger's spend rollups, ``access_spend_hourly`` and ``access_spend_daily``, kept by
-database triggers.
+"""The ledger's daily spend rollup, ``access_spend_daily``, kept by database triggers.
 
-One row per (hour or UTC day, key, customer, team, model, provider, status) with the
-calls, token buckets and cost of those ledger rows, so that the dashboard's overview over
-a month of a million calls reads a few thousand daily rows instead of the ledger (and a
-day's chart per hour reads at most 24 hours of the hourly one). Triggers on
-``access_ledger`` keep it in the same transaction as every ledger write, from any
-gateway or command (an insert adds, an update such as ``outbox assign`` moves the row
-from its old group to its new one, a delete subtracts): no process memory involved.
+One row per (UTC day, key, customer, team, model, provider, status) with the calls, token
+buckets and cost of those ledger rows, so that the dashboard's overview over a month of a
+million calls reads a few thousand rows instead of the ledger. Ranges shorter than whole
+days (today per hour) read the ledger itself through ``ledger_select``, in the same
+shape. Triggers on ``access_ledger`` keep the rollup in the transaction of every ledger
+write, from any gateway or command (an insert adds, an update such as ``outbox assign``
+moves the row from its old group to its new one, a delete subtracts).
 
 Cost is exact: the decimal text is split into whole dollars and picodollars (10^-12),
 two integers that sum without rounding. A cost with more than 12 decimals is counted
-in ``inexact``; readers then sum that range from the ledger instead.
+in ``inexact`` and the dashboard says its totals are rounded there.
 """
 
 from __future__ import annotations
@@ -19,11 +18,9 @@ from __future__ import annotations
 from typing import Literal
 
 Dialect = Literal["sqlite", "postgres"]
-HOURLY = "access_spend_hourly"
 DAILY = "access_spend_daily"
-HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-TABLES = ((HOURLY, HOUR_MS), (DAILY, DAY_MS))
+TABLES = ((DAILY, DAY_MS),)
 PICO_DIGITS = 12
 DIMENSIONS = ("key_token", "customer_id", "team_id", "model", "provider", "status")
 MEASURES = ("calls", "input_tokens", "cache_read_tokens", "cache_write_tokens",
@@ -76,6 +73,15 @@ def _upsert(d: Dialect, r: str, sign: str) -> str:
     return "; ".join(_upsert_one(d, r, sign, table, unit) for table, unit in TABLES)
 
 
+def ledger_select(d: Dialect) -> str:
+    """The ledger's rows in the rollup's columns (``start_ms`` = the call's own time),
+    for ranges the daily rollup cannot answer; add ``WHERE l.ts_ms ...``."""
+    names = ["start_ms", *DIMENSIONS, *MEASURES]
+    values = _values(d, "l", "1", 1)
+    return "SELECT " + ", ".join(f"{v} AS {n}" for v, n in zip(values, names, strict=True)) \
+        + " FROM access_ledger l"
+
+
 def migration(d: Dialect) -> tuple[str, ...]:
     """The forward-only step that adds the rollup, fills it from the ledger, and its
     triggers; plus the index the overview's list of billing risks reads."""
@@ -85,7 +91,9 @@ def migration(d: Dialect) -> tuple[str, ...]:
         made.append(f"CREATE TABLE {table} (start_ms {big} NOT NULL, "
                     + ", ".join(f"{dim} TEXT NOT NULL" for dim in DIMENSIONS) + ", "
                     + ", ".join(f"{m} {big} NOT NULL" for m in MEASURES)
-                    + f", PRIMARY KEY (start_ms, {', '.join(DIMENSIONS)}))")
+                    + f", PRIMARY KEY (start_ms, {', '.join(DIMENSIONS)}))"
+                    # one B-tree per upsert, not a table and its key's index
+                    + (" WITHOUT ROWID" if d == "sqlite" else ""))
         values = _values(d, "l", "1", unit)
         sums = [values[0], *values[1:1 + len(DIMENSIONS)], "count(*)",
                 *(f"sum({v})" for v in values[2 + len(DIMENSIONS):])]

@@ -38,8 +38,9 @@ def ranking(title: str, points: Sequence[tuple[str, Decimal | int]], unit: str =
     """Horizontal bars, one per labelled group (the top customers, the top models)."""
     top = max((Decimal(v) for _, v in points), default=Decimal(0))
     row, label_w, bar_w = 22, 170, WIDTH - 170 - 150
-    parts = [f'<svg role="img" aria-label="{esc(title)}" viewBox="0 0 {WIDTH} '
-             f'{max(len(points), 1) * row}" width="{WIDTH}" style="max-width:100%" height="{max(len(points), 1) * row}" '
+    tall = max(len(points), 1) * row
+    parts = [f'<svg role="img" aria-label="{esc(title)}" viewBox="0 0 {WIDTH} {tall}" '
+             f'width="{WIDTH}" style="max-width:100%" height="{tall}" '
              'xmlns="http://www.w3.org/2000/svg">']
     for i, (label, value) in enumerate(points):
         w = 0.0 if top == 0 else float(Decimal(value) / top) * bar_w

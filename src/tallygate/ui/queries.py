@@ -19,7 +19,7 @@ from tallygate.access import commands as access_commands
 from tallygate.access import held as held_calls
 from tallygate.access.budgets import from_micros
 from tallygate.access.db import Database, Row, placeholders
-from tallygate.access.spend_rollup import DAILY, HOURLY, PICO_DIGITS
+from tallygate.access.spend_rollup import DAILY, PICO_DIGITS, ledger_select
 from tallygate.event import FLAG_ESTIMATED_USAGE
 from tallygate.metering.outbox import Outbox
 
@@ -84,10 +84,15 @@ _SUMS = ", ".join(f"sum({m}) AS {m}" for m in (
 async def overview(db: Database, since_ms: int, until_ms: int, bucket_ms: int, *,
                    key_token: str | None = None, customer_id: str | None = None) -> Overview:
     """Spend per time bucket and per customer, model, provider, key and team: from the
-    daily rollup when the range is whole days counted per day, else the hourly one.
-    Each grouping is its own GROUP BY, so the database adds and Python gets a few rows."""
+    daily rollup when the range is whole days counted per day, else from the ledger's
+    rows in that range (today per hour). Each grouping is its own GROUP BY, so the
+    database adds and Python gets a few rows."""
     whole_days = bucket_ms % DAY_MS == 0 and since_ms % DAY_MS == 0 and until_ms % DAY_MS == 0
-    table = DAILY if whole_days else HOURLY
+    table = DAILY
+    source_args: list[Any] = []
+    if not whole_days:
+        table = f"({ledger_select(db.dialect)} WHERE l.ts_ms >= ? AND l.ts_ms < ?) r"
+        source_args = [since_ms, until_ms]
     where = "start_ms >= ? AND start_ms < ?"
     args: list[Any] = [since_ms, until_ms]
     if key_token is not None:
@@ -99,7 +104,7 @@ async def overview(db: Database, since_ms: int, until_ms: int, bucket_ms: int, *
 
     async def grouped(expr: str, *head: Any) -> list[tuple[str, Agg]]:
         rows = await db.fetch(f"SELECT {expr} AS label, {_SUMS} FROM {table} WHERE {where} "
-                              "GROUP BY 1", *head, *args)
+                              "GROUP BY 1", *head, *source_args, *args)
         out: list[tuple[str, Agg]] = []
         for row in rows:
             agg = Agg()
