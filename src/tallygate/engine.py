@@ -116,20 +116,59 @@ def _estimated_usage(params: Mapping[str, Any], output_text: str,
                  output_tokens=out, source="estimated")
 
 
+def _estimated_embedding_usage(params: Mapping[str, Any]) -> Usage:
+    """Input tokens estimated from the texts, for a provider that reports no usage."""
+    value = params.get("input")
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    tokens = sum(estimate_text_tokens(t) for t in texts if isinstance(t, str))
+    return Usage(input_tokens=tokens, source="estimated")
+
+
 async def _send(provider: Provider, deployment: Deployment, params: dict[str, Any],
                 *, embedding: bool = False) -> bytes:
     if provider.is_local:
         return provider.local_chat(deployment, params)
     request = (provider.embedding_request(deployment, params) if embedding
                else provider.chat_request(deployment, params, stream=False))
-    resp = await transport.post(request, deployment.timeout)
+    resp = await _post(provider, deployment, request)
     if resp.status >= 400:
         raise provider.error_from_response(resp.status, resp.body, resp.headers)
     return resp.body
 
 
+async def _post(provider: Provider, deployment: Deployment,
+                request: UpstreamRequest) -> transport.UpstreamResponse:
+    """POST; with fetched credentials (``needs_authorize``) a 401 (a token revoked or
+    expired early) gets fresh ones and one retry."""
+    if not provider.needs_authorize:
+        return await transport.post(request, deployment.timeout)
+    await provider.authorize(deployment, request)
+    resp = await transport.post(request, deployment.timeout)
+    if resp.status == 401:
+        await provider.authorize(deployment, request, rejected=True)
+        resp = await transport.post(request, deployment.timeout)
+    return resp
+
+
+async def _open_stream(provider: Provider, deployment: Deployment, request: UpstreamRequest
+                       ) -> tuple[Any, transport.UpstreamStream]:
+    """Open an upstream stream: (its context manager, the answer), entered. Fetched
+    credentials are refreshed once on a 401, as in ``_post``."""
+    if provider.needs_authorize:
+        await provider.authorize(deployment, request)
+    cm = transport.open_stream(request, deployment.timeout)
+    stream = await cm.__aenter__()
+    if stream.status == 401 and provider.needs_authorize:
+        await cm.__aexit__(None, None, None)
+        await provider.authorize(deployment, request, rejected=True)
+        cm = transport.open_stream(request, deployment.timeout)
+        stream = await cm.__aenter__()
+    return cm, stream
+
+
 async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
-               recorder: Recorder, prices: PriceBook) -> tuple[ChatResult, UsageEvent]:
+               recorder: Recorder, prices: PriceBook, *,
+               kind: CallKind = "chat") -> tuple[ChatResult, UsageEvent]:
     """A non-streaming chat call, billed. Failures bill nothing and are recorded."""
     try:
         provider = get_provider(deployment.provider)
@@ -142,21 +181,21 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    event = make_event(ctx, deployment, usage, prices)
+    event = make_event(ctx, deployment, usage, prices, kind=kind)
     await recorder.record(event)
     return result, event
 
 
 async def forward(deployment: Deployment, request: UpstreamRequest,
                   read: Callable[[bytes], ChatResult], params: Mapping[str, Any],
-                  ctx: CallContext, recorder: Recorder, prices: PriceBook
-                  ) -> tuple[ChatResult, UsageEvent]:
+                  ctx: CallContext, recorder: Recorder, prices: PriceBook, *,
+                  kind: CallKind = "chat") -> tuple[ChatResult, UsageEvent]:
     """A non-streaming call whose upstream request a door built itself (its own API
     passed through), billed like chat: ``read`` turns the 200 answer into its usage
     (None: estimated from ``params["messages"]``). Failures bill nothing."""
     try:
         provider = get_provider(deployment.provider)
-        resp = await transport.post(request, deployment.timeout)
+        resp = await _post(provider, deployment, request)
         if resp.status >= 400:
             raise provider.error_from_response(resp.status, resp.body, resp.headers)
         try:
@@ -166,11 +205,11 @@ async def forward(deployment: Deployment, request: UpstreamRequest,
         except Exception as exc:
             raise UpstreamError("upstream answered 200 with a body that is not the "
                                 f"expected answer ({type(exc).__name__})") from None
-        usage = result.usage or _estimated_usage(params, "", None)
+        usage = result.usage or _estimated_usage(params, _answer_text(result.body), None)
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    event = make_event(ctx, deployment, usage, prices)
+    event = make_event(ctx, deployment, usage, prices, kind=kind)
     await recorder.record(event)
     return result, event
 
@@ -186,10 +225,20 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    usage = result.usage or Usage(source="estimated")
+    usage = result.usage or _estimated_embedding_usage(params)
     event = make_event(ctx, deployment, usage, prices, kind="embedding")
     await recorder.record(event)
     return result, event
+
+
+async def unbilled(deployment: Deployment, request: UpstreamRequest) -> bytes:
+    """A request that costs nothing (token counting): sent, its answer returned, no
+    event. Upstream errors are the provider's errors, as for a billed call."""
+    provider = get_provider(deployment.provider)
+    resp = await _post(provider, deployment, request)
+    if resp.status >= 400:
+        raise provider.error_from_response(resp.status, resp.body, resp.headers)
+    return resp.body
 
 
 def _read_answer(read: Callable[[], ChatResult], key: str, what: str) -> ChatResult:
@@ -209,11 +258,18 @@ def _read_answer(read: Callable[[], ChatResult], key: str, what: str) -> ChatRes
 
 
 def _answer_text(body: Mapping[str, Any]) -> str:
+    """The generated text of an answer, for an estimate: a chat completion's messages, a
+    text completion's ``text``, a Messages answer's text blocks."""
     parts = []
     for choice in body.get("choices") or ():
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict) and isinstance(message.get("content"), str):
             parts.append(message["content"])
+        elif isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            parts.append(choice["text"])
+    for block in body.get("content") or () if isinstance(body.get("content"), list) else ():
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            parts.append(block["text"])
     return "".join(parts)
 
 
@@ -225,16 +281,18 @@ class ChatStream:
     def __init__(self, deployment: Deployment, params: dict[str, Any], ctx: CallContext,
                  recorder: Recorder, prices: PriceBook, include_usage: bool, *,
                  request: UpstreamRequest | None = None,
-                 decoder: StreamDecoder | None = None) -> None:
+                 decoder: StreamDecoder | None = None, kind: CallKind = "chat") -> None:
         """``request`` and ``decoder``: a door's own upstream request and reading of its
-        stream (its API passed through) instead of the provider's chat ones."""
+        stream (its API passed through) instead of the provider's chat ones (``params``
+        then only feed estimates); ``kind`` is the billed event's."""
         self.deployment = deployment
         self.ctx = ctx
         self._params = params
         self._recorder = recorder
         self._prices = prices
-        self._provider = get_provider(deployment.provider)
+        self._kind: CallKind = kind
         self._request = request
+        self._provider = get_provider(deployment.provider)
         self._decoder: StreamDecoder = (decoder if decoder is not None else
                                         self._provider.chat_stream(deployment, include_usage))
         self._upstream: Any = None  # the open transport stream's context manager
@@ -252,8 +310,7 @@ class ChatStream:
                 return self
             request = self._request or self._provider.chat_request(
                 self.deployment, self._params, stream=True)
-            cm = transport.open_stream(request, self.deployment.timeout)
-            stream = await cm.__aenter__()
+            cm, stream = await _open_stream(self._provider, self.deployment, request)
             self._upstream = cm
             if stream.status >= 400:
                 body = await stream.read()
@@ -306,7 +363,7 @@ class ChatStream:
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)
             event = make_event(self.ctx, self.deployment, usage, self._prices,
-                               extra_flags=frozenset(flags),
+                               kind=self._kind, extra_flags=frozenset(flags),
                                first_chunk_ms=self._first_chunk_ms)
             self.event = event
             await self._recorder.record(event)

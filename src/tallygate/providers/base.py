@@ -2,7 +2,8 @@
 
 Adapters do no I/O; ``transport`` sends what they build. That keeps each adapter a pure
 translation, testable on bytes, and lets the proxy pass OpenAI-compatible bytes through
-untouched where no translation is needed.
+untouched where no translation is needed. The one exception is ``authorize``: credentials
+that must be fetched (Vertex AI's OAuth tokens) are got there, off the event loop.
 """
 
 from __future__ import annotations
@@ -146,6 +147,66 @@ class StreamDecoder(ABC):
         return "".join(self.output_parts)
 
 
+class PassThroughDecoder(StreamDecoder):
+    """A decoder whose items carry the upstream's own frames, byte for byte, for a door
+    that speaks the upstream's API. The frame that ends the stream is kept in ``tail``
+    instead of being returned, so that the call is billed before its last byte leaves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tail = b""
+
+
+class NativeMessages(ABC):
+    """A provider that speaks Anthropic's Messages API itself (Anthropic; Claude on
+    other clouds): the Messages door forwards requests to it as they came and streams
+    its answer back byte for byte, reading usage on the way."""
+
+    def speaks_messages(self, deployment: Deployment) -> bool:
+        """Whether this deployment takes the Messages API natively (Vertex AI: its
+        Claude models, not its Gemini ones); the door translates for the others."""
+        return True
+
+    @abstractmethod
+    def messages_request(self, deployment: Deployment, body: dict[str, Any],
+                         headers: Mapping[str, str], *, stream: bool,
+                         query: str = "") -> UpstreamRequest:
+        """The upstream request for a Messages API ``body`` as the client sent it
+        (``model`` still the client's). ``headers`` are the client's API headers to keep
+        (``anthropic-version``, ``anthropic-beta``); ``query`` its query string."""
+
+    @abstractmethod
+    def messages_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        """Read a non-streamed Messages answer: its parsed body, usage, and ``raw``, the
+        bytes that go back to the client."""
+
+    @abstractmethod
+    def messages_stream(self, deployment: Deployment) -> PassThroughDecoder:
+        """A decoder that passes the Messages stream through and reads its usage."""
+
+    @abstractmethod
+    def count_tokens_request(self, deployment: Deployment, body: dict[str, Any],
+                             headers: Mapping[str, str]) -> UpstreamRequest:
+        """The upstream request for ``POST /v1/messages/count_tokens``."""
+
+
+class NativeCompletions(ABC):
+    """A provider that serves OpenAI's legacy ``/completions`` itself."""
+
+    @abstractmethod
+    def completion_request(self, deployment: Deployment, params: dict[str, Any],
+                           stream: bool) -> UpstreamRequest:
+        """The upstream request for text-completion ``params``."""
+
+    @abstractmethod
+    def completion_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        """Read a text completion answer (``raw`` is the upstream bytes)."""
+
+    @abstractmethod
+    def completion_stream(self, deployment: Deployment, include_usage: bool) -> StreamDecoder:
+        """A decoder for a text completion stream (frames passed through)."""
+
+
 class Provider(ABC):
     """A translation between the OpenAI chat API and one provider's wire format."""
 
@@ -162,10 +223,20 @@ class Provider(ABC):
     #: litellm_params keys this provider reads besides the common ones (model, api_base,
     #: api_key, timeout, prices...); they reach it in ``Deployment.params``.
     litellm_params: ClassVar[frozenset[str]] = frozenset()
+    #: True when credentials take I/O to obtain (OAuth access tokens): the engine then
+    #: awaits ``authorize`` on every request before sending it.
+    needs_authorize: ClassVar[bool] = False
 
     def check_deployment(self, deployment: Deployment) -> None:
         """Refuse a deployment the provider cannot serve, at config load (raise
         ConfigError naming the litellm_params key). Most providers need no check."""
+        return None
+
+    async def authorize(self, deployment: Deployment, request: UpstreamRequest, *,
+                        rejected: bool = False) -> None:
+        """For ``needs_authorize`` providers: put credentials that take I/O to get (an
+        access token) on ``request``. ``rejected``: the upstream answered 401 to the
+        ones on it, so they are stale; get fresh ones (the engine then retries once)."""
         return None
 
     @abstractmethod
