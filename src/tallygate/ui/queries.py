@@ -20,7 +20,6 @@ from tallygate.access import held as held_calls
 from tallygate.access.budgets import from_micros
 from tallygate.access.db import Database, Row, placeholders
 from tallygate.access.spend_rollup import DAILY, PICO_DIGITS, ledger_select
-from tallygate.event import FLAG_ESTIMATED_USAGE
 from tallygate.metering.outbox import Outbox
 
 DAY_MS = 86_400_000
@@ -227,10 +226,6 @@ async def last_used(db: Database, tokens: Sequence[str]) -> dict[str, int]:
         if row and row["t"] is not None:
             out[token] = int(row["t"])
     return out
-
-
-def is_estimated(flags: str) -> bool:
-    return FLAG_ESTIMATED_USAGE in flags.split(",")
 
 
 # --- held calls and reconcile, through the commands' own code ---------------------------

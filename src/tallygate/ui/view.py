@@ -6,7 +6,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
@@ -126,7 +125,3 @@ def call_table(name: str, rows: Sequence[Row], states: dict[str, dict[str, str]]
             r["flags"].replace(",", ", "),
             delivery or ("held" if r["status"] == "unattributed" else "-")])
     return table
-
-
-def money(value: Decimal | None) -> str:
-    return "-" if value is None else f"{value.normalize():f}"
