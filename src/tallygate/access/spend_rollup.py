@@ -19,6 +19,7 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgres"]
 DAILY = "access_spend_daily"
+DELTA = "access_spend_delta"   # PostgreSQL: rows the triggers append, not yet folded in
 DAY_MS = 86_400_000
 TABLES = ((DAILY, DAY_MS),)
 PICO_DIGITS = 12
@@ -73,6 +74,32 @@ def _upsert(d: Dialect, r: str, sign: str) -> str:
     return "; ".join(_upsert_one(d, r, sign, table, unit) for table, unit in TABLES)
 
 
+def _append(r: str, sign: str) -> str:
+    """PostgreSQL's trigger: append a delta row. Gateways writing the ledger at once then
+    never wait on (or deadlock over) one shared rollup row; readers fold the deltas in."""
+    return f"INSERT INTO {DELTA} VALUES ({', '.join(_values('postgres', r, sign, DAY_MS))})"
+
+
+# Fold the deltas into the daily rollup: each folder takes rows no other folder holds
+# (SKIP LOCKED) and upserts in key order, so two folders never deadlock either.
+_KEY = ", ".join(["start_ms", *DIMENSIONS])
+FOLD_PG = f"""WITH taken AS (
+    DELETE FROM {DELTA} WHERE ctid IN (
+        SELECT ctid FROM {DELTA} LIMIT 200000 FOR UPDATE SKIP LOCKED)
+    RETURNING *)
+INSERT INTO {DAILY} SELECT {_KEY}, {', '.join(f"sum({m})" for m in MEASURES)} FROM taken
+GROUP BY {_KEY} ORDER BY {_KEY}
+ON CONFLICT ({_KEY}) DO UPDATE SET {', '.join(f"{m} = {DAILY}.{m} + excluded.{m}"
+                                              for m in MEASURES)}"""
+
+
+def daily_source(d: Dialect) -> str:
+    """The table expression with every whole day's spend (rollup and unfolded deltas)."""
+    if d == "sqlite":
+        return DAILY
+    return f"(SELECT * FROM {DAILY} UNION ALL SELECT * FROM {DELTA}) d"
+
+
 def ledger_select(d: Dialect) -> str:
     """The ledger's rows in the rollup's columns (``start_ms`` = the call's own time),
     for ranges the daily rollup cannot answer; add ``WHERE l.ts_ms ...``."""
@@ -113,10 +140,11 @@ def migration(d: Dialect) -> tuple[str, ...]:
         )
     else:
         triggers = (
+            f"CREATE TABLE {DELTA} (LIKE {DAILY})",
             f"""CREATE FUNCTION access_spend_apply() RETURNS trigger AS $fn$
             BEGIN
-                IF TG_OP IN ('UPDATE', 'DELETE') THEN {_upsert(d, 'OLD', '-1')}; END IF;
-                IF TG_OP IN ('INSERT', 'UPDATE') THEN {_upsert(d, 'NEW', '1')}; END IF;
+                IF TG_OP IN ('UPDATE', 'DELETE') THEN {_append('OLD', '-1')}; END IF;
+                IF TG_OP IN ('INSERT', 'UPDATE') THEN {_append('NEW', '1')}; END IF;
                 RETURN NULL;
             END $fn$ LANGUAGE plpgsql""",
             "CREATE TRIGGER access_spend_trg AFTER INSERT OR UPDATE OR DELETE "

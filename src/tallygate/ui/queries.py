@@ -19,7 +19,7 @@ from tallygate.access import commands as access_commands
 from tallygate.access import held as held_calls
 from tallygate.access.budgets import from_micros
 from tallygate.access.db import Database, Row, placeholders
-from tallygate.access.spend_rollup import DAILY, PICO_DIGITS, ledger_select
+from tallygate.access.spend_rollup import FOLD_PG, PICO_DIGITS, daily_source, ledger_select
 from tallygate.metering.outbox import Outbox
 
 DAY_MS = 86_400_000
@@ -87,8 +87,10 @@ async def overview(db: Database, since_ms: int, until_ms: int, bucket_ms: int, *
     rows in that range (today per hour). Each grouping is its own GROUP BY, so the
     database adds and Python gets a few rows."""
     whole_days = bucket_ms % DAY_MS == 0 and since_ms % DAY_MS == 0 and until_ms % DAY_MS == 0
-    table = DAILY
+    table = daily_source(db.dialect)
     source_args: list[Any] = []
+    if whole_days and db.dialect == "postgres":
+        await db.execute(FOLD_PG)   # keeps the deltas the next read adds up few
     if not whole_days:
         table = f"({ledger_select(db.dialect)} WHERE l.ts_ms >= ? AND l.ts_ms < ?) r"
         source_args = [since_ms, until_ms]
