@@ -115,6 +115,8 @@ async def _send(provider: Provider, deployment: Deployment, params: dict[str, An
         return provider.local_chat(deployment, params)
     request = (provider.embedding_request(deployment, params) if embedding
                else provider.chat_request(deployment, params, stream=False))
+    if provider.authorizes:
+        request = await provider.authorize(deployment, request)
     resp = await transport.post(request, deployment.timeout)
     if resp.status >= 400:
         raise provider.error_from_response(resp.status, resp.body, resp.headers)
@@ -209,6 +211,8 @@ class ChatStream:
                     self.deployment, {**self._params, "stream": True}))
                 return self
             request = self._provider.chat_request(self.deployment, self._params, stream=True)
+            if self._provider.authorizes:
+                request = await self._provider.authorize(self.deployment, request)
             cm = transport.open_stream(request, self.deployment.timeout)
             stream = await cm.__aenter__()
             self._upstream = cm
@@ -236,6 +240,8 @@ class ChatStream:
                 items = self._decoder.feed(data)
                 if items:
                     yield items
+                if self._decoder.failure is not None:
+                    raise self._decoder.failure
                 if self._decoder.done:
                     break
         except UpstreamError as exc:

@@ -28,6 +28,7 @@ from tallygate.errors import BadRequestError, TallygateError
 from tallygate.estimate import estimate_prompt_tokens
 from tallygate.event import format_decimal
 from tallygate.providers.base import Deployment
+from tallygate.providers.registry import get_provider
 from tallygate.proxy.calls import (
     CALL_ID_HEADER,
     COST_HEADER,
@@ -370,9 +371,10 @@ def _without_cache_control(content: object) -> object:
 
 
 def for_deployment(params: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
-    """The params as this deployment's provider takes them: only the Anthropic adapter
-    reads ``top_k`` and ``cache_control``; an OpenAI-compatible server may refuse them."""
-    if deployment.provider == "anthropic":
+    """The params as this deployment's provider takes them: only adapters that read
+    ``top_k`` and ``cache_control`` (Anthropic, Bedrock) get them; an OpenAI-compatible
+    server may refuse them."""
+    if get_provider(deployment.provider).reads_cache_control:
         return params
     out = {k: v for k, v in params.items() if k != "top_k"}
     out["messages"] = [{**m, "content": _without_cache_control(m["content"])}

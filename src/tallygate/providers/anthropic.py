@@ -436,6 +436,7 @@ class AnthropicStreamDecoder(StreamDecoder):
 class AnthropicProvider(Provider):
     name = "anthropic"
     price_provider = "anthropic"
+    reads_cache_control = True
     default_api_base = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
 

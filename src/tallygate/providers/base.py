@@ -86,6 +86,9 @@ class UpstreamRequest:
     url: str
     headers: dict[str, str]
     body: bytes
+    #: the url is percent-encoded exactly as it must go on the wire (a signature covers
+    #: its path): the transport sends it without re-quoting (``%3A`` stays ``%3A``).
+    encoded_url: bool = False
 
 
 @dataclass(slots=True)
@@ -137,6 +140,9 @@ class StreamDecoder(ABC):
         self.usage: Usage | None = None
         self.output_parts: list[str] = []
         self.done = False
+        #: an upstream failure read after the chunks ``feed`` returned with it: raised
+        #: once those chunks are delivered (what was generated is still billed).
+        self.failure: UpstreamError | None = None
 
     @abstractmethod
     def feed(self, data: bytes) -> list[StreamItem]:
@@ -159,6 +165,23 @@ class Provider(ABC):
     #: litellm_params keys this provider reads besides the common ones (model, api_base,
     #: api_key, timeout, prices...); they reach it in ``Deployment.params``.
     litellm_params: ClassVar[frozenset[str]] = frozenset()
+    #: True when a request needs an async step before it is sent (credentials to fetch,
+    #: a signature over the final bytes): the engine then awaits ``authorize``.
+    authorizes: ClassVar[bool] = False
+    #: True when the adapter reads Anthropic's ``cache_control`` breakpoints and ``top_k``
+    #: (doors keep them for it and strip them for the others).
+    reads_cache_control: ClassVar[bool] = False
+
+    async def authorize(self, deployment: Deployment,
+                        request: UpstreamRequest) -> UpstreamRequest:
+        """The request as it is sent: signed, or with credentials fetched off the loop.
+        Only called when ``authorizes`` is True."""
+        return request
+
+    def price_names(self, model: str) -> tuple[str, ...]:
+        """The names genai-prices may know ``model`` by, best first (a cloud's model ids
+        carry regions or ARNs the library does not know as they are); () for none."""
+        return (model,)
 
     def check_deployment(self, deployment: Deployment) -> None:
         """Refuse a deployment the provider cannot serve, at config load (raise
