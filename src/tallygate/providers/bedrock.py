@@ -28,6 +28,7 @@ from tallygate.errors import (
     BadRequestError,
     ConfigError,
     UpstreamError,
+    UpstreamPermissionDeniedError,
     UpstreamTimeoutError,
     upstream_error_for,
 )
@@ -508,9 +509,10 @@ def bedrock_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstr
     mapped = _STATUS.get(err_type or "", status)
     if mapped in (401, 403):
         # AWS's text names the account and role ARNs: say what refused, never its words.
-        message = (f"AWS refused the gateway's credentials or permissions ({status} "
-                   f"{err_type or 'error'}); check the AWS credentials and IAM permissions "
-                   "configured for this model")
+        return UpstreamPermissionDeniedError(
+            f"AWS refused the gateway's credentials or permissions ({status} "
+            f"{err_type or 'error'}); check the AWS credentials and IAM permissions "
+            "configured for this model", status_code=403, code=code, headers=keep)
     return upstream_error_for(mapped, message, code=code, headers=keep)
 
 
