@@ -194,6 +194,8 @@ class FakeBedrock(FakeServer):
         self.stream_chunks = 3
         # an in-stream exception of this type after the first text delta (then the end)
         self.stream_exception: str | None = None
+        self.frames_sent = self.frames_total = 0
+        self.stream_aborted = False
         self._ids = itertools.count(1)
 
     def routes(self) -> list[web.RouteDef]:
@@ -413,13 +415,20 @@ class FakeBedrock(FakeServer):
             return response
         await response.prepare(request)
         cut = len(frames) // 2 if self.drop_connection == "mid" else len(frames)
-        for i, frame in enumerate(frames[:cut]):
-            if i and self.chunk_delay:
-                await asyncio.sleep(self.chunk_delay)
-            # split a frame across writes too: a decoder must not assume whole messages
-            half = len(frame) // 2
-            await response.write(frame[:half])
-            await response.write(frame[half:])
+        self.frames_total = len(frames)
+        self.frames_sent = 0
+        try:
+            for i, frame in enumerate(frames[:cut]):
+                if i and self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+                # split a frame across writes too: a decoder must not assume whole messages
+                half = len(frame) // 2
+                await response.write(frame[:half])
+                await response.write(frame[half:])
+                self.frames_sent += 1
+        except ConnectionError:
+            self.stream_aborted = True  # the client hung up on us
+            return response
         if self.drop_connection == "mid":
             self._drop(request)
             return response

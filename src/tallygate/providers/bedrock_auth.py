@@ -54,13 +54,19 @@ CREDENTIAL_PARAMS: dict[str, str] = {
 }
 
 
+_quieted = False
+
+
 def _quiet_botocore() -> None:
     # botocore's debug records carry secrets (the canonical request shows the session
     # token; the STS response body shows the new secret key): keep them off unless the
     # operator set botocore's level on purpose.
-    logger = logging.getLogger("botocore")
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
+    global _quieted
+    if not _quieted:
+        _quieted = True
+        logger = logging.getLogger("botocore")
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
 
 
 def region_of_arn(model_id: str) -> str | None:
@@ -259,6 +265,7 @@ def sign_headers(creds: ReadOnlyCredentials, region: str, url: str, headers: Map
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
 
+    _quiet_botocore()
     request = AWSRequest(method="POST", url=url, data=body, headers=dict(headers))
     SigV4Auth(creds, SIGNING_NAME, region).add_auth(request)
     return dict(request.headers.items())
