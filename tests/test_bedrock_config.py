@@ -72,3 +72,26 @@ def test_unknown_bedrock_keys_are_warned_about(aws_env: Path,
     parse_config(config(aws_region_name="us-east-1", aws_bedrock_guardrail="x"), {})
     warned = [r.getMessage() for r in caplog.records if "unknown keys" in r.getMessage()]
     assert warned and "aws_bedrock_guardrail" in warned[0]
+
+
+def test_environment_variables_block_feeds_the_aws_params(aws_env: Path) -> None:
+    """LiteLLM puts ``environment_variables`` into the process environment, where its
+    Bedrock code reads AWS_*; tallygate binds them to the deployments at load."""
+    cfg = {"environment_variables": {"AWS_ACCESS_KEY_ID": "AKIAENV", "AWS_SECRET_ACCESS_KEY":
+                                     "env-secret", "AWS_SESSION_TOKEN": "env-token",
+                                     "AWS_REGION_NAME": "eu-west-1"},
+           "model_list": [
+               {"model_name": "a", "litellm_params": {"model": f"bedrock/{CLAUDE}"}},
+               {"model_name": "b", "litellm_params": {  # its own key: no env token with it
+                   "model": f"bedrock/{CLAUDE}", "aws_access_key_id": "AKIAOWN",
+                   "aws_secret_access_key": "own", "aws_region_name": "us-east-2"}},
+               {"model_name": "c", "litellm_params": {"model": f"bedrock/{PROFILE_ARN}"}}]}
+    settings = parse_config(cfg, {})
+    assert dict(settings.models["a"][0].params) == {
+        "aws_access_key_id": "AKIAENV", "aws_secret_access_key": "env-secret",
+        "aws_session_token": "env-token", "aws_region_name": "eu-west-1"}
+    assert dict(settings.models["b"][0].params) == {
+        "aws_access_key_id": "AKIAOWN", "aws_secret_access_key": "own",
+        "aws_region_name": "us-east-2"}
+    # an ARN's region comes before the environment's, as in LiteLLM
+    assert "aws_region_name" not in settings.models["c"][0].params

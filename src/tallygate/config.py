@@ -175,6 +175,8 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
     override = PriceOverride(**prices) if any(v is not None for v in prices.values()) else None
     extra = {k: r.env(params[k], f"{ppath}.{k}") for k in sorted(adapter.litellm_params)
              if params.get(k) is not None}
+    if r.config_env:
+        extra = adapter.config_params(provider_model, extra, r.config_env)
     headers = params.get("extra_headers") or {}
     if not isinstance(headers, dict):
         raise ConfigError(f"{ppath}.extra_headers: must be a mapping")

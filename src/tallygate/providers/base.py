@@ -178,6 +178,14 @@ class Provider(ABC):
         Only called when ``authorizes`` is True."""
         return request
 
+    def config_params(self, model: str, params: dict[str, Any],
+                      config_env: Mapping[str, str]) -> dict[str, Any]:
+        """The deployment's params with what the config's ``environment_variables`` block
+        supplies: LiteLLM puts that block into the process environment, where a provider
+        reading AWS_* or similar variables finds it; ours is not, so it is bound here, at
+        config load. By default the params are unchanged."""
+        return params
+
     def price_names(self, model: str) -> tuple[str, ...]:
         """The names genai-prices may know ``model`` by, best first (a cloud's model ids
         carry regions or ARNs the library does not know as they are); () for none."""

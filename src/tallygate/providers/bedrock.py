@@ -48,6 +48,7 @@ from tallygate.providers.bedrock_auth import (
     identity_key,
     resolve_region,
     sign_headers,
+    with_environment,
 )
 from tallygate.providers.registry import register
 from tallygate.usage import Usage
@@ -598,6 +599,10 @@ class BedrockProvider(Provider):
                                   "environment)")
         region = resolve_region(deployment.params, deployment.model, os.environ)
         identity_key(deployment.params, region, os.environ)
+
+    def config_params(self, model: str, params: dict[str, Any],
+                      config_env: Mapping[str, str]) -> dict[str, Any]:
+        return with_environment(model, params, config_env)
 
     def price_names(self, model: str) -> tuple[str, ...]:
         return price_names(model)

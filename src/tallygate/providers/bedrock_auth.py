@@ -142,6 +142,27 @@ def identity_key(params: Mapping[str, Any], region: str,
         region=region)
 
 
+def with_environment(model_id: str, params: Mapping[str, Any],
+                     env: Mapping[str, str]) -> dict[str, Any]:
+    """``params`` plus the AWS variables ``env`` sets for the unset ones, read as
+    ``identity_key`` and ``resolve_region`` read the process environment (the key, secret
+    and token only together, and not over a profile)."""
+    out = dict(params)
+    trio_from_env = not params.get("aws_access_key_id") and not params.get("aws_profile_name")
+    for name, var in CREDENTIAL_PARAMS.items():
+        if name in _KEY_TRIO and not trio_from_env:
+            continue
+        if not out.get(name) and env.get(var):
+            out[name] = env[var]
+    region = next((env[var] for var in ("AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION")
+                   if env.get(var)), None)
+    if not out.get("aws_region_name") and region and region_of_arn(model_id) is None:
+        out["aws_region_name"] = region
+    if not out.get("aws_bedrock_runtime_endpoint") and env.get("AWS_BEDROCK_RUNTIME_ENDPOINT"):
+        out["aws_bedrock_runtime_endpoint"] = env["AWS_BEDROCK_RUNTIME_ENDPOINT"]
+    return out
+
+
 def explicit_identity(params: Mapping[str, Any]) -> bool:
     """The deployment names its AWS identity itself (so a bearer token in the environment
     does not override it)."""
