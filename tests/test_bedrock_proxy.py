@@ -314,6 +314,21 @@ def test_embeddings_titan_and_cohere(client: openai.OpenAI, fake: FakeBedrock,
     assert p["kind"] == "embedding" and p["input_tokens"] == 4
     assert Decimal(p["response_cost"]) == 4 * Decimal("0.02") / MTOK  # Titan v2: $0.02/MTok
     assert fake.raw_paths[-1].endswith("/invoke")
+    # Titan embeds one text per request: a list goes as one request each, in order
+    before = len(fake.raw_paths)
+    raw = client.embeddings.with_raw_response.create(
+        model="titan", input=["one", "two words", "and three words"], user="cust-9")
+    result = raw.parse()
+    assert [d.index for d in result.data] == [0, 1, 2] and len(fake.raw_paths) == before + 3
+    assert sorted(b["inputText"] for b in fake.requests[-3:]) == [
+        "and three words", "one", "two words"]
+    p = billed(lago, raw.headers[CALL_ID_HEADER], "cust-9").properties
+    assert p["input_tokens"] == 2 + 3 + 4 and p["usage_source"] == "provider"
+    assert Decimal(p["response_cost"]) == 9 * Decimal("0.02") / MTOK
+    fake.fail(429, "Too many requests")  # one of them throttled: the call fails, unbilled
+    with pytest.raises(openai.RateLimitError) as info:
+        client.embeddings.create(model="titan", input=["x", "y"], user="cust-9")
+    failed_id = info.value.response.headers[CALL_ID_HEADER]
     raw = client.embeddings.with_raw_response.create(model="cohere", input=["a b", "c d e f"],
                                                      user="cust-9")
     assert [len(d.embedding) for d in raw.parse().data] == [4, 4]
@@ -322,6 +337,7 @@ def test_embeddings_titan_and_cohere(client: openai.OpenAI, fake: FakeBedrock,
     assert p["usage_source"] == "estimated" and p["input_tokens"] == 1 + 2
     assert Decimal(p["response_cost"]) == 3 * Decimal("0.0000001")
     assert fake.requests[-1] == {"texts": ["a b", "c d e f"], "input_type": "search_document"}
+    assert failed_id not in lago.events
 
 
 # --- the Messages door --------------------------------------------------------------------

@@ -224,6 +224,16 @@ class Provider(ABC):
         raise BadRequestError(f"provider {self.name!r} does not serve embeddings",
                               param="model", code="embeddings_not_supported")
 
+    def embedding_requests(self, deployment: Deployment,
+                           params: dict[str, Any]) -> list[UpstreamRequest]:
+        """The upstream requests of one embeddings call: one, unless the provider embeds
+        one input per request (Titan); ``embedding_responses`` reads their answers."""
+        return [self.embedding_request(deployment, params)]
+
+    def embedding_responses(self, deployment: Deployment, bodies: list[bytes]) -> ChatResult:
+        """The answers of ``embedding_requests``, in their order, as one result."""
+        return self.embedding_response(deployment, bodies[0])
+
     def local_chat(self, deployment: Deployment, params: dict[str, Any]) -> bytes:
         """For ``is_local`` providers: the raw upstream-format answer (JSON or SSE)."""
         raise NotImplementedError

@@ -528,51 +528,56 @@ def _texts(value: object) -> list[str]:
                "embedding models", "input")
 
 
-def embedding_body(family: str, model: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def embedding_bodies(family: str, model: str, params: Mapping[str, Any]
+                     ) -> list[dict[str, Any]]:
+    """InvokeModel bodies for an embeddings call: Titan embeds one text per request,
+    Cohere a list."""
     texts = _texts(params.get("input"))
     if family == "amazon" and "titan-embed" in model:
-        if len(texts) != 1:
-            raise _bad("Titan embedding models embed one input per request; send the "
-                       "inputs one at a time", "input")
-        body: dict[str, Any] = {"inputText": texts[0]}
-        if params.get("dimensions") is not None:
-            body["dimensions"] = params["dimensions"]
-        return body
+        extra = {} if params.get("dimensions") is None else {"dimensions": params["dimensions"]}
+        return [{"inputText": text, **extra} for text in texts]
     if family == "cohere":
-        body = {"texts": texts, "input_type": params.get("input_type") or "search_document"}
+        body: dict[str, Any] = {"texts": texts,
+                                "input_type": params.get("input_type") or "search_document"}
         if params.get("dimensions") is not None:
             body["output_dimension"] = params["dimensions"]
-        return body
+        return [body]
     raise _bad(f"Bedrock model {model!r} is not an embedding model this gateway serves "
                "(amazon.titan-embed-*, cohere.embed-*)", "model")
 
 
-def embedding_result(parsed: Mapping[str, Any], model: str) -> ChatResult:
-    """OpenAI's embeddings list (floats) from a Titan or Cohere answer, billed on its input
+def _vectors_and_tokens(parsed: Mapping[str, Any]) -> tuple[list[Any], int | None]:
+    """(vectors, input tokens or None when the answer has no count) of one answer."""
+    if isinstance(parsed.get("embedding"), list):  # Titan
+        return [parsed["embedding"]], _int(parsed.get("inputTextTokenCount"))
+    raw = parsed.get("embeddings")  # Cohere: a list, or by type
+    if isinstance(raw, dict):
+        raw = raw.get("float")
+    if not isinstance(raw, list):
+        raise UpstreamError("Bedrock answered an embeddings call without embeddings")
+    counted = _int(((parsed.get("meta") or {}).get("billed_units") or {}).get("input_tokens"))
+    if counted:
+        return raw, counted
+    return raw, None
+
+
+def embedding_result(answers: list[Mapping[str, Any]], model: str) -> ChatResult:
+    """OpenAI's embeddings list (floats) from Titan or Cohere answers, billed on their input
     tokens (Cohere's answer has no count: estimated from the texts it echoes, flagged)."""
-    if isinstance(parsed.get("embedding"), list):
-        vectors = [parsed["embedding"]]
-        usage = Usage(input_tokens=_int(parsed.get("inputTextTokenCount")))
-    else:
-        raw = parsed.get("embeddings")
-        if isinstance(raw, dict):
-            raw = raw.get("float")
-        if not isinstance(raw, list):
-            raise UpstreamError("Bedrock answered an embeddings call without embeddings")
-        vectors = raw
-        counted = _int(((parsed.get("meta") or {}).get("billed_units") or {})
-                       .get("input_tokens"))
-        if counted:
-            usage = Usage(input_tokens=counted)
-        else:
-            texts = parsed.get("texts") or ()
-            usage = Usage(input_tokens=sum(estimate_text_tokens(str(t)) for t in texts),
-                          source="estimated")
-    data = [{"object": "embedding", "index": i, "embedding": v}
-            for i, v in enumerate(vectors)]
+    vectors: list[Any] = []
+    tokens = 0
+    estimated = False
+    for parsed in answers:
+        found, counted = _vectors_and_tokens(parsed)
+        vectors += found
+        if counted is None:
+            estimated = True
+            counted = sum(estimate_text_tokens(str(t)) for t in parsed.get("texts") or ())
+        tokens += counted
+    usage = Usage(input_tokens=tokens, source="estimated" if estimated else "provider")
+    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
     body = {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": usage.input_tokens,
-                      "total_tokens": usage.input_tokens}}
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
     return ChatResult(body=body, usage=usage, raw=None)
 
 
@@ -667,17 +672,27 @@ class BedrockProvider(Provider):
 
     # -- embeddings -------------------------------------------------------------------------
 
+    def embedding_requests(self, deployment: Deployment,
+                           params: dict[str, Any]) -> list[UpstreamRequest]:
+        model = base_model_id(deployment.base_model or deployment.model)
+        return [self._request(deployment, "invoke", body)
+                for body in embedding_bodies(model.partition(".")[0], model, params)]
+
     def embedding_request(self, deployment: Deployment,
                           params: dict[str, Any]) -> UpstreamRequest:
-        model = base_model_id(deployment.base_model or deployment.model)
-        family = model.partition(".")[0]
-        return self._request(deployment, "invoke", embedding_body(family, model, params))
+        requests = self.embedding_requests(deployment, params)
+        if len(requests) != 1:
+            raise _bad("this model embeds one input per request", "input")
+        return requests[0]
+
+    def embedding_responses(self, deployment: Deployment, bodies: list[bytes]) -> ChatResult:
+        answers = [orjson.loads(body) for body in bodies]
+        if not all(isinstance(a, dict) for a in answers):
+            raise UpstreamError("Bedrock answered with a non-object body")
+        return embedding_result(answers, deployment.model)
 
     def embedding_response(self, deployment: Deployment, body: bytes) -> ChatResult:
-        parsed = orjson.loads(body)
-        if not isinstance(parsed, dict):
-            raise UpstreamError("Bedrock answered with a non-object body")
-        return embedding_result(parsed, deployment.model)
+        return self.embedding_responses(deployment, [body])
 
 
 register(BedrockProvider())
