@@ -13,12 +13,8 @@ import pytest
 from tallygate.errors import BadRequestError, UpstreamError
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment, StreamItem
-from tallygate.providers.bedrock import (
-    BedrockProvider,
-    bedrock_error,
-    converse_usage,
-    price_names,
-)
+from tallygate.providers.bedrock import BedrockProvider, bedrock_error
+from tallygate.providers.bedrock_converse import converse_usage, price_names
 from tallygate.providers.bedrock_stream import ConverseStreamDecoder
 from tallygate.providers.registry import get_provider
 from tallygate.usage import Usage

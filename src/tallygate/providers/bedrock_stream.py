@@ -17,7 +17,7 @@ import orjson
 
 from tallygate.errors import UpstreamError, upstream_error_for
 from tallygate.providers.base import StreamDecoder, StreamItem
-from tallygate.providers.bedrock import converse_usage, finish_reason
+from tallygate.providers.bedrock_converse import converse_usage, finish_reason
 
 # The in-stream exceptions ConverseStream declares, as the HTTP status they stand for.
 EXCEPTION_STATUS = {
