@@ -1,6 +1,7 @@
 """Golden billing for ``bedrock/`` deployments through the proxy: the official openai SDK
-on the chat route and the anthropic SDK on the Messages door, against the SigV4-checking
-Bedrock stand-in, each call's Lago event compared with a cost worked out by hand.
+on the chat route and the Responses door, the anthropic SDK on the Messages door, against
+the SigV4-checking Bedrock stand-in, each call's Lago event compared with a cost worked out
+by hand.
 
 Claude Sonnet 4.5 through the ``us.`` cross-region profile is priced by genai-prices
 ("aws", the regional price) at, per million tokens: $3.30 input, $16.50 output, $0.33
@@ -374,3 +375,26 @@ def test_messages_door_to_bedrock(proxy: RunningProxy, fake: FakeBedrock,
     assert_billed(lago, call_id, "door-2", expected, uncached=150, output=20, read=1000,
                   written=400, written_1h=400)
     client.close()
+
+
+# --- the Responses door -------------------------------------------------------------------
+
+def test_responses_door_to_bedrock(client: openai.OpenAI, fake: FakeBedrock,
+                                   lago: FakeLago) -> None:
+    fake.input_tokens, fake.output_tokens = 75, 12
+    raw = client.responses.with_raw_response.create(model="claude", input="Say hi",
+                                                    instructions="Be brief.", user="resp-1")
+    response = raw.parse()
+    assert response.output_text == "Hello from the fake Bedrock."
+    assert fake.requests[-1]["system"] == [{"text": "Be brief."}]
+    assert_billed(lago, raw.headers[CALL_ID_HEADER], "resp-1",
+                  claude_cost(input=75, output=12), uncached=75, output=12)
+    sraw = client.responses.with_raw_response.create(model="claude", input="Say hi",
+                                                     user="resp-2", stream=True)
+    events = list(sraw.parse())
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "Hello from the fake Bedrock."
+    assert events[-1].type == "response.completed"
+    assert fake.raw_paths[-1].endswith("/converse-stream")
+    assert_billed(lago, sraw.headers[CALL_ID_HEADER], "resp-2",
+                  claude_cost(input=75, output=12), uncached=75, output=12)
