@@ -95,3 +95,12 @@ def test_environment_variables_block_feeds_the_aws_params(aws_env: Path) -> None
         "aws_region_name": "us-east-2"}
     # an ARN's region comes before the environment's, as in LiteLLM
     assert "aws_region_name" not in settings.models["c"][0].params
+
+
+def test_the_sdk_refuses_the_same(aws_env: Path, sdk: Any) -> None:
+    import tallygate
+
+    with pytest.raises(ConfigError, match="aws_web_identity_token"):
+        tallygate.completion(model=f"bedrock/{CLAUDE}", messages=[{"role": "user",
+                                                                   "content": "hi"}],
+                             aws_web_identity_token="tok", aws_role_name="r")

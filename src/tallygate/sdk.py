@@ -76,14 +76,15 @@ def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | N
     mock_response = kwargs.pop("mock_response", None)
     # The provider's own litellm_params (api_version, vertex_project...) configure the
     # deployment, as in a config entry; they are not sent upstream as call parameters.
-    declared = get_provider(provider).litellm_params
-    provider_params = {k: kwargs.pop(k) for k in sorted(declared & kwargs.keys())
+    adapter = get_provider(provider)
+    provider_params = {k: kwargs.pop(k) for k in sorted(adapter.litellm_params & kwargs.keys())
                        if kwargs[k] is not None}
     deployment = Deployment(provider=provider, model=provider_model, api_base=api_base,
                             api_key=api_key, timeout=timeout,
                             price=_price_override(kwargs),
                             mock_response=mock_response if isinstance(mock_response, str) else None,
                             params=provider_params)
+    adapter.check_deployment(deployment)  # what a config entry is checked for at load
     params = {k: v for k, v in kwargs.items() if v is not None}
     if messages is not None:
         params["messages"] = messages
