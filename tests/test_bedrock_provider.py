@@ -142,6 +142,15 @@ def test_cache_control_breakpoints_become_cache_points() -> None:
     assert body["messages"][0]["content"] == [{"text": "Q"}, {"cachePoint": {"type": "default"}}]
     assert body["messages"][1]["content"] == [{"text": "A"}, {"cachePoint": {"type": "default"}}]
     assert body["toolConfig"]["tools"][1] == {"cachePoint": {"type": "default", "ttl": "5m"}}
+    tool_turn = body_for({"messages": [
+        user("x"), {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": [
+            {"type": "text", "text": "out", "cache_control": {"type": "ephemeral"}}]}],
+        "tools": [WEATHER]})
+    assert tool_turn["messages"][2]["content"] == [
+        {"toolResult": {"toolUseId": "t1", "content": [{"text": "out"}]}},
+        {"cachePoint": {"type": "default"}}]
     with pytest.raises(BadRequestError, match="ttl"):
         body_for({"messages": [{"role": "user", "content": [
             {"type": "text", "text": "Q", "cache_control": {"type": "ephemeral",

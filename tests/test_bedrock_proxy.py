@@ -361,6 +361,7 @@ def test_messages_door_to_bedrock(proxy: RunningProxy, fake: FakeBedrock,
             message.usage.cache_creation_input_tokens, message.usage.output_tokens) == (
         150, 1000, 400, 20)
     assert fake.requests[-1]["system"][-1] == {"cachePoint": {"type": "default", "ttl": "1h"}}
+    assert "cache_control" not in raw.headers.get("x-tallygate-dropped-params", "")
     expected = claude_cost(input=150, output=20, read=1000, write_1h=400)
     assert Decimal(raw.headers[COST_HEADER]) == expected
     assert_billed(lago, raw.headers[CALL_ID_HEADER], "door-1", expected, uncached=150,
@@ -374,6 +375,18 @@ def test_messages_door_to_bedrock(proxy: RunningProxy, fake: FakeBedrock,
     assert final.usage.output_tokens == 20 and final.usage.cache_read_input_tokens == 1000
     assert_billed(lago, call_id, "door-2", expected, uncached=150, output=20, read=1000,
                   written=400, written_1h=400)
+    # Claude Code's breakpoint on the last tool result: a cachePoint after the toolResult
+    client.messages.create(model="claude", max_tokens=50, tools=[{
+        "name": "ls", "input_schema": {"type": "object"}}], messages=[
+        {"role": "user", "content": "List files"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "ls",
+                                           "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                      "content": "a.txt", "cache_control": {
+                                          "type": "ephemeral"}}]}])
+    assert fake.requests[-1]["messages"][2]["content"] == [
+        {"toolResult": {"toolUseId": "toolu_1", "content": [{"text": "a.txt"}]}},
+        {"cachePoint": {"type": "default"}}]
     client.close()
 
 

@@ -180,14 +180,19 @@ def _tool_use_block(call: object) -> dict[str, Any]:
                         "input": parsed}}
 
 
-def _tool_result_block(message: Mapping[str, Any]) -> dict[str, Any]:
+def _tool_result_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A tool message as a ``toolResult`` block; a breakpoint inside its content (where
+    Converse takes none) becomes a ``cachePoint`` right after it."""
     content = message.get("content")
+    points: list[dict[str, Any]] = []
     if isinstance(content, list):
-        inner = [b for b in content_blocks(content) if "cachePoint" not in b]
+        inner = content_blocks(content)
+        points = [b for b in inner if "cachePoint" in b][-1:]
+        inner = [b for b in inner if "cachePoint" not in b]
     else:
         inner = [{"text": str(content)}] if content else []
-    return {"toolResult": {"toolUseId": str(message.get("tool_call_id") or ""),
-                           "content": inner}}
+    return [{"toolResult": {"toolUseId": str(message.get("tool_call_id") or ""),
+                            "content": inner}}, *points]
 
 
 def _reasoning_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -230,7 +235,7 @@ def translate_messages(messages: object) -> tuple[list[dict[str, Any]], list[dic
             blocks = _reasoning_blocks(message) + content_blocks(message.get("content"))
             blocks += [_tool_use_block(c) for c in message.get("tool_calls") or ()]
         elif role == "tool":
-            role, blocks = "user", [_tool_result_block(message)]
+            role, blocks = "user", _tool_result_blocks(message)
         else:
             raise bad_request(f"message role {role!r} is not supported for Bedrock models")
         if message.get("cache_control") and blocks:
