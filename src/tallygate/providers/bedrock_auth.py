@@ -33,8 +33,6 @@ from tallygate.errors import (
 if TYPE_CHECKING:
     from botocore.credentials import Credentials, ReadOnlyCredentials
 
-log = logging.getLogger("tallygate.bedrock")
-
 SIGNING_NAME = "bedrock"  # the service name Bedrock Runtime signs with (not "bedrock-runtime")
 DEFAULT_REGION = "us-west-2"  # LiteLLM's last resort
 BEARER_ENV = "AWS_BEARER_TOKEN_BEDROCK"
