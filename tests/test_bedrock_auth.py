@@ -89,8 +89,8 @@ async def test_arn_model_id_is_signed_exactly_as_sent(fake: FakeBedrock) -> None
     # (aiohttp with a plain str URL turns %3A back into ':') is refused, as AWS would.
     provider = get_provider("bedrock")
     deployment = Deployment(provider="bedrock", model=PROFILE_ARN, params=where(fake, **keys()))
-    request = await provider.authorize(
-        deployment, provider.chat_request(deployment, {"messages": HI}, False))
+    request = provider.chat_request(deployment, {"messages": HI}, False)
+    await provider.authorize(deployment, request)
     request.encoded_url = False
     answer = await transport.post(request, 10)
     assert answer.status == 403 and answer.headers["x-amzn-errortype"].startswith(

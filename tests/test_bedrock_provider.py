@@ -50,7 +50,7 @@ def user(text: str) -> dict[str, Any]:
 def test_registered_with_its_price_provider() -> None:
     provider = get_provider("bedrock")
     assert isinstance(provider, BedrockProvider)
-    assert provider.price_provider == "aws" and provider.authorizes
+    assert provider.price_provider == "aws" and provider.needs_authorize
 
 
 def test_url_encodes_the_model_id_as_botocore_does() -> None:

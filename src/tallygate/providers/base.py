@@ -2,7 +2,9 @@
 
 Adapters do no I/O; ``transport`` sends what they build. That keeps each adapter a pure
 translation, testable on bytes, and lets the proxy pass OpenAI-compatible bytes through
-untouched where no translation is needed.
+untouched where no translation is needed. The one exception is ``authorize``: credentials
+that must be fetched (Vertex AI's OAuth tokens, AWS credentials) are got there, off the
+event loop, and a request signed over its final bytes (Bedrock's SigV4) is signed there.
 """
 
 from __future__ import annotations
@@ -167,6 +169,11 @@ class NativeMessages(ABC):
     other clouds): the Messages door forwards requests to it as they came and streams
     its answer back byte for byte, reading usage on the way."""
 
+    def speaks_messages(self, deployment: Deployment) -> bool:
+        """Whether this deployment takes the Messages API natively (Vertex AI: its
+        Claude models, not its Gemini ones); the door translates for the others."""
+        return True
+
     @abstractmethod
     def messages_request(self, deployment: Deployment, body: dict[str, Any],
                          headers: Mapping[str, str], *, stream: bool,
@@ -223,18 +230,13 @@ class Provider(ABC):
     #: litellm_params keys this provider reads besides the common ones (model, api_base,
     #: api_key, timeout, prices...); they reach it in ``Deployment.params``.
     litellm_params: ClassVar[frozenset[str]] = frozenset()
-    #: True when a request needs an async step before it is sent (credentials to fetch,
-    #: a signature over the final bytes): the engine then awaits ``authorize``.
-    authorizes: ClassVar[bool] = False
+    #: True when credentials take I/O to obtain (OAuth access tokens, AWS credentials)
+    #: or a request is signed over its final bytes (SigV4): the engine then awaits
+    #: ``authorize`` on every request before sending it.
+    needs_authorize: ClassVar[bool] = False
     #: True when the adapter reads Anthropic's ``cache_control`` breakpoints and ``top_k``
     #: (doors keep them for it and strip them for the others).
     reads_cache_control: ClassVar[bool] = False
-
-    async def authorize(self, deployment: Deployment,
-                        request: UpstreamRequest) -> UpstreamRequest:
-        """The request as it is sent: signed, or with credentials fetched off the loop.
-        Only called when ``authorizes`` is True."""
-        return request
 
     def config_params(self, model: str, params: dict[str, Any],
                       config_env: Mapping[str, str]) -> dict[str, Any]:
@@ -252,6 +254,13 @@ class Provider(ABC):
     def check_deployment(self, deployment: Deployment) -> None:
         """Refuse a deployment the provider cannot serve, at config load (raise
         ConfigError naming the litellm_params key). Most providers need no check."""
+        return None
+
+    async def authorize(self, deployment: Deployment, request: UpstreamRequest, *,
+                        rejected: bool = False) -> None:
+        """For ``needs_authorize`` providers: put credentials that take I/O to get (an
+        access token) on ``request``. ``rejected``: the upstream answered 401 to the
+        ones on it, so they are stale; get fresh ones (the engine then retries once)."""
         return None
 
     @abstractmethod

@@ -186,7 +186,7 @@ class BedrockProvider(Provider):
     name = "bedrock"
     price_provider = "aws"
     api_key_env = BEARER_ENV  # a Bedrock API key is a bearer token
-    authorizes = True
+    needs_authorize = True  # SigV4 over the final bytes, credentials off the loop
     reads_cache_control = True
     litellm_params = frozenset({*CREDENTIAL_PARAMS, "aws_region_name",
                                 "aws_bedrock_runtime_endpoint", "aws_web_identity_token",
@@ -230,18 +230,19 @@ class BedrockProvider(Provider):
         return UpstreamRequest(url=f"{self._base(deployment, region)}/model/{model}/{operation}",
                                headers=headers, body=orjson.dumps(body), encoded_url=True)
 
-    async def authorize(self, deployment: Deployment,
-                        request: UpstreamRequest) -> UpstreamRequest:
+    async def authorize(self, deployment: Deployment, request: UpstreamRequest, *,
+                        rejected: bool = False) -> None:
+        # AWS refuses bad credentials with a 403, never a 401: ``rejected`` (a retry after
+        # a 401) signs again with what botocore holds, which refreshes what is due.
         token = bearer_token(deployment.api_key, deployment.params, os.environ)
         if token:
             request.headers["Authorization"] = f"Bearer {token}"
-            return request
+            return
         region = resolve_region(deployment.params, deployment.model, os.environ)
         identity = self._identities.get(identity_key(deployment.params, region, os.environ))
         creds = await identity.frozen()
         request.headers = sign_headers(creds, region, request.url, request.headers,
                                        request.body)
-        return request
 
     # -- chat -----------------------------------------------------------------------------
 
