@@ -124,13 +124,11 @@ def _estimated_embedding_usage(params: Mapping[str, Any]) -> Usage:
     return Usage(input_tokens=tokens, source="estimated")
 
 
-async def _send(provider: Provider, deployment: Deployment, params: dict[str, Any],
-                *, embedding: bool = False) -> bytes:
+async def _send(provider: Provider, deployment: Deployment, params: dict[str, Any]) -> bytes:
     if provider.is_local:
         return provider.local_chat(deployment, params)
-    request = (provider.embedding_request(deployment, params) if embedding
-               else provider.chat_request(deployment, params, stream=False))
-    return await _answer(provider, deployment, request)
+    return await _answer(provider, deployment,
+                         provider.chat_request(deployment, params, stream=False))
 
 
 async def _answer(provider: Provider, deployment: Deployment,
