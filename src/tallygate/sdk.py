@@ -95,7 +95,6 @@ def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | N
                             price=_price_override(kwargs),
                             mock_response=mock_response if isinstance(mock_response, str) else None,
                             params=provider_params)
-    adapter.check_deployment(deployment)  # what a config entry is checked for at load
     params = {k: v for k, v in kwargs.items() if v is not None}
     if messages is not None:
         params["messages"] = messages

@@ -182,6 +182,15 @@ def embedding_result(answers: list[Mapping[str, Any]], model: str) -> ChatResult
 
 # --- the provider --------------------------------------------------------------------------
 
+_UNSUPPORTED = ("aws_web_identity_token", "aws_session_tags")
+
+
+def _refuse_unsupported(deployment: Deployment) -> None:
+    for key in _UNSUPPORTED:
+        if deployment.params.get(key) is not None:
+            raise ConfigError(f"{key} is not supported by tallygate's Bedrock provider (use "
+                              "aws_role_name, aws_profile_name or the AWS environment)")
+
 class BedrockProvider(Provider):
     name = "bedrock"
     price_provider = "aws"
@@ -196,11 +205,7 @@ class BedrockProvider(Provider):
         self._identities = Identities()
 
     def check_deployment(self, deployment: Deployment) -> None:
-        for key in ("aws_web_identity_token", "aws_session_tags"):
-            if deployment.params.get(key) is not None:
-                raise ConfigError(f"{key} is not supported by tallygate's Bedrock provider "
-                                  "(use aws_role_name, aws_profile_name or the AWS "
-                                  "environment)")
+        _refuse_unsupported(deployment)
         region = resolve_region(deployment.params, deployment.model, os.environ)
         identity_key(deployment.params, region, os.environ)
 
@@ -221,6 +226,7 @@ class BedrockProvider(Provider):
 
     def _request(self, deployment: Deployment, operation: str, body: dict[str, Any],
                  accept: str = "application/json") -> UpstreamRequest:
+        _refuse_unsupported(deployment)  # an SDK call's params are not checked at load
         region = resolve_region(deployment.params, deployment.model, os.environ)
         # Every byte of the id percent-encoded but -_.~, as botocore does: an ARN's ':'
         # and '/' go as %3A and %2F, and the signature covers them as sent.
