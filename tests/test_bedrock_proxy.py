@@ -1,7 +1,7 @@
 """Golden billing for ``bedrock/`` deployments through the proxy: the official openai SDK
-on the chat route and the Responses door, the anthropic SDK on the Messages door, against
-the SigV4-checking Bedrock stand-in, each call's Lago event compared with a cost worked out
-by hand.
+on the chat route and the Responses door, the anthropic SDK on the Messages door,
+google-genai on the Gemini door, against the SigV4-checking Bedrock stand-in, each call's
+Lago event compared with a cost worked out by hand.
 
 Claude Sonnet 4.5 through the ``us.`` cross-region profile is priced by genai-prices
 ("aws", the regional price) at, per million tokens: $3.30 input, $16.50 output, $0.33
@@ -36,6 +36,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     lago_fixture,
     proxy_settings,
     run_proxy,
+    wait_for,
 )
 
 __all__ = ["aws_env_fixture"]
@@ -411,3 +412,35 @@ def test_responses_door_to_bedrock(client: openai.OpenAI, fake: FakeBedrock,
     assert fake.raw_paths[-1].endswith("/converse-stream")
     assert_billed(lago, sraw.headers[CALL_ID_HEADER], "resp-2",
                   claude_cost(input=75, output=12), uncached=75, output=12)
+
+
+# --- the Gemini door ----------------------------------------------------------------------
+
+def test_gemini_door_to_bedrock(proxy: RunningProxy, fake: FakeBedrock, lago: FakeLago) -> None:
+    from google import genai
+    from google.genai import types
+
+    fake.input_tokens, fake.output_tokens = 64, 9
+    gemini = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(
+        base_url=proxy.base_url, api_version="v1beta",
+        retry_options=types.HttpRetryOptions(attempts=1)))
+    config = types.GenerateContentConfig(system_instruction="Be brief.",
+                                         labels={"user": "gem-1"})
+    answer = gemini.models.generate_content(model="claude", contents="Say hi", config=config)
+    assert answer.text == "Hello from the fake Bedrock."
+    assert answer.usage_metadata is not None
+    assert answer.usage_metadata.prompt_token_count == 64
+    assert fake.requests[-1]["system"] == [{"text": "Be brief."}]
+    text = "".join(c.text or "" for c in gemini.models.generate_content_stream(
+        model="claude", contents="Say hi", config=config))
+    assert text == "Hello from the fake Bedrock."
+    assert fake.raw_paths[-1].endswith("/converse-stream")
+    def billed_to_gem() -> list[Any]:
+        return [ev for ev in lago.stored if ev.external_subscription_id == "gem-1"]
+
+    wait_for(lambda: len(billed_to_gem()) >= 2)
+    events = billed_to_gem()
+    assert len(events) == 2
+    for ev in events:
+        assert ev.properties["provider"] == "bedrock"
+        assert Decimal(ev.properties["response_cost"]) == claude_cost(input=64, output=9)

@@ -8,13 +8,17 @@
 Routes (from Google's generateContent reference): ``POST /v1beta/models/{model}:
 generateContent``, ``:streamGenerateContent`` (``?alt=sse``: SSE events separated by
 CRLF CRLF, as Google sends them; without it one JSON array), ``:embedContent``,
-``:batchEmbedContents``. The key goes in ``x-goog-api-key`` (or ``?key=``): a missing key
+``:batchEmbedContents``, ``:countTokens`` (``contents`` or a whole
+``generateContentRequest``; ``totalTokens`` counted as text / 4). The key goes in
+``x-goog-api-key`` (or ``?key=``): a missing key
 is 403 PERMISSION_DENIED, a wrong one 400 INVALID_ARGUMENT (API_KEY_INVALID), as Google
 answers. Bodies are checked as Google checks them: unknown fields (in either the
 camelCase or the snake_case JSON names), empty contents or parts, roles other than
 user / model, function schemas outside Gemini's Schema subset are 400s naming the field.
 
 ``GeminiScript`` (``fake.script``) sets the answer; the Vertex stand-in reuses it.
+``fake.turns`` (a list of ``FakeTurn``), when set, script the next answers' text and tool call
+one request each (an agent's turns), the rest of the script unchanged.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.server_base import FakeServer, FakeToolCall, Received, split_text
+from tests.fakes.server_base import FakeServer, FakeToolCall, FakeTurn, Received, split_text
 
 __all__ = ["FakeGemini", "FakeToolCall", "GeminiScript", "google_error_body"]
 
@@ -285,6 +289,7 @@ class FakeGemini(FakeServer):
     def __init__(self) -> None:
         super().__init__()
         self.script = GeminiScript()
+        self.turns: list[FakeTurn] = []
 
     @property
     def base_url(self) -> str:
@@ -330,6 +335,8 @@ class FakeGemini(FakeServer):
                 return await self.generate(request, got.body, model, method)
             if method in ("embedContent", "batchEmbedContents"):
                 return self._embed(got.body, model, method)
+            if method == "countTokens":
+                return self._count(got.body, model)
         except BadRequest as exc:
             return self.error(400, exc.message)
         return self.error(404, f"Method {method!r} not found for models/{model}.")
@@ -338,12 +345,30 @@ class FakeGemini(FakeServer):
                        method: str) -> web.StreamResponse:
         body = check_generate_body(raw)
         self.script.check_signatures(body)
+        if self.turns:
+            turn = self.turns.pop(0)
+            self.script.reply_text, self.script.tool_call = turn.reply_text, turn.tool_call
         if method == "generateContent":
             return await self.send_json(request, self.script.answer(body, model))
         chunks = self.script.stream(body, model)
         if request.query.get("alt") == "sse":
             return await self.send_stream(request, sse_frames(chunks))
         return web.Response(body=orjson.dumps(chunks), content_type="application/json")
+
+    def _count(self, body: dict[str, Any] | None, model: str) -> web.Response:
+        b = _fields(body or {}, {"contents", "generateContentRequest"}, "")
+        if "generateContentRequest" in b:
+            inner = _fields(b["generateContentRequest"], _BODY_FIELDS, "generate_content_request")
+            if inner.get("model") != f"models/{model}":
+                raise BadRequest("generate_content_request.model must be models/" + model)
+            request = check_generate_body({k: v for k, v in inner.items() if k != "model"})
+        else:
+            request = check_generate_body({"contents": b.get("contents")})
+        text = orjson.dumps(request.get("contents")) + orjson.dumps(
+            request.get("systemInstruction") or {}) + orjson.dumps(request.get("tools") or [])
+        total = max(1, len(text) // 4)
+        return web.json_response({"totalTokens": total, "promptTokensDetails": [
+            {"modality": "TEXT", "tokenCount": total}]})
 
     def _embed(self, body: dict[str, Any] | None, model: str, method: str) -> web.Response:
         b = body or {}

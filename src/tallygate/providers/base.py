@@ -222,6 +222,24 @@ class NativeMessages(ABC):
         """The upstream request for ``POST /v1/messages/count_tokens``."""
 
 
+class NativeGemini(ABC):
+    """A provider that speaks Google's Gemini API itself (``gemini/``; Gemini on Vertex
+    AI): the Gemini door forwards requests to it as they came and passes its answers
+    and streams back, reading usage on the way."""
+
+    def speaks_gemini(self, deployment: Deployment) -> bool:
+        """Whether this deployment takes the Gemini API natively (Vertex AI: its Gemini
+        models, not its Claude ones); the door translates for the others."""
+        return True
+
+    @abstractmethod
+    def gemini_request(self, deployment: Deployment, method: str,
+                       body: bytes) -> UpstreamRequest:
+        """The upstream request for a Gemini API ``method`` (``generateContent``,
+        ``streamGenerateContent?alt=sse``, ``countTokens``) with the client's ``body``
+        as it came, to the deployment's model, with the gateway's credentials."""
+
+
 class NativeCompletions(ABC):
     """A provider that serves OpenAI's legacy ``/completions`` itself."""
 

@@ -38,6 +38,7 @@ from tallygate.providers import anthropic
 from tallygate.providers.base import (
     ChatResult,
     Deployment,
+    NativeGemini,
     NativeMessages,
     PassThroughDecoder,
     Provider,
@@ -139,7 +140,7 @@ def vertex_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstre
     return google_error(status, body, headers)
 
 
-class VertexAIProvider(Provider, NativeMessages):
+class VertexAIProvider(Provider, NativeMessages, NativeGemini):
     name = "vertex_ai"
     # genai-prices' "google" prices Gemini and, for Vertex, the Claude models too.
     price_provider = "google"
@@ -189,6 +190,17 @@ class VertexAIProvider(Provider, NativeMessages):
         headers = {**JSON_HEADERS, **deployment.headers}
         return UpstreamRequest(url=f"{self._model_url(deployment, target)}:{method}",
                                headers=headers, body=orjson.dumps(body))
+
+    # -- Gemini's own API, passed through by the Gemini door -------------------------
+
+    def speaks_gemini(self, deployment: Deployment) -> bool:
+        return not is_claude(deployment.model)
+
+    def gemini_request(self, deployment: Deployment, method: str,
+                       body: bytes) -> UpstreamRequest:
+        url = f"{self._model_url(deployment, self.target(deployment))}:{method}"
+        return UpstreamRequest(url=url, headers={**JSON_HEADERS, **deployment.headers},
+                               body=body)
 
     # -- Claude's Messages API, passed through by the Messages door -------------------
 

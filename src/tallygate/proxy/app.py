@@ -182,5 +182,8 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.doors.openai_responses import add_responses_routes
 
     add_responses_routes(app, gw)  # the OpenAI Responses API door
+    from tallygate.doors.gemini import add_gemini_routes
+
+    add_gemini_routes(app, gw)  # Google's Gemini API door (Gemini CLI, google-genai)
     r.add_route("*", "/{tail:.*}", _no_route(gw))
     return app

@@ -90,16 +90,19 @@ class CallFrame:
         m.observe_latency((("route", route),), time.perf_counter() - started)
 
     async def run(self, request: web.Request, route: str, prepare: Prepare, handle: CallRunner,
-                  on_error: ErrorRenderer = openai_error_response) -> web.StreamResponse:
+                  on_error: ErrorRenderer = openai_error_response, *,
+                  model: str | None = None) -> web.StreamResponse:
+        """``model``: the model group when the route's path names it (Gemini's
+        ``/models/{model}:generateContent``); else the body's ``model``."""
         started = time.perf_counter()
         gw = self.gw
         call_id = new_call_id()
-        model: str | None = None
         status = 200
         try:
             identity = await gw.access.authenticate(request)
             body = parse_json_object(await read_body(request, gw))
-            model = require_model(body)  # every API shape names its model the same way
+            if model is None:
+                model = require_model(body)  # the OpenAI and Anthropic shapes name it so
             params = prepare(body)
             group = model_group(gw, model)
             ctx, deployment = await gw.access.admit(identity, params, model, call_id, group)
