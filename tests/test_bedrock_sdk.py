@@ -175,3 +175,17 @@ def test_import_tallygate_does_not_load_botocore() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_unsupported_openai_params_refused_or_dropped(sdk: SdkPaths, fake: FakeBedrock) -> None:
+    """LiteLLM's drop_params: what Converse has no place for (penalties, seed, a JSON
+    response format, parallel_tool_calls) is a 400 naming it, or dropped on request."""
+    assert "response_format" not in tallygate.get_supported_openai_params(f"bedrock/{CLAUDE}")
+    with pytest.raises(tallygate.BadRequestError) as info:
+        tallygate.completion(model=f"bedrock/{CLAUDE}", messages=MESSAGES, seed=7,
+                             presence_penalty=0.5, **bedrock_kwargs(fake))
+    assert info.value.param == "presence_penalty" and not fake.requests
+    answer = tallygate.completion(model=f"bedrock/{CLAUDE}", messages=MESSAGES, seed=7,
+                                  drop_params=True, **bedrock_kwargs(fake))
+    assert answer.choices[0].message.content == "Hello from the fake Bedrock."
+    assert "seed" not in fake.requests[-1]

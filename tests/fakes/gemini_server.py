@@ -285,6 +285,37 @@ def sse_frames(chunks: list[dict[str, Any]]) -> list[bytes]:
     return [b"data: " + orjson.dumps(c) + b"\r\n\r\n" for c in chunks]
 
 
+# A 1x1 PNG, base64, for Imagen's predictions.
+IMAGEN_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+              "AAAABJRU5ErkJggg==")
+
+
+def imagen_predict(body: dict[str, Any] | None, filtered: int) -> web.Response:
+    """Imagen's ``:predict``: ``instances[0].prompt``, ``parameters.sampleCount``
+    images (the first ``filtered`` of them filtered, as Google's RAI filter
+    answers: a reason, no bytes)."""
+    b = _fields(body or {}, {"instances", "parameters"}, "request")
+    instances = b.get("instances")
+    if not isinstance(instances, list) or len(instances) != 1 or not isinstance(
+            instances[0], dict) or not isinstance(instances[0].get("prompt"), str):
+        raise BadRequest("* PredictRequest.instances[0].prompt: a prompt is required")
+    params = _fields(b.get("parameters") or {}, {
+        "sampleCount", "aspectRatio", "negativePrompt", "personGeneration", "seed",
+        "safetySetting", "language", "outputOptions", "includeRaiReason"}, "parameters")
+    count = int(params.get("sampleCount") or 4)
+    if not 1 <= count <= 4:
+        raise BadRequest("* parameters.sampleCount: must be between 1 and 4")
+    if params.get("aspectRatio") not in (None, "1:1", "3:4", "4:3", "9:16", "16:9"):
+        raise BadRequest("* parameters.aspectRatio: unsupported aspect ratio")
+    predictions: list[dict[str, Any]] = []
+    for i in range(count):
+        if i < filtered:
+            predictions.append({"raiFilteredReason": "filtered by the safety filter"})
+        else:
+            predictions.append({"bytesBase64Encoded": IMAGEN_PNG, "mimeType": "image/png"})
+    return web.json_response({"predictions": predictions})
+
+
 class FakeGemini(FakeServer):
     def __init__(self) -> None:
         super().__init__()

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from tallygate.errors import ConfigError, UpstreamError
-from tallygate.providers import anthropic
+from tallygate.providers import anthropic, imagen
 from tallygate.providers.base import (
     ChatResult,
     Deployment,
@@ -272,6 +272,20 @@ class VertexAIProvider(Provider, NativeMessages, NativeGemini):
     def error_from_response(self, status: int, body: bytes,
                             headers: Mapping[str, str]) -> UpstreamError:
         return vertex_error(status, body, headers)
+
+    # -- Imagen: OpenAI's images/generations as a :predict call -------------------------
+
+    def media_request(self, deployment: Deployment, path: str, body: bytes,
+                      content_type: str) -> UpstreamRequest:
+        if path != "images/generations" or is_claude(deployment.model):
+            return super().media_request(deployment, path, body, content_type)
+        url = f"{self._model_url(deployment, self.target(deployment))}:predict"
+        return UpstreamRequest(url=url, headers={**JSON_HEADERS, **deployment.headers},
+                               body=orjson.dumps(imagen.predict_body(body)))
+
+    def media_response(self, deployment: Deployment, path: str, body: bytes,
+                       content_type: str) -> tuple[bytes, str]:
+        return imagen.images_answer(body), "application/json"
 
 
 register(VertexAIProvider())
