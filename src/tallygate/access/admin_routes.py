@@ -142,6 +142,7 @@ class AdminRoutes:
             if asked is not None and token_of(asked) != own:
                 raise PermissionDeniedError("a key may only read its own /key/info")
             asked = presented
+        await self.policy.flush_settlements()  # its spend includes this gateway's calls
         record = await self.store.key(await self._token(asked), cached=False)
         if record is None:
             raise NotFoundError("no such key", code="key_not_found", param="key")
@@ -195,6 +196,7 @@ class AdminRoutes:
         team_id = request.query.get("team_id")
         if not team_id:
             raise BadRequestError("team_id is required", param="team_id")
+        await self.policy.flush_settlements()  # its spend includes this gateway's calls
         team = await self.store.team(team_id, cached=False)
         if team is None:
             raise NotFoundError(f"no team {team_id!r}", code="team_not_found")
@@ -211,6 +213,7 @@ class AdminRoutes:
         if not customer_id:
             raise BadRequestError("customer_id (or end_user_id) is required",
                                   param="customer_id")
+        await self.policy.flush_settlements()
         customer = await self.store.customer(customer_id, cached=False)
         if customer is None:
             raise NotFoundError(f"no customer {customer_id!r}", code="customer_not_found")
