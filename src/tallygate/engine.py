@@ -45,6 +45,12 @@ from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.engine")
 
+# What a stream request answered 200 with that is no stream (a proxy's HTML error page,
+# a plain JSON answer): a 502, not billed. Streams come as text/event-stream, or in a
+# provider's own framing (Bedrock's application/vnd.amazon.eventstream).
+NOT_A_STREAM = frozenset({"text/html", "application/json", "text/plain", "application/xml",
+                          "text/xml"})
+
 
 class Recorder(Protocol):
     """Takes finished calls. ``record`` returns once the event is safe (durable)."""
@@ -411,7 +417,7 @@ class ChatStream:
                 body = await stream.read()
                 raise self._provider.error_from_response(stream.status, body, stream.headers)
             kind = stream.headers.get("Content-Type", "")
-            if kind and "text/event-stream" not in kind.lower():
+            if kind.split(";", 1)[0].strip().lower() in NOT_A_STREAM:
                 raise self._not_a_stream(kind, await stream.read())
             self._source = stream.chunks()
         except BaseException as exc:
