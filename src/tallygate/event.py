@@ -39,6 +39,28 @@ def now_ms() -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Routing:
+    """Which deployment answered a routed call, and how the router got there."""
+
+    group: str                 # the model group whose deployment answered
+    model_id: str              # that deployment's id (model_info.id, or a stable one)
+    api_base: str | None       # the host it was reached at (no path, no credentials)
+    attempts: int = 1          # upstream attempts the call took, the answering one included
+    fallbacks: int = 0         # fallbacks taken to other model groups
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "model_id": self.model_id, "api_base": self.api_base,
+                "attempts": self.attempts, "fallbacks": self.fallbacks}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Routing | None:
+        if not data:
+            return None
+        return cls(str(data["group"]), str(data["model_id"]), data.get("api_base"),
+                   int(data.get("attempts") or 1), int(data.get("fallbacks") or 0))
+
+
+@dataclass(frozen=True, slots=True)
 class UsageEvent:
     """What one successful call used and cost, and who pays for it."""
 
@@ -61,6 +83,8 @@ class UsageEvent:
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     #: with ``cost`` None: the usage buckets no price was found for
     unpriced: tuple[str, ...] = ()
+    #: the deployment that answered, when the call was routed (the proxy)
+    routing: Routing | None = None
 
     @property
     def timestamp(self) -> str:
@@ -98,6 +122,7 @@ class UsageEvent:
             "flags": sorted(self.flags),
             "metadata": dict(self.metadata),
             "unpriced": list(self.unpriced),
+            "routing": self.routing.to_dict() if self.routing is not None else None,
         }
 
     @classmethod
@@ -128,6 +153,7 @@ class UsageEvent:
             flags=frozenset(data.get("flags") or ()),
             metadata=MappingProxyType(dict(data.get("metadata") or {})),
             unpriced=tuple(data.get("unpriced") or ()),
+            routing=Routing.from_dict(data.get("routing")),
         )
 
 
@@ -146,6 +172,8 @@ class FailureEvent:
     message: str
     end_user: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    #: the deployment this failed attempt went to, when the call was routed
+    routing: Routing | None = None
 
 
 def format_decimal(value: Decimal) -> str:

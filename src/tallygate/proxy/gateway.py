@@ -10,16 +10,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tallygate.access.ratelimit import LocalLimiter, RedisLimiter
 from tallygate.config import ProxySettings
 from tallygate.event import FailureEvent, UsageEvent
 from tallygate.metering.delivery import DeliveryWorker
 from tallygate.metering.group_commit import GroupCommitter
 from tallygate.metering.outbox import Outbox
 from tallygate.pricing import PriceBook
+from tallygate.providers.base import Deployment
 from tallygate.proxy.access import AccessPolicy
 from tallygate.proxy.metrics import Labels, Metrics
+from tallygate.routing import CURRENT_ATTEMPT, Router
+from tallygate.routing.health import HealthChecker
 from tallygate.sinks.base import Sink
 from tallygate.sinks.factory import build_sink, sink_accepts
+from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.proxy")
 
@@ -63,6 +68,15 @@ class Gateway:
 
         self.keys = VirtualKeyPolicy(settings, self.prices)
         self.access: AccessPolicy = self.keys
+        # Which deployment answers (tallygate.routing): retries, fallbacks, cooldowns.
+        r = settings.router
+        self.router = Router(
+            settings.models, r,
+            unit_cost=self._unit_cost if r.strategy == "cost-based-routing" else _unknown,
+            context_window=self._context_window if r.pre_call_checks else _unknown)
+        self.health = HealthChecker(self.router, _probe,
+                                    interval_s=settings.health_check_interval_s,
+                                    details=settings.health_check_details)
         self._describe_metrics()
 
     def _describe_metrics(self) -> None:
@@ -73,6 +87,72 @@ class Gateway:
         m.describe("tallygate_unknown_price_total", "counter", "Calls with no known price.")
         m.describe("tallygate_outbox_enqueued_total", "counter", "Events written to the outbox.")
         m.describe("tallygate_unattributed_total", "counter", "Calls with no customer.")
+        m.describe("tallygate_failed_attempts_total", "counter",
+                   "Upstream attempts that failed (billed nothing), by model group.")
+        self._register_router_gauges()
+
+    def _unit_cost(self, d: Deployment) -> Any:
+        # cost-based-routing's yardstick: a call of 1,000 tokens in and 1,000 out.
+        usage = Usage(input_tokens=1000, output_tokens=1000)
+        return self.prices.price(d.provider, d.base_model or d.model, usage, d.price).cost
+
+    def _context_window(self, d: Deployment) -> int | None:
+        return self.prices.context_window(d.provider, d.base_model or d.model)
+
+    def _register_router_gauges(self) -> None:
+        m, router = self.metrics, self.router
+        m.describe("tallygate_deployment_cooling_down", "gauge",
+                   "1 while a deployment is out of rotation (cooldown).")
+        m.describe("tallygate_deployment_failures_this_minute", "gauge",
+                   "Failures counted toward a deployment's cooldown this minute.")
+        m.describe("tallygate_deployment_in_flight", "gauge", "Calls in flight per deployment.")
+        m.describe("tallygate_deployment_latency_seconds", "gauge",
+                   "Recent mean latency per deployment (time to first token for streams).")
+        m.describe("tallygate_deployment_healthy", "gauge",
+                   "The last health check of a deployment: 1 healthy, 0 not.")
+        m.describe("tallygate_deployment_attempts_total", "counter",
+                   "Upstream attempts per deployment by outcome (success or error kind).")
+        m.describe("tallygate_router_retries_total", "counter", "Retries within a model group.")
+        m.describe("tallygate_router_fallbacks_total", "counter",
+                   "Calls that fell back from one model group to another.")
+
+        def per_deployment(key: str) -> Any:
+            def read() -> list[tuple[Labels, float]]:
+                out: list[tuple[Labels, float]] = []
+                for d in router.snapshot():
+                    value = d[key]
+                    if value is None:
+                        continue
+                    if key == "latency_ms":
+                        value = float(value) / 1000  # type: ignore[arg-type]
+                    labels = (("model_group", str(d["model_group"])),
+                              ("model_id", str(d["model_id"])))
+                    out.append((labels, float(value)))  # type: ignore[arg-type]
+                return out
+            return read
+
+        def attempts() -> list[tuple[Labels, float]]:
+            out: list[tuple[Labels, float]] = []
+            for group, target in router.deployments():
+                st = router.stats[target.model_id]
+                base = (("model_group", group.name), ("model_id", target.model_id))
+                out.append(((*base, ("outcome", "success")), float(st.successes)))
+                for kind, n in sorted(st.failures.items()):
+                    out.append(((*base, ("outcome", kind)), float(n)))
+            return out
+
+        m.gauge("tallygate_deployment_cooling_down", per_deployment("cooling_down"))
+        m.gauge("tallygate_deployment_failures_this_minute",
+                per_deployment("failures_this_minute"))
+        m.gauge("tallygate_deployment_in_flight", per_deployment("in_flight"))
+        m.gauge("tallygate_deployment_latency_seconds", per_deployment("latency_ms"))
+        m.gauge("tallygate_deployment_healthy", per_deployment("healthy"))
+        m.gauge("tallygate_deployment_attempts_total", attempts)
+        m.gauge("tallygate_router_retries_total", lambda: [
+            ((("model_group", g),), float(n)) for g, n in router.retries.values.items()])
+        m.gauge("tallygate_router_fallbacks_total", lambda: [
+            ((("model_group", a), ("fallback", b)), float(n))
+            for (a, b), n in router.fallbacks.values.items()])
 
     async def start(self) -> None:
         from tallygate.metering.factory import open_outbox
@@ -82,6 +162,10 @@ class Gateway:
         self.outbox = await open_outbox(url)
         self._writer = GroupCommitter(self._write_outbox)
         await self.keys.start(url)
+        shared = self.settings.router.redis_url or self.settings.access.redis_url
+        self.router.limiter = RedisLimiter(shared) if shared else LocalLimiter()
+        await self.router.start()
+        self.health.start()
         self.worker = DeliveryWorker(self.outbox, self.sinks,
                                      batch_size=self.settings.outbox_batch_size)
         self.worker.start()
@@ -127,6 +211,9 @@ class Gateway:
             self.worker = None
         for sink in self.sinks:
             await sink.aclose()
+        await self.health.stop()
+        await self.router.close()
+        await self.router.limiter.close()
         await self.keys.stop()
         if self.outbox is not None:
             await self.outbox.close()
@@ -135,6 +222,9 @@ class Gateway:
 
     # -- the Recorder the engine writes to ------------------------------------------
     async def record(self, event: UsageEvent) -> None:
+        attempt = CURRENT_ATTEMPT.get()
+        if attempt is not None:  # the router corrects the deployment's tpm count with it
+            attempt.settled(event.usage.total_tokens)
         sinks = [n for n in self._sink_names if sink_accepts(n, event.customer is not None)]
         if event.customer is None:
             self.metrics.inc("tallygate_unattributed_total", (("model", event.model),))
@@ -160,7 +250,12 @@ class Gateway:
         self.worker.notify()
 
     async def record_failure(self, failure: FailureEvent) -> None:
-        await self.access.release(failure)
+        """One failed upstream attempt: counted, billed nothing. The call's reservation
+        is not given back here: the router may retry or fall back; the call frame
+        releases it once when the call fails as a whole."""
+        group = failure.routing.group if failure.routing is not None else failure.model
+        self.metrics.inc("tallygate_failed_attempts_total",
+                         (("model_group", group), ("status", str(failure.status_code))))
 
     def _count(self, event: UsageEvent) -> None:
         m, u = self.metrics, event.usage
@@ -198,10 +293,23 @@ class Gateway:
                        "oldest_pending_age_s": stats.oldest_pending_age_s,
                        "last_error": stats.last_error},
             "sinks": sinks,
+            "router": {"deployments": self.router.snapshot(),
+                       "background_health_checks": self.health.interval_s is not None,
+                       "health_checked_at": self.health.checked_at},
         }
 
     def model_names(self) -> Sequence[str]:
-        return list(self.settings.models)
+        return self.router.names()
+
+
+def _unknown(d: Deployment) -> None:
+    return None
+
+
+async def _probe(deployment: Deployment, embedding: bool) -> None:
+    from tallygate import engine
+
+    await engine.probe(deployment, embedding=embedding)
 
 
 def _safe_url(url: str) -> str:
