@@ -36,9 +36,20 @@ class Cooldowns:
 
     # -- reads (hot path) ----------------------------------------------------------------
 
+    def any(self) -> bool:
+        """Whether any deployment may be cooling down (expired ones are dropped as they
+        are seen), so the hot path can skip the per-deployment checks."""
+        return bool(self._cooling)
+
     def cooling(self, model_id: str, now: float) -> bool:
         state = self._cooling.get(model_id)
-        return state is not None and state.until > now
+        if state is None:
+            return False
+        if state.until > now:
+            return True
+        if not self.shared:
+            del self._cooling[model_id]  # shared: the next refresh drops it
+        return False
 
     def state(self, model_id: str, now: float) -> CooldownState | None:
         state = self._cooling.get(model_id)

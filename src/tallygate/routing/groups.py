@@ -48,6 +48,7 @@ def routing_headers(group: str, model_id: str, retries: int, fallbacks: int
 @dataclass(frozen=True, slots=True)
 class Target:
     group: str
+    model_id: str                    # routing.model_id, read on every call
     deployment: Deployment           # timeout: the effective one for plain calls
     stream_deployment: Deployment    # timeout: the effective one for streams
     routing: DeploymentRouting
@@ -59,10 +60,6 @@ class Target:
     first_headers: Mapping[str, str]
     limits_rpm: Limit | None
     limits_tpm: Limit | None
-
-    @property
-    def model_id(self) -> str:
-        return self.routing.model_id
 
     @property
     def has_limits(self) -> bool:
@@ -108,6 +105,7 @@ class Group:
     ordered: bool = False            # some target has an ``order``
     any_limits: bool = False
     windows: bool = False            # some target has a known context window
+    even: bool = True                # every target weighs the same (simple-shuffle)
 
     @property
     def single(self) -> bool:
@@ -137,7 +135,7 @@ def build_groups(models: Mapping[str, Sequence[Deployment]], settings: RouterSet
             stream_timeout = (r.stream_timeout or settings.stream_timeout_s or timeout)
             host = api_host(d.api_base)
             targets.append(Target(
-                group=name,
+                group=name, model_id=r.model_id,
                 deployment=replace(d, timeout=timeout) if timeout != d.timeout else d,
                 stream_deployment=replace(d, timeout=stream_timeout),
                 routing=r, host=host, weight=_weight(r),
@@ -159,7 +157,8 @@ def build_groups(models: Mapping[str, Sequence[Deployment]], settings: RouterSet
             cools=not settings.disable_cooldowns and (len(targets) > 1 or has_fallbacks),
             ordered=any(t.routing.order is not None for t in targets),
             any_limits=any(t.has_limits for t in targets),
-            windows=any(t.routing.context_window for t in targets))
+            windows=any(t.routing.context_window for t in targets),
+            even=len({t.weight for t in targets}) <= 1)
     return groups
 
 

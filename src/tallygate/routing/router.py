@@ -42,7 +42,7 @@ from tallygate.routing.options import NO_OPTIONS, RouteOptions
 from tallygate.routing.retry import RetryPolicy
 from tallygate.routing.settings import RouterSettings
 from tallygate.routing.stats import Stats
-from tallygate.routing.strategies import strategy
+from tallygate.routing.strategies import balancer
 from tallygate.routing.wildcards import PatternSet, concrete_model, implied_provider
 
 log = logging.getLogger("tallygate.routing")
@@ -156,11 +156,11 @@ class Router:
         self._by_id = by_id_groups(self.groups)
         self._patterns = PatternSet([(n, g) for n, g in self.groups.items() if g.wildcard])
         self._providers = frozenset(provider_names())
-        self._order = strategy(settings.strategy, settings.latency)
+        self.stats = Stats(settings.latency.max_latency_list_size)
+        self._balancer = balancer(settings.strategy, settings.latency, self.stats)
         self._count_usage = settings.strategy.startswith("usage-based")
         self.retry = RetryPolicy(settings.num_retries, settings.retry_policy,
                                  settings.retry_after_s)
-        self.stats = Stats(settings.latency.max_latency_list_size)
         if cooldowns is None:
             if settings.redis_url:
                 from tallygate.routing.shared import RedisCooldowns
@@ -271,7 +271,7 @@ class Router:
         chain: tuple[str, ...] | None = None
         position = 0
         primary: _GroupFailed | None = None
-        tried = {plan.group.name}
+        tried: set[str] | None = None
         while True:
             try:
                 return await self._run_group(current, call, options, stream, need,
@@ -286,6 +286,8 @@ class Router:
                     chain = fallback_chain(self.settings, plan.group.name, plan.name,
                                            failed.kind, options.fallbacks)
                     chain = chain[:self.settings.max_fallbacks]
+                    tried = {plan.group.name}
+                assert tried is not None
                 nxt: Plan | None = None
                 while nxt is None and position < len(chain):
                     name = chain[position]
@@ -313,8 +315,8 @@ class Router:
                          options: RouteOptions, stream: bool, need: _Need,
                          attempts: int, fallbacks: int) -> T:
         group = plan.group
-        failed_ids: set[str] = set()
-        same: dict[str, int] = {}
+        failed_ids: set[str] | None = None
+        same: dict[str, int] | None = None
         pinned: Target | None = None
         retries_done = 0
         in_group = 0
@@ -347,10 +349,12 @@ class Router:
                 last = (exc, failure.kind)
                 # The deployment's own max_retries: the same deployment again, as the
                 # provider's SDK would, before the router picks anew.
-                done = same.get(target.model_id, 0)
+                done = same.get(target.model_id, 0) if same else 0
                 if failure.retryable and done < target.routing.max_retries:
                     delay = self.retry.delay(done, failure)
                     if delay is not None and not self._cooling(group, target):
+                        if same is None:
+                            same = {}
                         same[target.model_id] = done + 1
                         await asyncio.sleep(delay)
                         pinned = target
@@ -359,6 +363,8 @@ class Router:
                     raise _GroupFailed(exc, failure.kind, attempts) from None
                 retries_done += 1
                 self.retries.inc(group.name)
+                if failed_ids is None:
+                    failed_ids = set()
                 failed_ids.add(target.model_id)
                 if not self._others_left(plan, failed_ids):
                     delay = self.retry.delay(retries_done - 1, failure)
@@ -423,7 +429,7 @@ class Router:
                    and not (cools and self.cooldowns.cooling(t.model_id, now))
                    for t in plan.targets)
 
-    async def _pick(self, plan: Plan, failed_ids: set[str], pinned: Target | None,
+    async def _pick(self, plan: Plan, failed_ids: set[str] | None, pinned: Target | None,
                     need: _Need) -> tuple[Target, Mapping[str, str] | None, int]:
         group = plan.group
         targets = plan.targets
@@ -431,7 +437,7 @@ class Router:
         cands: Sequence[Target]
         if pinned is not None:
             cands = (pinned,)
-        elif group.cools:
+        elif group.cools and self.cooldowns.any():
             cooling = self.cooldowns.cooling
             cands = [t for t in targets if not cooling(t.model_id, now)]
             if not cands:
@@ -453,17 +459,22 @@ class Router:
                     f"deployment of model {group.name!r} (at most {largest} tokens)",
                     param="messages", code="context_length_exceeded"), "context_window")
             cands = fits
+        if not group.any_limits:
+            if len(cands) == 1:
+                target = cands[0]
+            elif group.ordered:
+                target = self._by_order(cands, now)[0]
+            else:
+                target = self._balancer.pick(cands, group.even, time.monotonic(), now)
+            if self._count_usage:
+                self.stats[target.model_id].count_use(1, 0, now)
+            return target, None, 0
         if len(cands) == 1:
             ordered: Sequence[Target] = cands
         elif group.ordered:
             ordered = self._by_order(cands, now)
         else:
-            ordered = self._order(cands, self.stats, time.monotonic(), now)
-        if not group.any_limits:
-            target = ordered[0]
-            if self._count_usage:
-                self.stats[target.model_id].count_use(1, 0, now)
-            return target, None, 0
+            ordered = self._balancer.order(cands, time.monotonic(), now)
         return await self._within_limits(group, ordered, need, now)
 
     def _by_order(self, cands: Sequence[Target], now: float) -> list[Target]:
@@ -472,8 +483,9 @@ class Router:
             order = t.routing.order
             levels.setdefault(_INF if order is None else float(order), []).append(t)
         out: list[Target] = []
+        mono = time.monotonic()
         for level in sorted(levels):
-            out += self._order(levels[level], self.stats, time.monotonic(), now)
+            out += self._balancer.order(levels[level], mono, now)
         return out
 
     async def _within_limits(self, group: Group, ordered: Sequence[Target], need: _Need,

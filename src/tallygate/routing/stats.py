@@ -4,7 +4,6 @@ must hold across gateways are the rate limiter's)."""
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -21,18 +20,24 @@ class DeploymentStats:
     failures: dict[str, int] = field(default_factory=dict)  # by kind, since start
     healthy: bool | None = None  # the last health check, None: never checked
     health_error: str | None = None
+    _sum: float = 0.0            # of the samples in ``latencies``
 
     def observe_latency(self, seconds: float, now: float) -> None:
-        self.latencies.append((now, seconds))
+        samples = self.latencies
+        if len(samples) == samples.maxlen:
+            self._sum -= samples[0][1]
+        samples.append((now, seconds))
+        self._sum += seconds
 
     def latency(self, now: float, ttl_s: float) -> float | None:
         """The mean of the samples younger than ``ttl_s``; None when there are none."""
-        total, count = 0.0, 0
-        for at, seconds in self.latencies:
-            if now - at <= ttl_s:
-                total += seconds
-                count += 1
-        return total / count if count else None
+        samples = self.latencies
+        while samples and now - samples[0][0] > ttl_s:
+            self._sum -= samples.popleft()[1]
+        if not samples:
+            self._sum = 0.0
+            return None
+        return self._sum / len(samples)
 
     def count_use(self, requests: int, tokens: int, now: float) -> None:
         m = int(now // 60)
@@ -60,7 +65,3 @@ class Stats:
 
     def items(self) -> list[tuple[str, DeploymentStats]]:
         return list(self._by_id.items())
-
-
-def now_wall() -> float:
-    return time.time()
