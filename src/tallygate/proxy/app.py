@@ -121,6 +121,16 @@ class Routes:
         return web.Response(body=orjson.dumps({"object": "list", "data": data}),
                             content_type="application/json")
 
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        """LiteLLM's ``GET /health``: every deployment (or ``?model=`` one group's)
+        checked with a tiny real call, or the latest background round."""
+        try:
+            await self.gw.access.authenticate(request)
+        except TallygateError as exc:
+            return error_response(exc)
+        body = await self.gw.health.answer(request.query.get("model") or None)
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
     async def liveness(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=b'"I\'m alive!"', content_type="application/json")
 
@@ -165,6 +175,7 @@ def create_app(settings: ProxySettings) -> web.Application:
         r.add_post(f"{prefix}/chat/completions", routes.chat_completions)
         r.add_post(f"{prefix}/embeddings", routes.embeddings)
         r.add_get(f"{prefix}/models", routes.models)
+    r.add_get("/health", routes.health)
     r.add_get("/health/liveliness", routes.liveness)
     r.add_get("/health/liveness", routes.liveness)
     r.add_get("/health/readiness", routes.readiness)

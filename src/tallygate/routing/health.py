@@ -108,8 +108,10 @@ class HealthChecker:
         """Check every deployment (or those of one model group) now."""
         checks = self._checks(model)
         results = await asyncio.gather(*(self._one(g, t, c) for g, t, c in checks))
-        healthy = [r for r in results if r.pop("healthy")]
-        unhealthy = [r for r in results if r not in healthy]
+        healthy: list[dict[str, Any]] = []
+        unhealthy: list[dict[str, Any]] = []
+        for r in results:
+            (healthy if r.pop("healthy") else unhealthy).append(r)
         return {"healthy_endpoints": healthy, "unhealthy_endpoints": unhealthy,
                 "healthy_count": len(healthy), "unhealthy_count": len(unhealthy)}
 

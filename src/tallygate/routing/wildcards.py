@@ -5,8 +5,8 @@ A client whose model ids change with every release (Claude Code asks for a new
 concrete model it asked for is the one sent upstream and priced.
 
 As in LiteLLM, each ``*`` of ``model_name`` matches any text and the most specific
-pattern (the longest) wins; a name no pattern matches is tried again with the provider
-its name implies (``claude-opus-4-1`` as ``anthropic/claude-opus-4-1``). The deployment's
+pattern (the longest) wins; a name is also tried with the provider its name implies
+(``claude-opus-4-1`` as ``anthropic/claude-opus-4-1``). The deployment's
 ``model`` gets the matched text in place of its ``*``. One difference: when the pattern's
 fixed part is part of the model id (``claude-*`` -> ``anthropic/*``), the whole
 requested id is sent (``anthropic/claude-opus-4-1``), not just the text after it.
@@ -66,19 +66,18 @@ class PatternSet(Generic[T]):
 
     def match(self, name: str, known_providers: Iterable[str] = ()
               ) -> tuple[Pattern[T], re.Match[str], str] | None:
-        """The pattern ``name`` matches, its match and the name as matched (perhaps
-        with an implied ``provider/`` in front)."""
-        for p in self.patterns:
-            m = p.regex.fullmatch(name)
-            if m is not None:
-                return p, m, name
+        """The most specific pattern ``name`` matches, as it is or with the provider its
+        name implies in front (``claude-x`` as ``anthropic/claude-x``: so that
+        ``anthropic/*`` wins over a catch-all ``*``); its match and the name matched."""
+        names = [name]
         provider = implied_provider(name)
-        if provider is not None and provider in set(known_providers) and "/" not in name:
-            prefixed = f"{provider}/{name}"
-            for p in self.patterns:
-                m = p.regex.fullmatch(prefixed)
+        if provider is not None and "/" not in name and provider in set(known_providers):
+            names.append(f"{provider}/{name}")
+        for p in self.patterns:
+            for candidate in names:
+                m = p.regex.fullmatch(candidate)
                 if m is not None:
-                    return p, m, prefixed
+                    return p, m, candidate
         return None
 
 
