@@ -36,6 +36,7 @@ log = logging.getLogger("tallygate.config")
 
 ENV_PREFIX = "os.environ/"
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+DEFAULT_RESPONSES_RETENTION_S = 30 * 86_400
 
 _PARAM_KEYS = {"model", "api_base", "api_key", "mock_response", "extra_headers",
                *DEPLOYMENT_KEYS, *PRICE_KEYS}
@@ -44,6 +45,7 @@ _ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info",
 _SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "drop_params",
                   "set_verbose", "json_logs", *LITELLM_SETTINGS_KEYS}
 _GENERAL_KEYS = {"master_key", "database_url", "max_request_size_mb", "drain_timeout_s",
+                 "metrics_customer_labels", "responses_retention_period",
                  "outbox_batch_size", "charge_by", "jsonl_path", "background_health_checks",
                  "health_check_interval", "health_check_details"}
 _TOP_KEYS = {"model_list", "litellm_settings", "tallygate_settings", "general_settings",
@@ -60,9 +62,14 @@ class ProxySettings:
     drain_timeout_s: float = 10.0
     outbox_batch_size: int | None = None
     charge_by: ChargeBy = "end_user_id"
+    #: customers with their own series in /metrics' token and cost counters; the rest
+    #: share "other". 0 (the default): no customer label, customer ids stay out of metrics
+    metrics_customer_labels: int = 0
     config_path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     access: AccessSettings = field(default_factory=AccessSettings)
+    #: how long the Responses API's stored responses are kept
+    responses_retention_s: float = DEFAULT_RESPONSES_RETENTION_S
     router: RouterSettings = field(default_factory=RouterSettings)
     # general_settings.background_health_checks / health_check_interval / _details
     health_check_interval_s: float | None = None   # None: no background health checks
@@ -214,7 +221,33 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
         adapter.check_deployment(deployment)
     except ConfigError as exc:
         raise ConfigError(f"{ppath}: {exc.message}") from None
+    endpoints = model_info.get("supported_endpoints")
+    if (isinstance(endpoints, list) and not adapter.responses_api
+            and any(e in ("/v1/responses", "/responses") for e in endpoints)):
+        log.warning("%s.model_info.supported_endpoints names /v1/responses, but %s "
+                    "deployments have no Responses API of their own: the Responses door "
+                    "serves them translated to their chat API", path, provider)
     return name, deployment
+
+
+def _retention(r: _Reader, value: Any) -> float:
+    """``general_settings.responses_retention_period``: a duration (``30d``, ``12h``) or
+    seconds; stored responses older than that are deleted."""
+    from tallygate.access.budgets import parse_duration_s
+    from tallygate.errors import BadRequestError
+
+    value = r.env(value, "general_settings.responses_retention_period")
+    if value is None:
+        return DEFAULT_RESPONSES_RETENTION_S
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value <= 0:
+            raise ConfigError("general_settings.responses_retention_period: must be positive")
+        return float(value)
+    try:
+        seconds = parse_duration_s(value, "responses_retention_period")
+    except BadRequestError as exc:
+        raise ConfigError(f"general_settings.{exc.message}") from None
+    return float(seconds or DEFAULT_RESPONSES_RETENTION_S)
 
 
 def parse_config(data: Any, environ: Mapping[str, str] | None = None,
@@ -261,11 +294,14 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
     size_mb = r.number(g.get("max_request_size_mb"), "general_settings.max_request_size_mb")
     drain = r.number(g.get("drain_timeout_s"), "general_settings.drain_timeout_s")
     batch = r.number(g.get("outbox_batch_size"), "general_settings.outbox_batch_size")
+    customer_labels = r.number(g.get("metrics_customer_labels"),
+                               "general_settings.metrics_customer_labels")
     charge_by_raw = r.text(g.get("charge_by"), "general_settings.charge_by")
     try:
         charge_by = parse_charge_by(charge_by_raw or r.environ.get("LAGO_API_CHARGE_BY"))
     except ConfigError as exc:
         raise ConfigError(f"general_settings.charge_by: {exc.message}") from None
+    retention = _retention(r, g.get("responses_retention_period"))
     access = parse_access_settings(top.get("access_settings"), entries, env=r.env,
                                    decimal=r.decimal, number=r.number, unknown=r.unknown)
     router = parse_router_settings(top.get("router_settings"), s, settings_key, routed,
@@ -292,9 +328,12 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         drain_timeout_s=drain if drain is not None else 10.0,
         outbox_batch_size=int(batch) if batch else None,
         charge_by=charge_by,
+        metrics_customer_labels=(int(customer_labels) if customer_labels is not None
+                                 else 0),
         config_path=config_path,
         extra={"environ": r.environ, "jsonl_path": g.get("jsonl_path")},
         access=access,
+        responses_retention_s=retention,
         router=router,
         health_check_interval_s=(interval or 300.0) if background else None,
         health_check_details=details,

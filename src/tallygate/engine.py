@@ -31,7 +31,14 @@ from tallygate.event import (
     now_ms,
 )
 from tallygate.pricing import PriceBook
-from tallygate.providers.base import ChatResult, Deployment, Provider, StreamDecoder, StreamItem
+from tallygate.providers.base import (
+    ChatResult,
+    Deployment,
+    Provider,
+    StreamDecoder,
+    StreamItem,
+    UpstreamRequest,
+)
 from tallygate.providers.registry import get_provider
 from tallygate.usage import Usage
 
@@ -70,8 +77,8 @@ class CallContext:
 
 
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
-               *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset()
-               ) -> UsageEvent:
+               *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset(),
+               first_chunk_ms: int | None = None) -> UsageEvent:
     # A deployment whose name says nothing of its model (Azure) is priced by base_model.
     price = prices.price(deployment.provider, deployment.base_model or deployment.model, usage,
                          deployment.price)
@@ -88,7 +95,7 @@ def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: P
         usage=usage, cost=price.cost, customer=ctx.customer, kind=kind,
         end_user=ctx.end_user, user_id=ctx.user_id, team_id=ctx.team_id, key_id=ctx.key_id,
         price_source=price.source, flags=frozenset(flags), metadata=ctx.metadata,
-        unpriced=price.unpriced, routing=ctx.routing)
+        unpriced=price.unpriced, first_chunk_ms=first_chunk_ms, routing=ctx.routing)
 
 
 def failure_event(ctx: CallContext, deployment: Deployment | None,
@@ -141,6 +148,34 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
         usage = result.usage
         if usage is None:
             usage = _estimated_usage(params, _answer_text(result.body), None)
+    except BaseException as exc:
+        await recorder.record_failure(failure_event(ctx, deployment, exc))
+        raise
+    event = make_event(ctx, deployment, usage, prices)
+    await recorder.record(event)
+    return result, event
+
+
+async def forward(deployment: Deployment, request: UpstreamRequest,
+                  read: Callable[[bytes], ChatResult], params: Mapping[str, Any],
+                  ctx: CallContext, recorder: Recorder, prices: PriceBook
+                  ) -> tuple[ChatResult, UsageEvent]:
+    """A non-streaming call whose upstream request a door built itself (its own API
+    passed through), billed like chat: ``read`` turns the 200 answer into its usage
+    (None: estimated from ``params["messages"]``). Failures bill nothing."""
+    try:
+        provider = get_provider(deployment.provider)
+        resp = await transport.post(request, deployment.timeout)
+        if resp.status >= 400:
+            raise provider.error_from_response(resp.status, resp.body, resp.headers)
+        try:
+            result = read(resp.body)
+        except TallygateError:
+            raise
+        except Exception as exc:
+            raise UpstreamError("upstream answered 200 with a body that is not the "
+                                f"expected answer ({type(exc).__name__})") from None
+        usage = result.usage or _estimated_usage(params, "", None)
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
@@ -212,19 +247,26 @@ class ChatStream:
     and an estimate from the streamed text otherwise."""
 
     def __init__(self, deployment: Deployment, params: dict[str, Any], ctx: CallContext,
-                 recorder: Recorder, prices: PriceBook, include_usage: bool) -> None:
+                 recorder: Recorder, prices: PriceBook, include_usage: bool, *,
+                 request: UpstreamRequest | None = None,
+                 decoder: StreamDecoder | None = None) -> None:
+        """``request`` and ``decoder``: a door's own upstream request and reading of its
+        stream (its API passed through) instead of the provider's chat ones."""
         self.deployment = deployment
         self.ctx = ctx
         self._params = params
         self._recorder = recorder
         self._prices = prices
         self._provider = get_provider(deployment.provider)
-        self._decoder: StreamDecoder = self._provider.chat_stream(deployment, include_usage)
+        self._request = request
+        self._decoder: StreamDecoder = (decoder if decoder is not None else
+                                        self._provider.chat_stream(deployment, include_usage))
         self._upstream: Any = None  # the open transport stream's context manager
         self._source: AsyncIterator[bytes] | None = None
         self._first: list[StreamItem] | None = None  # read by open(), not yet handed on
         self.event: UsageEvent | None = None
         self._finishing: asyncio.Future[UsageEvent] | None = None
+        self._first_chunk_ms: int | None = None  # for the time-to-first-token metric
 
     async def open(self) -> ChatStream:
         """Send the request and read until the first chunk: an upstream that fails
@@ -236,8 +278,8 @@ class ChatStream:
                 self._source = _local_source(self._provider.local_chat(
                     self.deployment, {**self._params, "stream": True}))
             else:
-                request = self._provider.chat_request(self.deployment, self._params,
-                                                      stream=True)
+                request = self._request or self._provider.chat_request(
+                    self.deployment, self._params, stream=True)
                 cm = transport.open_stream(request, self.deployment.timeout)
                 stream = await cm.__aenter__()
                 self._upstream = cm
@@ -264,6 +306,7 @@ class ChatStream:
             items = self._decoder.feed(data)
             if items or self._decoder.done:
                 self._first = items
+                self._first_chunk_ms = now_ms() - self.ctx.started_at_ms
                 return
 
     async def __aiter__(self) -> AsyncIterator[StreamItem]:
@@ -309,7 +352,8 @@ class ChatStream:
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)
             event = make_event(self.ctx, self.deployment, usage, self._prices,
-                               extra_flags=frozenset(flags))
+                               extra_flags=frozenset(flags),
+                               first_chunk_ms=self._first_chunk_ms)
             self.event = event
             await self._recorder.record(event)
         except BaseException as exc:

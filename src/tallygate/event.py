@@ -83,6 +83,8 @@ class UsageEvent:
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     #: with ``cost`` None: the usage buckets no price was found for
     unpriced: tuple[str, ...] = ()
+    #: streams: milliseconds from the call's start to its first chunk
+    first_chunk_ms: int | None = None
     #: the deployment that answered, when the call was routed (the proxy)
     routing: Routing | None = None
 
@@ -122,6 +124,7 @@ class UsageEvent:
             "flags": sorted(self.flags),
             "metadata": dict(self.metadata),
             "unpriced": list(self.unpriced),
+            "first_chunk_ms": self.first_chunk_ms,
             "routing": self.routing.to_dict() if self.routing is not None else None,
         }
 
@@ -153,6 +156,7 @@ class UsageEvent:
             flags=frozenset(data.get("flags") or ()),
             metadata=MappingProxyType(dict(data.get("metadata") or {})),
             unpriced=tuple(data.get("unpriced") or ()),
+            first_chunk_ms=data.get("first_chunk_ms"),
             routing=Routing.from_dict(data.get("routing")),
         )
 

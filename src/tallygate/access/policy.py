@@ -26,6 +26,7 @@ from tallygate.access.db import Database, database_for, wall_ms
 from tallygate.access.keys import AccessStore, KeyRecord, TeamRecord, hash_key, iso
 from tallygate.access.lago_api import LagoReader, lago_base
 from tallygate.access.ratelimit import Decision, Limit, LocalLimiter, RedisLimiter
+from tallygate.access.shared_limits import SharedCounters, SharedLimiter
 from tallygate.attribution import resolve_customer
 from tallygate.config import ProxySettings
 from tallygate.engine import CallContext
@@ -102,7 +103,7 @@ class VirtualKeyPolicy:
         self.master_key = settings.master_key
         self.db: Database | None = None
         self.store: AccessStore | None = None
-        self.limiter: LocalLimiter | RedisLimiter = LocalLimiter()
+        self.limiter: LocalLimiter | RedisLimiter | SharedLimiter = LocalLimiter()
         self.lago: LagoReader | None = None
         self._calls: dict[str, _Call] = {}
         self._headers: OrderedDict[str, dict[str, str]] = OrderedDict()
@@ -120,8 +121,12 @@ class VirtualKeyPolicy:
         self.db = database_for(database_url)
         await self.db.open()
         self.store = AccessStore(self.db, self.access.key_cache_ttl_s)
+        shared = self.settings.extra.get("shared_limits")
         if self.access.redis_url:
             self.limiter = RedisLimiter(self.access.redis_url)
+        elif isinstance(shared, SharedCounters):
+            # Forked workers of one gateway: one count for all of them.
+            self.limiter = SharedLimiter(shared)
         environ = self.settings.extra.get("environ") or {}
         base = lago_base(environ)
         if self.access.resolve_subscription_from_lago and base is not None:

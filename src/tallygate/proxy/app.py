@@ -142,8 +142,7 @@ class Routes:
                             content_type="application/json")
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        await self.gw.refresh_queue_gauges()
-        return web.Response(text=self.gw.metrics.render(),
+        return web.Response(text=await self.gw.render_metrics(),
                             content_type="text/plain", charset="utf-8")
 
 
@@ -186,5 +185,8 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.doors.anthropic_messages import add_messages_routes
 
     add_messages_routes(app, gw)  # the Anthropic Messages API door
+    from tallygate.doors.openai_responses import add_responses_routes
+
+    add_responses_routes(app, gw)  # the OpenAI Responses API door
     r.add_route("*", "/{tail:.*}", _json_404)
     return app

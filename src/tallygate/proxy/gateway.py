@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tallygate.access.ratelimit import LocalLimiter, RedisLimiter
+from tallygate.access.ratelimit import RedisLimiter
 from tallygate.config import ProxySettings
 from tallygate.event import FailureEvent, UsageEvent
 from tallygate.metering.delivery import DeliveryWorker
@@ -19,7 +19,8 @@ from tallygate.metering.outbox import Outbox
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
 from tallygate.proxy.access import AccessPolicy
-from tallygate.proxy.metrics import Labels, Metrics
+from tallygate.proxy.metrics import CustomerLabels, Labels, Metrics
+from tallygate.proxy.metrics_share import MetricsShare
 from tallygate.routing import CURRENT_ATTEMPT, Router
 from tallygate.routing.health import HealthChecker
 from tallygate.sinks.base import Sink
@@ -52,6 +53,7 @@ class Gateway:
         self.worker: DeliveryWorker | None = None
         self.started_at = time.time()
         self._queue_gauge_cache: list[tuple[Labels, float]] = []
+        self._queue_age_cache: list[tuple[Labels, float]] = []
         environ = settings.extra.get("environ") or os.environ
         # The local usage log sits beside the outbox, next to the config by default.
         jsonl_path = (settings.extra.get("jsonl_path") or environ.get("TALLYGATE_JSONL_PATH")
@@ -74,9 +76,13 @@ class Gateway:
             settings.models, r,
             unit_cost=self._unit_cost if r.strategy == "cost-based-routing" else _unknown,
             context_window=self._context_window if r.pre_call_checks else _unknown)
+        self._router_limiter: RedisLimiter | None = None
         self.health = HealthChecker(self.router, _probe,
                                     interval_s=settings.health_check_interval_s,
                                     details=settings.health_check_details)
+        self.customer_labels = CustomerLabels(settings.metrics_customer_labels)
+        share_dir = settings.extra.get("metrics_dir")
+        self.metrics_share = MetricsShare(share_dir, self.metrics) if share_dir else None
         self._describe_metrics()
 
     def _describe_metrics(self) -> None:
@@ -87,8 +93,16 @@ class Gateway:
         m.describe("tallygate_unknown_price_total", "counter", "Calls with no known price.")
         m.describe("tallygate_outbox_enqueued_total", "counter", "Events written to the outbox.")
         m.describe("tallygate_unattributed_total", "counter", "Calls with no customer.")
-        m.describe("tallygate_failed_attempts_total", "counter",
-                   "Upstream attempts that failed (billed nothing), by model group.")
+        m.describe("tallygate_upstream_errors_total", "counter",
+                   "Failed upstream calls by provider and status (billed nothing).")
+        m.describe("tallygate_call_duration_seconds", "histogram",
+                   "Billed calls' duration by model group and the deployment that answered.")
+        m.describe("tallygate_time_to_first_token_seconds", "histogram",
+                   "Streams' time to the first chunk by model group and deployment.")
+        m.describe("tallygate_delivery_lag_seconds", "histogram",
+                   "From a call's end to its event's delivery, by sink.")
+        m.describe("tallygate_outbox_oldest_pending_age_seconds", "gauge",
+                   "Age of the oldest undelivered outbox row.")
         self._register_router_gauges()
 
     def _unit_cost(self, d: Deployment) -> Any:
@@ -141,18 +155,21 @@ class Gateway:
                     out.append(((*base, ("outcome", kind)), float(n)))
             return out
 
-        m.gauge("tallygate_deployment_cooling_down", per_deployment("cooling_down"))
+        # With --workers N each worker routes on its own (unless Redis shares the
+        # cooldowns): a deployment cooling in any shows cooling; counts add up.
+        m.gauge("tallygate_deployment_cooling_down", per_deployment("cooling_down"), "max")
         m.gauge("tallygate_deployment_failures_this_minute",
-                per_deployment("failures_this_minute"))
-        m.gauge("tallygate_deployment_in_flight", per_deployment("in_flight"))
-        m.gauge("tallygate_deployment_latency_seconds", per_deployment("latency_ms"))
-        m.gauge("tallygate_deployment_healthy", per_deployment("healthy"))
-        m.gauge("tallygate_deployment_attempts_total", attempts)
+                per_deployment("failures_this_minute"), "max")
+        m.gauge("tallygate_deployment_in_flight", per_deployment("in_flight"), "sum")
+        m.gauge("tallygate_deployment_latency_seconds", per_deployment("latency_ms"), "max")
+        m.gauge("tallygate_deployment_healthy", per_deployment("healthy"), "max")
+        m.gauge("tallygate_deployment_attempts_total", attempts, "sum")
         m.gauge("tallygate_router_retries_total", lambda: [
-            ((("model_group", g),), float(n)) for g, n in router.retries.values.items()])
+            ((("model_group", g),), float(n)) for g, n in router.retries.values.items()],
+            "sum")
         m.gauge("tallygate_router_fallbacks_total", lambda: [
             ((("model_group", a), ("fallback", b)), float(n))
-            for (a, b), n in router.fallbacks.values.items()])
+            for (a, b), n in router.fallbacks.values.items()], "sum")
 
     async def start(self) -> None:
         from tallygate.metering.factory import open_outbox
@@ -162,13 +179,22 @@ class Gateway:
         self.outbox = await open_outbox(url)
         self._writer = GroupCommitter(self._write_outbox)
         await self.keys.start(url)
-        shared = self.settings.router.redis_url or self.settings.access.redis_url
-        self.router.limiter = RedisLimiter(shared) if shared else LocalLimiter()
+        # Deployments' rpm/tpm count where keys' do (in the process, shared by worker
+        # processes, or in Redis), unless router_settings names a Redis of its own.
+        own = self.settings.router.redis_url
+        if own and own != self.settings.access.redis_url:
+            self._router_limiter = RedisLimiter(own)
+            self.router.limiter = self._router_limiter
+        else:
+            self.router.limiter = self.keys.limiter
         await self.router.start()
         self.health.start()
         self.worker = DeliveryWorker(self.outbox, self.sinks,
-                                     batch_size=self.settings.outbox_batch_size)
+                                     batch_size=self.settings.outbox_batch_size,
+                                     on_delivered=self._observe_delivery)
         self.worker.start()
+        if self.metrics_share is not None:
+            self.metrics_share.start()
         self._register_delivery_gauges(self.worker)
         log.info("tallygate gateway ready: %d model groups, sinks: %s, outbox: %s",
                  len(self.settings.models), ", ".join(self._sink_names), _safe_url(url))
@@ -186,9 +212,26 @@ class Gateway:
             return [((("sink", name),), 1.0 if c.paused else 0.0)
                     for name, c in worker.sink_counters().items()]
 
-        self.metrics.gauge("tallygate_delivery_events", delivery)
-        self.metrics.gauge("tallygate_delivery_paused", paused)
+        # Each worker delivers its own share: its counts add up; any paused one shows.
+        self.metrics.gauge("tallygate_delivery_events", delivery, merge="sum")
+        self.metrics.gauge("tallygate_delivery_paused", paused, merge="max")
+        # The outbox is shared: the serving worker's reading is everyone's.
         self.metrics.gauge("tallygate_outbox_rows", lambda: self._queue_gauge_cache)
+        self.metrics.gauge("tallygate_outbox_oldest_pending_age_seconds",
+                           lambda: self._queue_age_cache)
+
+    def _observe_delivery(self, sink: str, events: Sequence[UsageEvent]) -> None:
+        now = time.time()
+        for event in events:
+            self.metrics.observe("tallygate_delivery_lag_seconds", (("sink", sink),),
+                                 max(now - event.finished_at_ms / 1000, 0.0))
+
+    async def render_metrics(self) -> str:
+        """/metrics for the whole gateway: every worker's counts when there are several."""
+        await self.refresh_queue_gauges()
+        if self.metrics_share is not None:
+            return self.metrics_share.render()
+        return self.metrics.render()
 
     async def refresh_queue_gauges(self) -> None:
         """Read queue depth and age from the outbox (before /metrics renders)."""
@@ -200,12 +243,15 @@ class Gateway:
             ((("state", "dead"),), float(stats.dead)),
             ((("state", "oldest_pending_age_seconds"),), float(stats.oldest_pending_age_s or 0)),
         ]
+        self._queue_age_cache = [((), float(stats.oldest_pending_age_s or 0))]
 
     async def stop(self) -> None:
         from tallygate import transport
 
         if self._writer is not None:
             await self._writer.wait_idle()
+        if self.metrics_share is not None:
+            await self.metrics_share.stop()
         if self.worker is not None:
             await self.worker.stop(self.settings.drain_timeout_s)
             self.worker = None
@@ -213,7 +259,8 @@ class Gateway:
             await sink.aclose()
         await self.health.stop()
         await self.router.close()
-        await self.router.limiter.close()
+        if self._router_limiter is not None:
+            await self._router_limiter.close()
         await self.keys.stop()
         if self.outbox is not None:
             await self.outbox.close()
@@ -253,13 +300,21 @@ class Gateway:
         """One failed upstream attempt: counted, billed nothing. The call's reservation
         is not given back here: the router may retry or fall back; the call frame
         releases it once when the call fails as a whole."""
-        group = failure.routing.group if failure.routing is not None else failure.model
-        self.metrics.inc("tallygate_failed_attempts_total",
-                         (("model_group", group), ("status", str(failure.status_code))))
+        self.metrics.inc("tallygate_upstream_errors_total",
+                         (("provider", failure.provider or "none"),
+                          ("status", str(failure.status_code))))
 
     def _count(self, event: UsageEvent) -> None:
         m, u = self.metrics, event.usage
-        model = (("model", event.model),)
+        model: Labels = (("model", event.model),)
+        deployment = (*model, ("deployment", f"{event.provider}/{event.provider_model}"))
+        m.observe("tallygate_call_duration_seconds", deployment, max(event.latency_ms, 0) / 1000)
+        if event.first_chunk_ms is not None:
+            m.observe("tallygate_time_to_first_token_seconds", deployment,
+                      max(event.first_chunk_ms, 0) / 1000)
+        customer = self.customer_labels.label(event.customer)
+        if customer is not None:
+            model = (*model, ("customer", customer))
         for bucket, value in (("input", u.input_tokens), ("cache_read", u.cache_read_tokens),
                               ("cache_write", u.cache_write_tokens),
                               ("cache_write_1h", u.cache_write_1h_tokens),

@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from tallygate.access.ratelimit import Decision, LocalLimiter, RedisLimiter
+from tallygate.access.ratelimit import Decision, Limit, LocalLimiter
 from tallygate.errors import (
     BadRequestError,
     ModelNotFoundError,
@@ -51,6 +51,15 @@ T = TypeVar("T")
 MAX_RATE_LIMIT_COOLDOWN_S = 3600.0
 _WILDCARD_PLANS = 1024
 _INF = float("inf")
+
+
+class Limiter(Protocol):
+    """Counts each deployment's rpm/tpm (``tallygate.access.ratelimit``'s limiters: in
+    the process, shared by worker processes, or in Redis)."""
+
+    async def acquire(self, limits: Sequence[Limit]) -> Decision: ...
+
+    async def adjust(self, limits: Sequence[Limit], delta: int) -> None: ...
 
 
 class Attempt:
@@ -148,7 +157,7 @@ class Router:
     def __init__(self, models: Mapping[str, Sequence[Deployment]], settings: RouterSettings,
                  *, unit_cost: Callable[[Deployment], Decimal | None] = lambda d: None,
                  context_window: Callable[[Deployment], int | None] = lambda d: None,
-                 limiter: LocalLimiter | RedisLimiter | None = None,
+                 limiter: Limiter | None = None,
                  cooldowns: Cooldowns | None = None) -> None:
         self.settings = settings
         self.groups = build_groups(models, settings, unit_cost=unit_cost,
@@ -169,7 +178,7 @@ class Router:
             else:
                 cooldowns = Cooldowns()
         self.cooldowns = cooldowns
-        self.limiter: LocalLimiter | RedisLimiter = limiter or LocalLimiter()
+        self.limiter: Limiter = limiter or LocalLimiter()
         self._wild: dict[str, Plan] = {}
         self._plans: dict[str, Plan] = {
             name: Plan(name, g, g.targets) for name, g in self.groups.items() if not g.wildcard}
