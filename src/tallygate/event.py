@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from tallygate.usage import TOKEN_BUCKETS, Usage
 
-CallKind = Literal["chat", "embedding"]
+CallKind = Literal["chat", "embedding", "completion"]
 
 # Flags an event can carry; each says something a billing reader must know.
 FLAG_UNKNOWN_PRICE = "unknown_price"

@@ -27,7 +27,7 @@ from tallygate.access.keys import AccessStore, KeyRecord, TeamRecord, hash_key, 
 from tallygate.access.lago_api import LagoReader, lago_base
 from tallygate.access.ratelimit import Decision, Limit, LocalLimiter, RedisLimiter
 from tallygate.access.shared_limits import SharedCounters, SharedLimiter
-from tallygate.attribution import resolve_customer
+from tallygate.attribution import end_user_of, resolve_customer
 from tallygate.config import ProxySettings
 from tallygate.engine import CallContext
 from tallygate.errors import (
@@ -50,6 +50,8 @@ log = logging.getLogger("tallygate.access")
 
 ALL_MODELS = ("all-proxy-models", "*")
 _MAX_PENDING_HEADERS = 10_000
+# Tells the client a call has no payer and is held for `tallygate outbox assign`.
+BILLING_STATE_HEADER = "x-tallygate-billing-state"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +179,15 @@ class VirtualKeyPolicy:
 
     # -- admission -----------------------------------------------------------------------
 
+    def check_model(self, identity: Any, model: str) -> None:
+        caller: Caller = identity
+        if caller.key is not None and not _models_allow(caller.key.models, model):
+            raise PermissionDeniedError(f"this key may not call the model {model!r}",
+                                        code="model_not_allowed", param="model")
+        if caller.team is not None and not _models_allow(caller.team.models, model):
+            raise PermissionDeniedError(f"this key's team may not call the model {model!r}",
+                                        code="model_not_allowed", param="model")
+
     async def admit(self, identity: Any, data: Mapping[str, Any], model: str, call_id: str,
                     deployments: Sequence[Deployment]) -> CallContext:
         """Admit the call: model access, who pays, key and team limits, one budget
@@ -185,23 +196,20 @@ class VirtualKeyPolicy:
         caller: Caller = identity
         assert self.store is not None and self.db is not None, "gateway not started"
         key, team = caller.key, caller.team
-        if key is not None and not _models_allow(key.models, model):
-            raise PermissionDeniedError(f"this key may not call the model {model!r}",
-                                        code="model_not_allowed", param="model")
-        if team is not None and not _models_allow(team.models, model):
-            raise PermissionDeniedError(f"this key's team may not call the model {model!r}",
-                                        code="model_not_allowed", param="model")
-        raw_user = data.get("user")
-        user = raw_user if isinstance(raw_user, str) and raw_user else None
+        self.check_model(caller, model)
+        user, user_field = end_user_of(data)
         metadata = MappingProxyType(dict(data.get("metadata") or {}))
-        customer = self._payer(caller, user, metadata)
+        customer = self._payer(caller, user, user_field, metadata)
+        unpaid_held = False
         if customer is None:
             if self.access.unattributed == "reject":
                 raise BadRequestError(
                     f"no customer to bill for this call (LAGO_API_CHARGE_BY="
-                    f"{self.settings.charge_by})", code="unattributed", param="user")
+                    f"{self.settings.charge_by})", code="unattributed", param=user_field)
             if self.access.unattributed == "default_customer":
                 customer = self.access.default_customer
+            else:
+                unpaid_held = True
         customer_rec = await self.store.customer(customer) if customer else None
         if customer_rec is not None and customer_rec.blocked:
             raise PermissionDeniedError(f"customer {customer!r} is blocked",
@@ -241,6 +249,8 @@ class VirtualKeyPolicy:
                                      else None), customer, scopes, reserved,
                                      [lim for lim in limits if lim.kind == "tokens"],
                                      token_estimate, amount)
+        if unpaid_held:
+            headers = {**headers, BILLING_STATE_HEADER: "held"}
         if headers:
             self._headers[call_id] = headers
             while len(self._headers) > _MAX_PENDING_HEADERS:
@@ -277,7 +287,7 @@ class VirtualKeyPolicy:
         return BudgetExceededError(f"budget exceeded for {what}: spent ${spent} of "
                                    f"${_usd(exceeded.max_micros)}{held}")
 
-    def _payer(self, caller: Caller, user: str | None,
+    def _payer(self, caller: Caller, user: str | None, user_field: str,
                metadata: Mapping[str, Any]) -> str | None:
         key = caller.key
         if key is None:
@@ -289,10 +299,10 @@ class VirtualKeyPolicy:
             if user is not None and (mode == "master_only"
                                      or (mode == "must_match" and user != key.customer_id)):
                 raise PermissionDeniedError(
-                    "this key bills a fixed customer; the request's 'user' may not name "
-                    "another payer" if mode == "must_match" else
-                    "only the master key may set 'user' on this gateway",
-                    code="user_not_allowed", param="user")
+                    f"this key bills a fixed customer; the request's '{user_field}' may "
+                    "not name another payer" if mode == "must_match" else
+                    f"only the master key may set '{user_field}' on this gateway",
+                    code="user_not_allowed", param=user_field)
             return key.customer_id
         return resolve_customer(self.settings.charge_by, end_user=user, metadata=None,
                                 user_id=key.user_id, team_id=key.team_id)

@@ -42,6 +42,10 @@ log = logging.getLogger("tallygate.proxy")
 
 CALL_ID_HEADER = "x-tallygate-call-id"
 COST_HEADER = "x-tallygate-response-cost"
+# The openai SDK reads it as ``_request_id``: the call id too.
+REQUEST_ID_HEADER = "x-request-id"
+# What a translating door left out of the request (comma-separated field paths).
+DROPPED_HEADER = "x-tallygate-dropped-params"
 
 # (request, OpenAI-shaped params, deployment, ctx) -> the answer: one attempt, once the
 # call is admitted. The router may run it again (a retry, a fallback) when it raises an
@@ -57,6 +61,7 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
 
 def openai_error_response(exc: TallygateError, call_id: str | None = None) -> web.Response:
     headers = dict(exc.headers)
+    headers[REQUEST_ID_HEADER] = call_id or new_call_id()
     if call_id:
         headers[CALL_ID_HEADER] = call_id
     return web.Response(body=orjson.dumps(exc.to_body()), status=exc.status_code,
@@ -97,12 +102,21 @@ def _check_fallbacks(gw: Gateway, options: RouteOptions) -> None:
                                   param=f"fallbacks[{i}]", code="model_not_found")
 
 
+def model_group(gw: Gateway, model: str) -> tuple[Deployment, ...]:
+    """The deployments that the name ``model`` reaches (a group, an alias, a deployment
+    id, a wildcard group's made concrete); 404 when none. Routing calls go through
+    ``CallFrame.run`` instead: this is for routes that only look (token counting)."""
+    return gw.router.resolve(model).deployments
+
+
 class CallFrame:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
+        # Metric labels: configured names only, never a name a client made up.
+        self._known_models = frozenset(gw.router.groups) | frozenset(gw.router.names())
 
-    def _observe(self, route: str, group: str | None, status: int, started: float) -> None:
-        label = group or "unknown"  # a model group: never a client-chosen name
+    def observe(self, route: str, model: str | None, status: int, started: float) -> None:
+        label = model if model in self._known_models else "unknown"  # never client-chosen
         m = self.gw.metrics
         m.inc("tallygate_requests_total",
               (("route", route), ("model", label), ("status", str(status))))
@@ -162,7 +176,7 @@ class CallFrame:
             await asyncio.shield(self._release(ctx, exc))
             raise
         finally:
-            self._observe(route, group, status, started)
+            self.observe(route, group, status, started)
 
     async def _release(self, ctx: CallContext | None, exc: BaseException) -> None:
         """The call failed as a whole: give back its one reservation (once)."""
