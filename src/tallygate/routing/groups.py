@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from tallygate.access.ratelimit import Limit
@@ -141,7 +142,7 @@ def build_groups(models: Mapping[str, Sequence[Deployment]], settings: RouterSet
                 routing=r, host=host, weight=_weight(r),
                 unit_cost=unit_cost(d), template=r.template,
                 first_tag=Routing(name, r.model_id, host),
-                first_headers=routing_headers(name, r.model_id, 0, 0),
+                first_headers=MappingProxyType(routing_headers(name, r.model_id, 0, 0)),
                 limits_rpm=(Limit("deployment", r.model_id, "requests", r.rpm, 1)
                             if r.rpm is not None else None),
                 limits_tpm=(Limit("deployment", r.model_id, "tokens", r.tpm, 0)
