@@ -130,10 +130,20 @@ class Gateway:
         m.describe("tallygate_router_fallbacks_total", "counter",
                    "Calls that fell back from one model group to another.")
 
+        cache: list[Any] = [0.0, []]
+
+        def snapshot() -> list[dict[str, object]]:
+            # One reading serves every gauge of a render (they are read one by one).
+            now = time.monotonic()
+            if now - cache[0] > 0.2:
+                cache[0], cache[1] = now, router.snapshot()
+            rows: list[dict[str, object]] = cache[1]
+            return rows
+
         def per_deployment(key: str) -> Any:
             def read() -> list[tuple[Labels, float]]:
                 out: list[tuple[Labels, float]] = []
-                for d in router.snapshot():
+                for d in snapshot():
                     value = d[key]
                     if value is None:
                         continue
