@@ -281,10 +281,19 @@ class Router:
         position = 0
         primary: _GroupFailed | None = None
         tried: set[str] | None = None
+
+        def fallback_left(kind: str) -> bool:
+            if options.disable_fallbacks:
+                return False
+            if chain is None:
+                return bool(fallback_chain(self.settings, plan.group.name, plan.name, kind,
+                                           options.fallbacks)[:self.settings.max_fallbacks])
+            return position < len(chain)
+
         while True:
             try:
                 return await self._run_group(current, call, options, stream, need,
-                                             attempts, fallbacks)
+                                             attempts, fallbacks, fallback_left)
             except _GroupFailed as failed:
                 attempts = failed.attempts
                 if primary is None:
@@ -322,7 +331,8 @@ class Router:
 
     async def _run_group(self, plan: Plan, call: Callable[[Attempt], Awaitable[T]],
                          options: RouteOptions, stream: bool, need: _Need,
-                         attempts: int, fallbacks: int) -> T:
+                         attempts: int, fallbacks: int,
+                         fallback_left: Callable[[str], bool]) -> T:
         group = plan.group
         failed_ids: set[str] | None = None
         same: dict[str, int] | None = None
@@ -376,8 +386,10 @@ class Router:
                     failed_ids = set()
                 failed_ids.add(target.model_id)
                 if not self._others_left(plan, failed_ids):
+                    # Every deployment failed this call already: wait and try again,
+                    # unless a fallback group can answer now.
                     delay = self.retry.delay(retries_done - 1, failure)
-                    if delay is None:
+                    if delay is None or fallback_left(failure.kind):
                         raise _GroupFailed(exc, failure.kind, attempts) from None
                     await asyncio.sleep(delay)
                     failed_ids.clear()
