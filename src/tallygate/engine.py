@@ -125,16 +125,54 @@ def _estimated_usage(params: Mapping[str, Any], output_text: str,
                  output_tokens=out, source="estimated")
 
 
+def _estimated_embedding_usage(params: Mapping[str, Any]) -> Usage:
+    """Input tokens estimated from the texts, for a provider that reports no usage."""
+    value = params.get("input")
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    tokens = sum(estimate_text_tokens(t) for t in texts if isinstance(t, str))
+    return Usage(input_tokens=tokens, source="estimated")
+
+
 async def _send(provider: Provider, deployment: Deployment, params: dict[str, Any],
                 *, embedding: bool = False) -> bytes:
     if provider.is_local:
         return provider.local_chat(deployment, params)
     request = (provider.embedding_request(deployment, params) if embedding
                else provider.chat_request(deployment, params, stream=False))
-    resp = await transport.post(request, deployment.timeout)
+    resp = await _post(provider, deployment, request)
     if resp.status >= 400:
         raise provider.error_from_response(resp.status, resp.body, resp.headers)
     return resp.body
+
+
+async def _post(provider: Provider, deployment: Deployment,
+                request: UpstreamRequest) -> transport.UpstreamResponse:
+    """POST; with fetched credentials (``needs_authorize``) a 401 (a token revoked or
+    expired early) gets fresh ones and one retry."""
+    if not provider.needs_authorize:
+        return await transport.post(request, deployment.timeout)
+    await provider.authorize(deployment, request)
+    resp = await transport.post(request, deployment.timeout)
+    if resp.status == 401:
+        await provider.authorize(deployment, request, rejected=True)
+        resp = await transport.post(request, deployment.timeout)
+    return resp
+
+
+async def _open_stream(provider: Provider, deployment: Deployment, request: UpstreamRequest
+                       ) -> tuple[Any, transport.UpstreamStream]:
+    """Open an upstream stream: (its context manager, the answer), entered. Fetched
+    credentials are refreshed once on a 401, as in ``_post``."""
+    if provider.needs_authorize:
+        await provider.authorize(deployment, request)
+    cm = transport.open_stream(request, deployment.timeout)
+    stream = await cm.__aenter__()
+    if stream.status == 401 and provider.needs_authorize:
+        await cm.__aexit__(None, None, None)
+        await provider.authorize(deployment, request, rejected=True)
+        cm = transport.open_stream(request, deployment.timeout)
+        stream = await cm.__aenter__()
+    return cm, stream
 
 
 async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
@@ -166,7 +204,7 @@ async def forward(deployment: Deployment, request: UpstreamRequest,
     (None: estimated from ``params["messages"]``). Failures bill nothing."""
     try:
         provider = get_provider(deployment.provider)
-        resp = await transport.post(request, deployment.timeout)
+        resp = await _post(provider, deployment, request)
         if resp.status >= 400:
             raise provider.error_from_response(resp.status, resp.body, resp.headers)
         try:
@@ -196,7 +234,7 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    usage = result.usage or Usage(source="estimated")
+    usage = result.usage or _estimated_embedding_usage(params)
     event = make_event(ctx, deployment, usage, prices, kind="embedding")
     await recorder.record(event)
     return result, event
@@ -221,7 +259,7 @@ async def unbilled(deployment: Deployment, request: UpstreamRequest) -> bytes:
     """A request that costs nothing (token counting): sent, its answer returned, no
     event. Upstream errors are the provider's errors, as for a billed call."""
     provider = get_provider(deployment.provider)
-    resp = await transport.post(request, deployment.timeout)
+    resp = await _post(provider, deployment, request)
     if resp.status >= 400:
         raise provider.error_from_response(resp.status, resp.body, resp.headers)
     return resp.body
@@ -300,8 +338,7 @@ class ChatStream:
             else:
                 request = self._request or self._provider.chat_request(
                     self.deployment, self._params, stream=True)
-                cm = transport.open_stream(request, self.deployment.timeout)
-                stream = await cm.__aenter__()
+                cm, stream = await _open_stream(self._provider, self.deployment, request)
                 self._upstream = cm
                 if stream.status >= 400:
                     body = await stream.read()

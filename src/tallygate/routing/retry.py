@@ -2,10 +2,10 @@
 
 A retry picks a deployment again, preferring one that has not failed this call: that
 one is tried at once. Waiting is for when the only choice left is a deployment that
-just failed (and no fallback group can answer instead): capped exponential backoff with jitter (0.5 s doubling to 8 s, each delay
-drawn between 75% and 100% of that), never less than ``retry_after``, and the
-upstream's own ``Retry-After`` when it sent one (up to 60 s; longer, and the group is
-given up for its fallbacks rather than held).
+just failed (and no fallback group can answer instead): capped exponential backoff
+with jitter (0.5 s doubling to 8 s, each delay drawn between 75% and 100% of that),
+never less than ``retry_after``, and the upstream's own ``Retry-After`` when it sent one
+(up to 60 s; longer, and the group is given up for its fallbacks rather than held).
 """
 
 from __future__ import annotations
