@@ -85,6 +85,9 @@ class UsageEvent:
     unpriced: tuple[str, ...] = ()
     #: streams: milliseconds from the call's start to its first chunk
     first_chunk_ms: int | None = None
+    #: what the provider itself says the call cost (OpenRouter's ``usage.cost``,
+    #: Perplexity's ``usage.cost.total_cost``), beside ``cost``, tallygate's own price
+    provider_cost: Decimal | None = None
     #: the deployment that answered, when the call was routed (the proxy)
     routing: Routing | None = None
 
@@ -125,6 +128,8 @@ class UsageEvent:
             "metadata": dict(self.metadata),
             "unpriced": list(self.unpriced),
             "first_chunk_ms": self.first_chunk_ms,
+            "provider_cost": (None if self.provider_cost is None
+                              else format_decimal(self.provider_cost)),
             "routing": self.routing.to_dict() if self.routing is not None else None,
         }
 
@@ -132,6 +137,7 @@ class UsageEvent:
     def from_dict(cls, data: Mapping[str, Any]) -> UsageEvent:
         u = data["usage"]
         cost = data.get("cost")
+        provider_cost = data.get("provider_cost")
         return cls(
             call_id=data["call_id"],
             started_at_ms=int(data["started_at_ms"]),
@@ -157,6 +163,7 @@ class UsageEvent:
             metadata=MappingProxyType(dict(data.get("metadata") or {})),
             unpriced=tuple(data.get("unpriced") or ()),
             first_chunk_ms=data.get("first_chunk_ms"),
+            provider_cost=None if provider_cost is None else Decimal(provider_cost),
             routing=Routing.from_dict(data.get("routing")),
         )
 

@@ -108,10 +108,10 @@ class Gateway:
     def _unit_cost(self, d: Deployment) -> Any:
         # cost-based-routing's yardstick: a call of 1,000 tokens in and 1,000 out.
         usage = Usage(input_tokens=1000, output_tokens=1000)
-        return self.prices.price(d.provider, d.base_model or d.model, usage, d.price).cost
+        return self.prices.price(d.provider, _priced(d), usage, d.price).cost
 
     def _context_window(self, d: Deployment) -> int | None:
-        return self.prices.context_window(d.provider, d.base_model or d.model)
+        return self.prices.context_window(d.provider, _priced(d))
 
     def _register_router_gauges(self) -> None:
         m, router = self.metrics, self.router
@@ -329,6 +329,7 @@ class Gateway:
                               ("cache_write", u.cache_write_tokens),
                               ("cache_write_1h", u.cache_write_1h_tokens),
                               ("audio_input", u.audio_input_tokens),
+                              ("citation", u.citation_tokens),
                               ("output", u.output_tokens),
                               ("audio_output", u.audio_output_tokens)):
             if value:
@@ -369,6 +370,12 @@ class Gateway:
 
 def _unknown(d: Deployment) -> None:
     return None
+
+
+def _priced(d: Deployment) -> str:
+    from tallygate.engine import priced_model
+
+    return priced_model(d, None) or d.model
 
 
 async def _probe(deployment: Deployment, embedding: bool) -> None:
