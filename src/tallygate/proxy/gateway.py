@@ -121,7 +121,7 @@ class Gateway:
                    "Failures counted toward a deployment's cooldown this minute.")
         m.describe("tallygate_deployment_in_flight", "gauge", "Calls in flight per deployment.")
         m.describe("tallygate_deployment_latency_seconds", "gauge",
-                   "Recent mean latency per deployment (time to first token for streams).")
+                   "Recent median latency per deployment (time to first token for streams).")
         m.describe("tallygate_deployment_healthy", "gauge",
                    "The last health check of a deployment: 1 healthy, 0 not.")
         m.describe("tallygate_deployment_attempts_total", "counter",

@@ -20,24 +20,27 @@ class DeploymentStats:
     failures: dict[str, int] = field(default_factory=dict)  # by kind, since start
     healthy: bool | None = None  # the last health check, None: never checked
     health_error: str | None = None
-    _sum: float = 0.0            # of the samples in ``latencies``
+    _median: float | None = None  # of the samples in ``latencies``; None: to compute
 
     def observe_latency(self, seconds: float, now: float) -> None:
-        samples = self.latencies
-        if len(samples) == samples.maxlen:
-            self._sum -= samples[0][1]
-        samples.append((now, seconds))
-        self._sum += seconds
+        self.latencies.append((now, seconds))
+        self._median = None
 
     def latency(self, now: float, ttl_s: float) -> float | None:
-        """The mean of the samples younger than ``ttl_s``; None when there are none."""
+        """The median of the samples younger than ``ttl_s`` (one slow outlier, a cold
+        connection say, does not bury a fast deployment); None when there are none."""
         samples = self.latencies
         while samples and now - samples[0][0] > ttl_s:
-            self._sum -= samples.popleft()[1]
+            samples.popleft()
+            self._median = None
         if not samples:
-            self._sum = 0.0
             return None
-        return self._sum / len(samples)
+        if self._median is None:
+            ordered = sorted(seconds for _, seconds in samples)
+            mid = len(ordered) // 2
+            self._median = (ordered[mid] if len(ordered) % 2
+                            else (ordered[mid - 1] + ordered[mid]) / 2)
+        return self._median
 
     def count_use(self, requests: int, tokens: int, now: float) -> None:
         m = int(now // 60)

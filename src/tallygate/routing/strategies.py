@@ -6,7 +6,7 @@ ranks them all, for when the first may be at its own rpm/tpm and the next is tri
 - ``simple-shuffle``: at random, weighted by ``weight`` (else ``rpm``, else ``tpm``).
 - ``least-busy``: fewest calls in flight first.
 - ``latency-based-routing``: fastest first (time to first token for streams, the whole
-  call otherwise; the mean of the last ``max_latency_list_size`` samples younger than
+  call otherwise; the median of the last ``max_latency_list_size`` samples younger than
   ``ttl``); a deployment with no sample yet is tried first, one within
   ``lowest_latency_buffer`` of the fastest is as good as it, and one call in twenty
   goes to a random deployment so a slow one that recovered is noticed.
