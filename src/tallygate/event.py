@@ -91,6 +91,9 @@ class UsageEvent:
     provider_cost: Decimal | None = None
     #: the deployment that answered, when the call was routed (the proxy)
     routing: Routing | None = None
+    #: what the gateway's spend ledger and budgets must record for this call (see
+    #: ``tallygate.access.settlement``); stored with the outbox row, never sent to a sink
+    settlement: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def timestamp(self) -> str:
