@@ -221,6 +221,13 @@ def translate_tools(tools: object) -> list[dict[str, Any]]:
     return out
 
 
+# The OpenAI chat parameters ``build_body`` translates (get_supported_openai_params).
+OPENAI_PARAMS = frozenset({
+    "stream", "stream_options", "stop", "temperature", "top_p", "max_tokens",
+    "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls",
+    "response_format", "user", "safety_identifier", "n", "extra_headers", "metadata"})
+
+
 def translate_tool_choice(choice: object, parallel: object) -> dict[str, Any] | None:
     result: dict[str, Any]
     if choice is None:
@@ -592,6 +599,7 @@ class AnthropicProvider(Provider, NativeMessages):
     name = "anthropic"
     price_provider = "anthropic"
     reads_cache_control = True
+    supported_openai_params = OPENAI_PARAMS
     default_api_base = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
 
