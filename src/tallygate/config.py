@@ -66,6 +66,12 @@ class ProxySettings:
     access: AccessSettings = field(default_factory=AccessSettings)
     #: how long the Responses API's stored responses are kept
     responses_retention_s: float = DEFAULT_RESPONSES_RETENTION_S
+    #: litellm_settings.drop_params: leave out (and name) OpenAI params a provider
+    #: does not take, instead of refusing the call
+    drop_params: bool = False
+    #: litellm_settings.set_verbose / json_logs: DEBUG logging; one JSON object a line
+    set_verbose: bool = False
+    json_logs: bool = False
 
     def default_database_path(self) -> str:
         """The outbox lives next to the config file unless told otherwise."""
@@ -144,6 +150,16 @@ class _Reader:
         if number < 0 or not number.is_finite():
             raise ConfigError(f"{path}: must be a non-negative number")
         return number
+
+    def flag(self, value: Any, path: str) -> bool:
+        value = self.env(value, path)
+        if value is None:
+            return False
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"  # os.environ/NAME gives a string
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: must be true or false")
+        return value
 
     def names(self, value: Any, path: str) -> list[str]:
         if value is None:
@@ -312,6 +328,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
             if name not in sinks:
                 sinks.append(name)
     r.names(s.get("failure_callback"), f"{settings_key}.failure_callback")
+    flags = {key: r.flag(s.get(key), f"{settings_key}.{key}")
+             for key in ("drop_params", "set_verbose", "json_logs")}
 
     g = r.mapping(top.get("general_settings"), "general_settings", _GENERAL_KEYS)
     size_mb = r.number(g.get("max_request_size_mb"), "general_settings.max_request_size_mb")
@@ -347,6 +365,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         extra={"environ": r.environ, "jsonl_path": g.get("jsonl_path")},
         access=access,
         responses_retention_s=retention,
+        **flags,
     )
 
 
