@@ -38,6 +38,9 @@ DEFAULT_RESPONSES_RETENTION_S = 30 * 86_400
 _PARAM_KEYS = {"model", "api_base", "api_key", "timeout", "stream_timeout", "mock_response",
                "extra_headers", "rpm", "tpm", "max_retries", *PRICE_KEYS,
                PER_REQUEST_PRICE_KEY}
+# Accepted for LiteLLM configs, not acted on (each call goes to its deployment once,
+# under its one ``timeout``): warned about, never silently ignored.
+_NOT_APPLIED_PARAMS = ("stream_timeout", "max_retries")
 _ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info"}
 _SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "request_timeout",
                   "drop_params", "set_verbose", "json_logs"}
@@ -90,6 +93,8 @@ class _Reader:
         self.environ = environ
         self.config_env: dict[str, str] = {}  # the config's environment_variables block
         self.unknown: list[str] = []
+        # Keys LiteLLM acts on that are read but not acted on here: said in one warning.
+        self.not_applied: list[str] = []
 
     def env(self, value: Any, path: str) -> Any:
         if isinstance(value, str) and value.startswith(ENV_PREFIX):
@@ -198,6 +203,8 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
                           f"(known: {', '.join(provider_names())})")
     adapter = get_provider(provider)
     params = r.mapping(raw_params, ppath, _PARAM_KEYS | adapter.litellm_params)
+    r.not_applied.extend(f"{ppath}.{k}" for k in _NOT_APPLIED_PARAMS
+                         if params.get(k) is not None)
     model_info = r.mapping(entry.get("model_info"), f"{path}.model_info",
                            set(entry.get("model_info") or {}))
     prices: dict[str, Any] = {k: r.decimal(params.get(k), f"{ppath}.{k}") for k in PRICE_KEYS}
@@ -327,7 +334,9 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         for name in r.names(s.get(key), f"{settings_key}.{key}"):
             if name not in sinks:
                 sinks.append(name)
-    r.names(s.get("failure_callback"), f"{settings_key}.failure_callback")
+    if r.names(s.get("failure_callback"), f"{settings_key}.failure_callback"):
+        # LiteLLM sends failed calls to these; ours are metered sinks of billed calls.
+        r.not_applied.append(f"{settings_key}.failure_callback")
     flags = {key: r.flag(s.get(key), f"{settings_key}.{key}")
              for key in ("drop_params", "set_verbose", "json_logs")}
 
@@ -348,6 +357,9 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
 
     if r.unknown:
         log.warning("config: ignoring unknown keys: %s", ", ".join(r.unknown))
+    if r.not_applied:
+        log.warning("config: these keys are accepted but have no effect in tallygate: %s",
+                    ", ".join(r.not_applied))
     return ProxySettings(
         models={k: tuple(v) for k, v in models.items()},
         sinks=tuple(sinks),
