@@ -25,7 +25,7 @@ def test_flags_are_read() -> None:
 
 
 def test_a_flag_that_is_not_a_boolean_is_refused() -> None:
-    with pytest.raises(ConfigError, match="litellm_settings.drop_params: must be true or false"):
+    with pytest.raises(ConfigError, match=r"litellm_settings\.drop_params: must be true or false"):
         parse_config({"model_list": [ENTRY], "litellm_settings": {"drop_params": "yes"}})
 
 
