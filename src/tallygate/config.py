@@ -75,6 +75,12 @@ class ProxySettings:
     access: AccessSettings = field(default_factory=AccessSettings)
     #: how long the Responses API's stored responses are kept
     responses_retention_s: float = DEFAULT_RESPONSES_RETENTION_S
+    #: litellm_settings.drop_params: leave out (and name) OpenAI params a provider
+    #: does not take, instead of refusing the call
+    drop_params: bool = False
+    #: litellm_settings.set_verbose / json_logs: DEBUG logging; one JSON object a line
+    set_verbose: bool = False
+    json_logs: bool = False
     router: RouterSettings = field(default_factory=RouterSettings)
     # general_settings.background_health_checks / health_check_interval / _details
     health_check_interval_s: float | None = None   # None: no background health checks
@@ -97,6 +103,8 @@ class _Reader:
         self.environ = environ
         self.config_env: dict[str, str] = {}  # the config's environment_variables block
         self.unknown: list[str] = []
+        # Keys LiteLLM acts on that are read but not acted on here: said in one warning.
+        self.not_applied: list[str] = []
 
     def env(self, value: Any, path: str) -> Any:
         if isinstance(value, str) and value.startswith(ENV_PREFIX):
@@ -157,6 +165,16 @@ class _Reader:
         if number < 0 or not number.is_finite():
             raise ConfigError(f"{path}: must be a non-negative number")
         return number
+
+    def flag(self, value: Any, path: str) -> bool:
+        value = self.env(value, path)
+        if value is None:
+            return False
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"  # os.environ/NAME gives a string
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: must be true or false")
+        return value
 
     def names(self, value: Any, path: str) -> list[str]:
         if value is None:
@@ -328,7 +346,11 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         for name in r.names(s.get(key), f"{settings_key}.{key}"):
             if name not in sinks:
                 sinks.append(name)
-    r.names(s.get("failure_callback"), f"{settings_key}.failure_callback")
+    if r.names(s.get("failure_callback"), f"{settings_key}.failure_callback"):
+        # LiteLLM sends failed calls to these; ours are metered sinks of billed calls.
+        r.not_applied.append(f"{settings_key}.failure_callback")
+    flags = {key: r.flag(s.get(key), f"{settings_key}.{key}")
+             for key in ("drop_params", "set_verbose", "json_logs")}
 
     g = r.mapping(top.get("general_settings"), "general_settings", _GENERAL_KEYS)
     size_mb = r.number(g.get("max_request_size_mb"), "general_settings.max_request_size_mb")
@@ -357,6 +379,9 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
 
     if r.unknown:
         log.warning("config: ignoring unknown keys: %s", ", ".join(r.unknown))
+    if r.not_applied:
+        log.warning("config: these keys are accepted but have no effect in tallygate: %s",
+                    ", ".join(r.not_applied))
     return ProxySettings(
         models={k: tuple(v) for k, v in models.items()},
         sinks=tuple(sinks),
@@ -374,6 +399,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         extra={"environ": r.environ, "jsonl_path": g.get("jsonl_path")},
         access=access,
         responses_retention_s=retention,
+        **flags,
         router=router,
         health_check_interval_s=(interval or 300.0) if background else None,
         health_check_details=details,

@@ -153,6 +153,8 @@ class CallFrame:
             admitted = ctx
 
             async def attempt(att: Attempt) -> web.StreamResponse:
+                log.debug("call %s: %s %s -> %s/%s", call_id, route, model,
+                          att.deployment.provider, att.deployment.model)
                 # A copy each time: a retry must see the params as they came.
                 answer = await handle(request, dict(params), att.deployment,
                                       admitted.routed(att.tag))
