@@ -344,8 +344,9 @@ def test_throttled_call_bills_nothing(proxy: RunningProxy, lago: FakeLago,
                        headers={} if target.model_name == "gemini-flash"
                        else {"Retry-After": "7"})
     with pytest.raises(openai.RateLimitError) as caught:
+        # No retry (LiteLLM's per-request option): the upstream's 429 as the client sees it.
         client(proxy).chat.completions.create(model=target.model_name, messages=ASK,  # type: ignore[arg-type]
-                                              user="cust-429")
+                                              user="cust-429", extra_body={"num_retries": 0})
     # AI Studio says when in the body's RetryInfo; Vertex in the header. Both kept.
     expected = "17" if target.model_name == "gemini-flash" else "7"
     assert caught.value.response.headers["retry-after"] == expected

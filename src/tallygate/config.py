@@ -28,6 +28,14 @@ from tallygate.providers.base import (
     PriceOverride,
 )
 from tallygate.providers.registry import get_provider, provider_names, split_model
+from tallygate.routing.settings import (
+    DEPLOYMENT_KEYS,
+    LITELLM_SETTINGS_KEYS,
+    Entry,
+    RouterSettings,
+    name_resolver,
+    parse_router_settings,
+)
 
 log = logging.getLogger("tallygate.config")
 
@@ -35,18 +43,16 @@ ENV_PREFIX = "os.environ/"
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 DEFAULT_RESPONSES_RETENTION_S = 30 * 86_400
 
-_PARAM_KEYS = {"model", "api_base", "api_key", "timeout", "stream_timeout", "mock_response",
-               "extra_headers", "rpm", "tpm", "max_retries", *PRICE_KEYS,
-               PER_REQUEST_PRICE_KEY}
-# Accepted for LiteLLM configs, not acted on (each call goes to its deployment once,
-# under its one ``timeout``): warned about, never silently ignored.
-_NOT_APPLIED_PARAMS = ("stream_timeout", "max_retries")
-_ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info"}
-_SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "request_timeout",
-                  "drop_params", "set_verbose", "json_logs"}
+_PARAM_KEYS = {"model", "api_base", "api_key", "mock_response", "extra_headers",
+               *DEPLOYMENT_KEYS, *PRICE_KEYS, PER_REQUEST_PRICE_KEY}
+# LiteLLM also takes a deployment's rpm/tpm beside its litellm_params.
+_ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info", "rpm", "tpm"}
+_SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "drop_params",
+                  "set_verbose", "json_logs", *LITELLM_SETTINGS_KEYS}
 _GENERAL_KEYS = {"master_key", "database_url", "max_request_size_mb", "drain_timeout_s",
                  "metrics_customer_labels", "responses_retention_period",
-                 "outbox_batch_size", "charge_by", "jsonl_path"}
+                 "outbox_batch_size", "charge_by", "jsonl_path", "background_health_checks",
+                 "health_check_interval", "health_check_details"}
 _TOP_KEYS = {"model_list", "litellm_settings", "tallygate_settings", "general_settings",
              "environment_variables", "router_settings", "access_settings"}
 
@@ -75,6 +81,10 @@ class ProxySettings:
     #: litellm_settings.set_verbose / json_logs: DEBUG logging; one JSON object a line
     set_verbose: bool = False
     json_logs: bool = False
+    router: RouterSettings = field(default_factory=RouterSettings)
+    # general_settings.background_health_checks / health_check_interval / _details
+    health_check_interval_s: float | None = None   # None: no background health checks
+    health_check_details: bool = True
 
     def default_database_path(self) -> str:
         """The outbox lives next to the config file unless told otherwise."""
@@ -203,8 +213,6 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
                           f"(known: {', '.join(provider_names())})")
     adapter = get_provider(provider)
     params = r.mapping(raw_params, ppath, _PARAM_KEYS | adapter.litellm_params)
-    r.not_applied.extend(f"{ppath}.{k}" for k in _NOT_APPLIED_PARAMS
-                         if params.get(k) is not None)
     model_info = r.mapping(entry.get("model_info"), f"{path}.model_info",
                            set(entry.get("model_info") or {}))
     prices: dict[str, Any] = {k: r.decimal(params.get(k), f"{ppath}.{k}") for k in PRICE_KEYS}
@@ -319,12 +327,16 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
     if not isinstance(entries, list):
         raise ConfigError("model_list: must be a list")
     models: dict[str, list[Deployment]] = {}
+    routed: list[Entry] = []
     for i, entry in enumerate(entries):
         path = f"model_list[{i}]"
         entry = r.mapping(entry, path, _ENTRY_KEYS)
         if not entry:
             raise ConfigError(f"{path}: must be a mapping with model_name and litellm_params")
         name, deployment = _deployment(r, entry, path)
+        params_key = "tallygate_params" if "tallygate_params" in entry else "litellm_params"
+        routed.append(Entry(name, len(models.get(name, ())), deployment, entry[params_key],
+                            entry, f"{path}.{params_key}"))
         models.setdefault(name, []).append(deployment)
 
     settings_key = "tallygate_settings" if "tallygate_settings" in top else "litellm_settings"
@@ -354,6 +366,16 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
     retention = _retention(r, g.get("responses_retention_period"))
     access = parse_access_settings(top.get("access_settings"), entries, env=r.env,
                                    decimal=r.decimal, number=r.number, unknown=r.unknown)
+    router = parse_router_settings(top.get("router_settings"), s, settings_key, routed,
+                                   env=r.env, resolves=name_resolver(routed, provider_names()),
+                                   unknown=r.unknown)
+    background = g.get("background_health_checks")
+    if background is not None and not isinstance(background, bool):
+        raise ConfigError("general_settings.background_health_checks: must be true or false")
+    interval = r.number(g.get("health_check_interval"), "general_settings.health_check_interval")
+    details = g.get("health_check_details", True)
+    if not isinstance(details, bool):
+        raise ConfigError("general_settings.health_check_details: must be true or false")
 
     if r.unknown:
         log.warning("config: ignoring unknown keys: %s", ", ".join(r.unknown))
@@ -378,6 +400,9 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         access=access,
         responses_retention_s=retention,
         **flags,
+        router=router,
+        health_check_interval_s=(interval or 300.0) if background else None,
+        health_check_details=details,
     )
 
 

@@ -95,7 +95,7 @@ class ModelsRoute:
         model = request.match_info["model_id"]
         try:
             await self.gw.access.authenticate(request)
-            if model not in self.gw.settings.models:
+            if model not in self.gw.model_names():
                 raise ModelNotFoundError(f"The model {model!r} does not exist on this "
                                          "gateway; GET /v1/models lists the models",
                                          param="model")

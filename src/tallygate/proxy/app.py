@@ -16,7 +16,7 @@ from aiohttp import web
 from tallygate import engine
 from tallygate.config import ProxySettings
 from tallygate.engine import CallContext, ChatStream
-from tallygate.errors import UpstreamError
+from tallygate.errors import TallygateError, UpstreamError
 from tallygate.event import UsageEvent, format_decimal, new_call_id
 from tallygate.providers.base import Deployment
 from tallygate.providers.openai import DONE_FRAME
@@ -27,6 +27,7 @@ from tallygate.proxy.calls import (
     DROPPED_HEADER,
     REQUEST_ID_HEADER,
     CallFrame,
+    openai_error_response,
     serve_stream,
 )
 from tallygate.proxy.gateway import Gateway
@@ -125,6 +126,16 @@ class Routes:
         return self._billed_response(
             result.raw if result.raw is not None else orjson.dumps(result.body), event)
 
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        """LiteLLM's ``GET /health``: every deployment (or ``?model=`` one group's)
+        checked with a tiny real call, or the latest background round."""
+        try:
+            await self.gw.access.authenticate(request)
+        except TallygateError as exc:
+            return openai_error_response(exc)
+        body = await self.gw.health.answer(request.query.get("model") or None)
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
     async def liveness(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=b'"I\'m alive!"', content_type="application/json",
                             headers={REQUEST_ID_HEADER: new_call_id()})
@@ -188,6 +199,7 @@ def create_app(settings: ProxySettings) -> web.Application:
     for prefix in ("/v1", ""):
         r.add_post(f"{prefix}/chat/completions", routes.chat_completions)
         r.add_post(f"{prefix}/embeddings", routes.embeddings)
+    r.add_get("/health", routes.health)
     r.add_get("/health/liveliness", routes.liveness)
     r.add_get("/health/liveness", routes.liveness)
     r.add_get("/health/readiness", routes.readiness)

@@ -1,9 +1,15 @@
 """The life of one model call over HTTP, whatever API shape it came in by.
 
-Every model route (OpenAI chat and embeddings, Anthropic messages) shares it: a call id,
-auth, the body and its size limit, the model group, admission, errors rendered in the
+Every model route (OpenAI chat and embeddings, Anthropic messages, and every door to
+come) shares it: a call id, auth, the body and its size limit, the model group,
+admission, routing (the router retries the door's ``handle`` or falls back to other
+groups when an upstream fails before the answer's first byte), errors rendered in the
 route's own shape, request metrics, and for streams the SSE response that bills what was
 generated when the client leaves or the provider fails midway.
+
+Budgets: one reservation per client call, made at admission, grown when a fallback
+moves to a dearer model, settled by the answering attempt's bill or released once when
+the call fails as a whole (never per failed attempt).
 """
 
 from __future__ import annotations
@@ -11,24 +17,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tallygate.engine import CallContext, ChatStream
+from tallygate.engine import CallContext, ChatStream, failure_event
 from tallygate.errors import (
+    BadRequestError,
     InternalError,
-    ModelNotFoundError,
     RequestTooLargeError,
     TallygateError,
     UpstreamError,
 )
+from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.event import UsageEvent, format_decimal, new_call_id
 from tallygate.providers.base import Deployment
 from tallygate.proxy.gateway import Gateway
 from tallygate.proxy.validation import parse_json_object, require_model
+from tallygate.routing import CURRENT_ATTEMPT, Attempt, RouteOptions, pop_options
 
 log = logging.getLogger("tallygate.proxy")
 
@@ -39,7 +47,9 @@ REQUEST_ID_HEADER = "x-request-id"
 # What a translating door left out of the request (comma-separated field paths).
 DROPPED_HEADER = "x-tallygate-dropped-params"
 
-# (request, OpenAI-shaped params, deployment, ctx) -> the answer, once the call is admitted.
+# (request, OpenAI-shaped params, deployment, ctx) -> the answer: one attempt, once the
+# call is admitted. The router may run it again (a retry, a fallback) when it raises an
+# upstream error before the answer is prepared; ``ctx.routing`` names the deployment.
 CallRunner = Callable[[web.Request, dict[str, Any], Deployment, CallContext],
                       Awaitable[web.StreamResponse]]
 # The route's body (already JSON) -> OpenAI-shaped params, checked; raises a 400 error.
@@ -70,22 +80,45 @@ async def read_body(request: web.Request, gw: Gateway) -> bytes:
         raise RequestTooLargeError(f"the request body is over the {limit}-byte limit") from None
 
 
+def _prompt_tokens(params: dict[str, Any]) -> int:
+    if "messages" in params:
+        return estimate_prompt_tokens(params.get("messages") or ())
+    value = params.get("input")
+    if isinstance(value, list):
+        value = " ".join(v for v in value if isinstance(v, str))
+    return estimate_text_tokens(value if isinstance(value, str) else "")
+
+
+def _max_output(params: dict[str, Any]) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = params.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+def _check_fallbacks(gw: Gateway, options: RouteOptions) -> None:
+    for i, name in enumerate(options.fallbacks or ()):
+        if not gw.router.resolves(name):
+            raise BadRequestError(f"'fallbacks[{i}]': no model {name!r} on this gateway",
+                                  param=f"fallbacks[{i}]", code="model_not_found")
+
+
 def model_group(gw: Gateway, model: str) -> tuple[Deployment, ...]:
-    """The model group's deployments; the access policy picks one (rate limits)."""
-    group = gw.settings.models.get(model)
-    if not group:
-        raise ModelNotFoundError(f"the model {model!r} does not exist on this gateway; "
-                                 "GET /v1/models lists the models", param="model")
-    return group
+    """The deployments that the name ``model`` reaches (a group, an alias, a deployment
+    id, a wildcard group's made concrete); 404 when none. Routing calls go through
+    ``CallFrame.run`` instead: this is for routes that only look (token counting)."""
+    return gw.router.resolve(model).deployments
 
 
 class CallFrame:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self._known_models = frozenset(gw.settings.models)
+        # Metric labels: configured names only, never a name a client made up.
+        self._known_models = frozenset(gw.router.groups) | frozenset(gw.router.names())
 
     def observe(self, route: str, model: str | None, status: int, started: float) -> None:
-        label = model if model in self._known_models else "unknown"
+        label = model if model in self._known_models else "unknown"  # never client-chosen
         m = self.gw.metrics
         m.inc("tallygate_requests_total",
               (("route", route), ("model", label), ("status", str(status))))
@@ -101,31 +134,65 @@ class CallFrame:
         started = time.perf_counter()
         gw = self.gw
         call_id = new_call_id()
+        group: str | None = None
         status = 200
+        ctx: CallContext | None = None
         try:
             identity = await gw.access.authenticate(request)
             raw = await read_body(request, gw)
             body = parse(request, raw) if parse is not None else parse_json_object(raw)
             if model is None:
                 model = require_model(body)  # the OpenAI and Anthropic shapes name it so
+            options = pop_options(body)  # the gateway's routing options, never upstream's
             params = prepare(body)
-            group = model_group(gw, model)
-            ctx, deployment = await gw.access.admit(identity, params, model, call_id, group)
-            log.debug("call %s: %s %s -> %s/%s", call_id, route, model, deployment.provider,
-                      deployment.model)
-            return await handle(request, params, deployment, ctx)
+            plan = gw.router.resolve(model)
+            group = plan.group.name
+            if options.fallbacks:
+                _check_fallbacks(gw, options)
+            ctx = await gw.access.admit(identity, params, model, call_id, plan.deployments)
+            admitted = ctx
+
+            async def attempt(att: Attempt) -> web.StreamResponse:
+                log.debug("call %s: %s %s -> %s/%s", call_id, route, model,
+                          att.deployment.provider, att.deployment.model)
+                # A copy each time: a retry must see the params as they came.
+                answer = await handle(request, dict(params), att.deployment,
+                                      admitted.routed(att.tag))
+                if not answer.prepared:
+                    for name, value in att.headers.items():
+                        answer.headers.setdefault(name, value)
+                return answer
+
+            async def cover(deployments: Sequence[Deployment]) -> None:
+                await gw.access.cover(call_id, params, deployments)
+
+            answer = await gw.router.run(
+                plan, attempt, options=options, stream=bool(params.get("stream")),
+                tokens=lambda: _prompt_tokens(params) + _max_output(params),
+                prompt_tokens=lambda: _prompt_tokens(params), cover=cover)
+            return answer
         except TallygateError as exc:
             answer = on_error(exc, call_id)
             status = answer.status
+            await self._release(ctx, exc)
             return answer
-        except Exception:
+        except Exception as exc:
             # A bug or a broken outbox: say so in the route's shape, with the call id.
             log.exception("call %s failed inside the gateway", call_id)
             answer = on_error(InternalError("internal gateway error"), call_id)
             status = answer.status
+            await self._release(ctx, exc)
             return answer
+        except BaseException as exc:  # cancelled: the client left
+            await asyncio.shield(self._release(ctx, exc))
+            raise
         finally:
-            self.observe(route, model, status, started)
+            self.observe(route, group, status, started)
+
+    async def _release(self, ctx: CallContext | None, exc: BaseException) -> None:
+        """The call failed as a whole: give back its one reservation (once)."""
+        if ctx is not None:
+            await self.gw.access.release(failure_event(ctx, None, exc))
 
 
 def billed_response(gw: Gateway, body: bytes, event: UsageEvent,
@@ -147,11 +214,17 @@ async def serve_stream(request: web.Request, stream: ChatStream, headers: dict[s
     reported in-band; a client leaving stops the upstream read. Either way the stream
     bills what was generated, exactly once."""
     await stream.open()
+    attempt = CURRENT_ATTEMPT.get()
+    if attempt is not None:
+        headers = {**attempt.headers, **headers}
+        attempt.commit()  # the first byte leaves now: no retry after this
     resp = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     try:
         await resp.prepare(request)
         await write(resp)
     except UpstreamError as exc:
+        if attempt is not None:
+            attempt.broke_midstream(exc)
         try:
             await resp.write(error_frame(exc))
             await resp.write_eof()
