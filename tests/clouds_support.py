@@ -179,6 +179,9 @@ def start_clouds(tmp: Path, extra_models: list[dict[str, Any]] | None = None
             models = [entry(c, fakes[c.flavor]) for c in CLOUDS] + _quirk_models(fakes)
             models += list(extra_models or ())
             cfg = config_dict(models, tmp)
+            # The providers' own answers, errors included, as a client sees them when the
+            # gateway does not retry (the router has its own tests).
+            cfg["router_settings"] = {"num_retries": 0}
             with run_proxy(proxy_settings(tmp, cfg, lago_env(lago))) as proxy:
                 yield Clouds(proxy, lago, fakes)
         finally:

@@ -68,6 +68,9 @@ def proxy_fixture(tmp_path: Path, lago: FakeLago, fake: FakeBedrock) -> Iterator
         bedrock_entry("cohere", fake, "cohere.embed-english-v3",
                       input_cost_per_token="0.0000001"),
     ], tmp_path)
+    # Bedrock's own answers, errors included, as a client sees them when the gateway does
+    # not retry (the router has its own tests).
+    cfg["router_settings"] = {"num_retries": 0}
     with run_proxy(proxy_settings(tmp_path, cfg, lago_env(lago))) as proxy:
         yield proxy
 

@@ -37,6 +37,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
 )
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+RETRIES = 3  # the router's first try and its two retries (a 429 or 5xx is retried)
 VIRTUAL_KEY = "sk-tg-" + "Q" * 43
 
 
@@ -60,14 +61,16 @@ def test_upstream_error_messages_are_scrubbed(tmp_path: Path, lago: FakeLago,
         answers = []
         for fake, model in ((upstream, "gpt"), (claude, "claude")):
             for stream in (False, True):
-                fake.fail(status, _quoting(status))
+                fake.fail(status, _quoting(status), times=RETRIES)
                 answers.append(http("POST", proxy.base_url + "/v1/chat/completions",
                                     {"model": model, "messages": MESSAGES, "user": "u",
                                      "stream": stream}))
-                fake.fail(status, _quoting(status))
+                fake.fail(status, _quoting(status), times=RETRIES)
                 answers.append(http("POST", proxy.base_url + "/v1/messages",
                                     {"model": model, "max_tokens": 5, "messages": MESSAGES,
                                      "stream": stream}))
+    for fake in (upstream, claude):
+        fake.errors.clear()
     for reply in answers:
         assert reply.status >= 400, reply.text
         assert "bad request: header" in reply.text  # the useful part stays

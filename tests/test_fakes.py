@@ -11,7 +11,7 @@ import pytest
 
 from tests.fakes.anthropic_server import FakeAnthropic, FakeTurn, api_key_of
 from tests.fakes.openai_server import FakeOpenAI
-from tests.fakes.server_base import FakeToolCall, run_in_thread
+from tests.fakes.server_base import FakeError, FakeToolCall, run_in_thread
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
@@ -42,6 +42,34 @@ async def test_openai_chat_non_stream() -> None:
     assert reply.usage.completion_tokens_details.reasoning_tokens == 3
     assert fake.requests == [{"model": "gpt-4o-mini", "messages": MESSAGES}]
     assert fake.received[0].headers["Authorization"] == "Bearer sk-test"
+
+
+async def test_openai_fault_modes_are_what_the_sdk_expects() -> None:
+    """The router tests' failure modes, read by the official client: 500s in bursts,
+    429 with Retry-After, a context-length error code, then healed."""
+    async with FakeOpenAI() as fake, openai_client(fake) as client:
+        fake.fail_in_bursts(500, every=3, burst=1)
+        outcomes = []
+        for _ in range(6):
+            try:
+                await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+                outcomes.append("ok")
+            except openai.InternalServerError:
+                outcomes.append("500")
+        assert outcomes == ["500", "ok", "ok", "500", "ok", "ok"]
+        assert fake.answered == 4
+        fake.fail_in_bursts(429, every=1, burst=1, headers={"Retry-After": "3"})
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert limited.value.response.headers["retry-after"] == "3"
+        body = fake.error_body(400, "maximum context length is 8192 tokens", None)
+        body["error"]["code"] = "context_length_exceeded"
+        fake.errors.append(FakeError(400, body))
+        with pytest.raises(openai.BadRequestError) as too_long:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert too_long.value.code == "context_length_exceeded"
+        fake.heal()
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
 
 async def test_openai_chat_stream_with_usage() -> None:

@@ -130,6 +130,9 @@ def proxy_fixture(tmp_path: Path, lago: FakeLago, gemini: FakeGemini, upstream: 
             "api_key": UPSTREAM_KEY, "input_cost_per_token": "0.00000015"}},
         openai_entry("openai-embed", upstream.base_url, model="text-embedding-3-small"),
     ], tmp_path)
+    # The upstreams' errors as a client sees them when the gateway does not retry (a 429
+    # from AI Studio says "retry in 17 s"; the router has its own tests).
+    cfg["router_settings"] = {"num_retries": 0}
     with run_proxy(proxy_settings(tmp_path, cfg, lago_env(lago))) as proxy:
         yield proxy
 

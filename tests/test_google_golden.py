@@ -280,6 +280,8 @@ def test_thinking(proxy: RunningProxy, lago: FakeLago, target: Target) -> None:
     assert body is not None
     if target.gemini is not None:
         assert body["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 2048}
+    else:  # Claude: extended thinking, as LiteLLM maps reasoning_effort
+        assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
 
 
 def test_tool_call(proxy: RunningProxy, lago: FakeLago, target: Target) -> None:
@@ -342,8 +344,9 @@ def test_throttled_call_bills_nothing(proxy: RunningProxy, lago: FakeLago,
                        headers={} if target.model_name == "gemini-flash"
                        else {"Retry-After": "7"})
     with pytest.raises(openai.RateLimitError) as caught:
+        # No retry (LiteLLM's per-request option): the upstream's 429 as the client sees it.
         client(proxy).chat.completions.create(model=target.model_name, messages=ASK,  # type: ignore[arg-type]
-                                              user="cust-429")
+                                              user="cust-429", extra_body={"num_retries": 0})
     # AI Studio says when in the body's RetryInfo; Vertex in the header. Both kept.
     expected = "17" if target.model_name == "gemini-flash" else "7"
     assert caught.value.response.headers["retry-after"] == expected

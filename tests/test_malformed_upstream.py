@@ -117,8 +117,10 @@ def test_a_stream_that_breaks_before_any_output_bills_nothing(
         gate: Gate, fakes: tuple[FakeOpenAI, FakeAnthropic], tmp_path: Path) -> None:
     from tests.fakes.malformed import RawAnswer
 
-    fakes[0].raw_answers.append(RawAnswer([b": keep-alive\n\n"]))  # then it ends
+    # Every try (the router retries twice) ends before anything: nothing was sent, so
+    # the call fails with its status (502), billed nothing.
+    fakes[0].raw_answers[:] = [RawAnswer([b": keep-alive\n\n"]) for _ in range(3)]
     reply = gate.post("chat", _body("chat", "openai", True))
-    assert reply.status == 200 and '"error"' in reply.text and "[DONE]" not in reply.text
+    assert reply.status == 502 and "[DONE]" not in reply.text, reply.text
     assert gate.ledger(reply.headers["x-tallygate-call-id"]) == []
     assert gate.reserved() == 0

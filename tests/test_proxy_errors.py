@@ -43,6 +43,9 @@ def proxy_fixture(tmp_path: Path, lago: FakeLago, upstream: FakeOpenAI) -> Itera
         openai_entry("embedder", upstream.base_url, model="text-embedding-3-small"),
         openai_entry("nowhere", f"http://127.0.0.1:{free_port()}/v1"),
     ], tmp_path, general={"max_request_size_mb": 0.001})  # 1048 bytes
+    # What a client sees when nothing is left to try: no retries here (tests/
+    # test_router_*.py cover retries and fallbacks).
+    cfg["router_settings"] = {"num_retries": 0}
     with run_proxy(proxy_settings(tmp_path, cfg, lago_env(lago))) as proxy:
         yield proxy
         # Nothing of a failed call is billed: no row in the outbox (failures are recorded

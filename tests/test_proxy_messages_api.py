@@ -416,7 +416,10 @@ def test_errors_raise_the_sdk_exception_classes(proxy: RunningProxy, lago: FakeL
                                                 client: anthropic.Anthropic) -> None:
     def create(client: anthropic.Anthropic, **kwargs: Any) -> Any:
         params: dict[str, Any] = {"model": "claude", "max_tokens": 10, "messages": MESSAGES,
-                                  "metadata": {"user_id": "errs"}}
+                                  "metadata": {"user_id": "errs"},
+                                  # LiteLLM's per-request option: what the client sees
+                                  # when the gateway does not retry.
+                                  "extra_body": {"num_retries": 0}}
         return client.messages.create(**{**params, **kwargs})
 
     with _client(proxy, key="sk-wrong") as wrong, \

@@ -421,7 +421,9 @@ def test_errors_in_the_openai_shape(proxy: RunningProxy, upstream: FakeOpenAI,
     assert_openai_error(http("POST", url, {"model": "gpt", "input": "x"}, key="sk-wrong"), 401)
     upstream.fail(429, "slow down", headers={"Retry-After": "3"})
     with pytest.raises(openai.RateLimitError) as info:
-        client.responses.create(model="gpt", input="x", user="e")
+        # No retry (LiteLLM's per-request option): the upstream's 429 as the client sees it.
+        client.responses.create(model="gpt", input="x", user="e",
+                                extra_body={"num_retries": 0})
     assert info.value.response.headers["retry-after"] == "3"
     assert http("POST", proxy.base_url + "/responses",
                 {"model": "mocked", "input": "no /v1", "user": "e"}).status == 200

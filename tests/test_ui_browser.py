@@ -319,6 +319,8 @@ def test_models_page_names_prices_and_their_source(admin: Any, proxy: RunningPro
     row = row_of(admin, "deployments", "gpt-4o-mini")
     assert row[2] == "openai" and row[5].startswith("genai-prices ")
     assert Decimal(row[6]) > 0 and Decimal(row[7]) > 0
+    # The router's view: its id, in rotation (not cooling down), no failure yet.
+    assert row[9] and row[10] == "in rotation" and row[11] == "0"
     screenshot(admin, "models")
 
 

@@ -126,8 +126,9 @@ def test_metrics_cover_every_worker_and_counters_only_grow(tmp_path: Path) -> No
         for earlier, later in itertools.pairwise(seen):
             assert all(later.get(k, 0) >= v for k, v in earlier.items())
         assert seen[-1]['tallygate_requests_total{route="chat",model="m",status="429"}'] == 5
+        # The failed call's three attempts (one try, the router's two retries), each counted.
         assert _samples(text, "tallygate_upstream_errors_total") == {
-            'tallygate_upstream_errors_total{provider="openai",status="502"}': 1.0}
+            'tallygate_upstream_errors_total{provider="openai",status="502"}': 3.0}
         ttft = _samples(text, "tallygate_time_to_first_token_seconds_count")
         assert ttft == {'tallygate_time_to_first_token_seconds_count'
                         '{model="m",deployment="mock/m"}': 1.0}

@@ -28,6 +28,14 @@ from tallygate.providers.base import (
     PriceOverride,
 )
 from tallygate.providers.registry import get_provider, provider_names, split_model
+from tallygate.routing.settings import (
+    DEPLOYMENT_KEYS,
+    LITELLM_SETTINGS_KEYS,
+    Entry,
+    RouterSettings,
+    name_resolver,
+    parse_router_settings,
+)
 
 log = logging.getLogger("tallygate.config")
 
@@ -35,16 +43,17 @@ ENV_PREFIX = "os.environ/"
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 DEFAULT_RESPONSES_RETENTION_S = 30 * 86_400
 
-_PARAM_KEYS = {"model", "api_base", "api_key", "timeout", "stream_timeout", "mock_response",
-               "extra_headers", "rpm", "tpm", "max_retries", *PRICE_KEYS,
-               PER_REQUEST_PRICE_KEY}
-_ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info"}
-_SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "request_timeout",
-                  "drop_params", "set_verbose", "json_logs",
-                  "require_auth_for_metrics_endpoint"}
+_PARAM_KEYS = {"model", "api_base", "api_key", "mock_response", "extra_headers",
+               *DEPLOYMENT_KEYS, *PRICE_KEYS, PER_REQUEST_PRICE_KEY}
+# LiteLLM also takes a deployment's rpm/tpm beside its litellm_params.
+_ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info", "rpm", "tpm"}
+_SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "drop_params",
+                  "set_verbose", "json_logs", "require_auth_for_metrics_endpoint",
+                  *LITELLM_SETTINGS_KEYS}
 _GENERAL_KEYS = {"master_key", "database_url", "max_request_size_mb", "drain_timeout_s",
                  "metrics_customer_labels", "responses_retention_period",
-                 "outbox_batch_size", "charge_by", "jsonl_path",
+                 "outbox_batch_size", "charge_by", "jsonl_path", "background_health_checks",
+                 "health_check_interval", "health_check_details",
                  "require_auth_for_health_readiness", "body_read_timeout_s"}
 DEFAULT_BODY_READ_TIMEOUT_S = 30.0
 _TOP_KEYS = {"model_list", "litellm_settings", "tallygate_settings", "general_settings",
@@ -74,6 +83,16 @@ class ProxySettings:
     body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S
     #: how long the Responses API's stored responses are kept
     responses_retention_s: float = DEFAULT_RESPONSES_RETENTION_S
+    #: litellm_settings.drop_params: leave out (and name) OpenAI params a provider
+    #: does not take, instead of refusing the call
+    drop_params: bool = False
+    #: litellm_settings.set_verbose / json_logs: DEBUG logging; one JSON object a line
+    set_verbose: bool = False
+    json_logs: bool = False
+    router: RouterSettings = field(default_factory=RouterSettings)
+    # general_settings.background_health_checks / health_check_interval / _details
+    health_check_interval_s: float | None = None   # None: no background health checks
+    health_check_details: bool = True
 
     def default_database_path(self) -> str:
         """The outbox lives next to the config file unless told otherwise."""
@@ -92,6 +111,8 @@ class _Reader:
         self.environ = environ
         self.config_env: dict[str, str] = {}  # the config's environment_variables block
         self.unknown: list[str] = []
+        # Keys LiteLLM acts on that are read but not acted on here: said in one warning.
+        self.not_applied: list[str] = []
 
     def env(self, value: Any, path: str) -> Any:
         if isinstance(value, str) and value.startswith(ENV_PREFIX):
@@ -153,12 +174,12 @@ class _Reader:
             raise ConfigError(f"{path}: must be a non-negative number")
         return number
 
-    def flag(self, value: Any, path: str, default: bool) -> bool:
+    def flag(self, value: Any, path: str, default: bool = False) -> bool:
         value = self.env(value, path)
         if value is None:
             return default
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"  # os.environ/NAME gives a string
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: must be true or false")
         return value
@@ -314,12 +335,16 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
     if not isinstance(entries, list):
         raise ConfigError("model_list: must be a list")
     models: dict[str, list[Deployment]] = {}
+    routed: list[Entry] = []
     for i, entry in enumerate(entries):
         path = f"model_list[{i}]"
         entry = r.mapping(entry, path, _ENTRY_KEYS)
         if not entry:
             raise ConfigError(f"{path}: must be a mapping with model_name and litellm_params")
         name, deployment = _deployment(r, entry, path)
+        params_key = "tallygate_params" if "tallygate_params" in entry else "litellm_params"
+        routed.append(Entry(name, len(models.get(name, ())), deployment, entry[params_key],
+                            entry, f"{path}.{params_key}"))
         models.setdefault(name, []).append(deployment)
 
     settings_key = "tallygate_settings" if "tallygate_settings" in top else "litellm_settings"
@@ -329,7 +354,11 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         for name in r.names(s.get(key), f"{settings_key}.{key}"):
             if name not in sinks:
                 sinks.append(name)
-    r.names(s.get("failure_callback"), f"{settings_key}.failure_callback")
+    if r.names(s.get("failure_callback"), f"{settings_key}.failure_callback"):
+        # LiteLLM sends failed calls to these; ours are metered sinks of billed calls.
+        r.not_applied.append(f"{settings_key}.failure_callback")
+    flags = {key: r.flag(s.get(key), f"{settings_key}.{key}")
+             for key in ("drop_params", "set_verbose", "json_logs")}
 
     g = r.mapping(top.get("general_settings"), "general_settings", _GENERAL_KEYS)
     size_mb = r.number(g.get("max_request_size_mb"), "general_settings.max_request_size_mb")
@@ -345,11 +374,24 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
     retention = _retention(r, g.get("responses_retention_period"))
     access = parse_access_settings(top.get("access_settings"), entries, env=r.env,
                                    decimal=r.decimal, number=r.number, unknown=r.unknown)
+    router = parse_router_settings(top.get("router_settings"), s, settings_key, routed,
+                                   env=r.env, resolves=name_resolver(routed, provider_names()),
+                                   unknown=r.unknown)
+    background = g.get("background_health_checks")
+    if background is not None and not isinstance(background, bool):
+        raise ConfigError("general_settings.background_health_checks: must be true or false")
+    interval = r.number(g.get("health_check_interval"), "general_settings.health_check_interval")
+    details = g.get("health_check_details", True)
+    if not isinstance(details, bool):
+        raise ConfigError("general_settings.health_check_details: must be true or false")
 
     if r.unknown:
         log.warning("config: ignoring unknown keys: %s", ", ".join(r.unknown))
     master_key = r.text(g.get("master_key"), "general_settings.master_key")
     body_timeout = r.number(g.get("body_read_timeout_s"), "general_settings.body_read_timeout_s")
+    if r.not_applied:
+        log.warning("config: these keys are accepted but have no effect in tallygate: %s",
+                    ", ".join(r.not_applied))
     return ProxySettings(
         models={k: tuple(v) for k, v in models.items()},
         sinks=tuple(sinks),
@@ -374,6 +416,10 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
                               master_key is not None),
         body_read_timeout_s=body_timeout or DEFAULT_BODY_READ_TIMEOUT_S,
         responses_retention_s=retention,
+        **flags,
+        router=router,
+        health_check_interval_s=(interval or 300.0) if background else None,
+        health_check_details=details,
     )
 
 

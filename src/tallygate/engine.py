@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from tallygate import transport
-from tallygate.errors import TallygateError, UpstreamError
+from tallygate.errors import TallygateError, UpstreamConnectionError, UpstreamError
 from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.event import (
     FLAG_CLIENT_DISCONNECTED,
@@ -27,6 +27,7 @@ from tallygate.event import (
     FLAG_UNKNOWN_PRICE,
     CallKind,
     FailureEvent,
+    Routing,
     UsageEvent,
     new_call_id,
     now_ms,
@@ -75,6 +76,14 @@ class CallContext:
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # Selects a price variant, e.g. {"service_tier": "priority"} (tallygate.price_fields).
     price_context: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: the deployment the router chose for this attempt (the proxy sets it per attempt)
+    routing: Routing | None = None
+
+    def routed(self, routing: Routing) -> CallContext:
+        """This context for one attempt of a routed call (cheaper than ``replace``)."""
+        return CallContext(self.model, self.customer, self.call_id, self.started_at_ms,
+                           self.end_user, self.user_id, self.team_id, self.key_id,
+                           self.metadata, self.price_context, routing)
 
 
 def priced_model(deployment: Deployment, answered_model: str | None) -> str | None:
@@ -113,7 +122,8 @@ def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: P
         usage=usage, cost=price.cost, customer=ctx.customer, kind=kind,
         end_user=ctx.end_user, user_id=ctx.user_id, team_id=ctx.team_id, key_id=ctx.key_id,
         price_source=price.source, flags=frozenset(flags), metadata=ctx.metadata,
-        unpriced=price.unpriced, first_chunk_ms=first_chunk_ms, provider_cost=provider_cost)
+        unpriced=price.unpriced, first_chunk_ms=first_chunk_ms, provider_cost=provider_cost,
+        routing=ctx.routing)
 
 
 def failure_event(ctx: CallContext, deployment: Deployment | None,
@@ -128,7 +138,7 @@ def failure_event(ctx: CallContext, deployment: Deployment | None,
         call_id=ctx.call_id, started_at_ms=ctx.started_at_ms, finished_at_ms=now_ms(),
         model=ctx.model, provider=deployment.provider if deployment else None,
         customer=ctx.customer, status_code=status, error_type=err_type, message=message,
-        end_user=ctx.end_user, metadata=ctx.metadata)
+        end_user=ctx.end_user, metadata=ctx.metadata, routing=ctx.routing)
 
 
 def _estimated_usage(params: Mapping[str, Any], output_text: str,
@@ -315,6 +325,21 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     return result, event
 
 
+async def probe(deployment: Deployment, *, embedding: bool = False) -> None:
+    """A health check: a tiny real call to ``deployment``, billed to nobody (no event).
+    Raises the upstream's error when the deployment does not answer well."""
+    provider = get_provider(deployment.provider)
+    if embedding:
+        bodies = await _send_embeddings(provider, deployment, {"input": "ping"})
+        _read_answer(lambda: provider.embedding_responses(deployment, bodies), "data",
+                     "an embeddings list")
+        return
+    body = await _send(provider, deployment,
+                       {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1})
+    _read_answer(lambda: provider.chat_response(deployment, body), "choices",
+                 "a chat completion")
+
+
 async def unbilled(deployment: Deployment, request: UpstreamRequest) -> bytes:
     """A request that costs nothing (token counting): sent, its answer returned, no
     event. Upstream errors are the provider's errors, as for a billed call."""
@@ -398,28 +423,34 @@ class ChatStream:
                                         self._provider.chat_stream(deployment, include_usage))
         self._upstream: Any = None  # the open transport stream's context manager
         self._source: AsyncIterator[bytes] | None = None
+        self._first: list[StreamItem] | None = None  # read by open(), not yet handed on
         self.event: UsageEvent | None = None
         self._finishing: asyncio.Future[UsageEvent | None] | None = None
         self._first_chunk_ms: int | None = None  # for the time-to-first-token metric
 
     async def open(self) -> ChatStream:
-        """Send the request; raise the upstream's error before any chunk is produced."""
+        """Send the request and read until the first chunk: an upstream that fails
+        before producing anything (an error status, a refused or dropped connection, a
+        timeout) raises here, while the caller can still answer otherwise (a retry, a
+        fallback), and nothing is billed."""
         try:
             if self._provider.is_local:
                 self._source = _local_source(self._provider.local_chat(
                     self.deployment, {**self._params, "stream": True}))
-                return self
-            request = self._request or self._provider.chat_request(
-                self.deployment, self._params, stream=True)
-            cm, stream = await _open_stream(self._provider, self.deployment, request)
-            self._upstream = cm
-            if stream.status >= 400:
-                body = await stream.read()
-                raise self._provider.error_from_response(stream.status, body, stream.headers)
-            kind = stream.headers.get("Content-Type", "")
-            if kind.split(";", 1)[0].strip().lower() in NOT_A_STREAM:
-                raise self._not_a_stream(kind, await stream.read())
-            self._source = stream.chunks()
+            else:
+                request = self._request or self._provider.chat_request(
+                    self.deployment, self._params, stream=True)
+                cm, stream = await _open_stream(self._provider, self.deployment, request)
+                self._upstream = cm
+                if stream.status >= 400:
+                    body = await stream.read()
+                    raise self._provider.error_from_response(stream.status, body,
+                                                             stream.headers)
+                kind = stream.headers.get("Content-Type", "")
+                if kind.split(";", 1)[0].strip().lower() in NOT_A_STREAM:
+                    raise self._not_a_stream(kind, await stream.read())
+                self._source = stream.chunks()
+            await self._read_first()
         except BaseException as exc:
             await self._close_upstream()
             await self._recorder.record_failure(failure_event(self.ctx, self.deployment, exc))
@@ -436,6 +467,22 @@ class ChatStream:
                                 "event stream")
         return exc
 
+    async def _read_first(self) -> None:
+        assert self._source is not None
+        while True:
+            try:
+                data = await self._source.__anext__()
+            except StopAsyncIteration:
+                raise UpstreamConnectionError(
+                    "upstream ended the stream before sending anything") from None
+            items = self._decoder.feed(data)
+            if not items and self._decoder.failure is not None:
+                raise self._decoder.failure  # failed before producing anything
+            if items or self._decoder.done:
+                self._first = items
+                self._first_chunk_ms = now_ms() - self.ctx.started_at_ms
+                return
+
     async def __aiter__(self) -> AsyncIterator[StreamItem]:
         async for items in self.pieces():
             for item in items:
@@ -450,23 +497,29 @@ class ChatStream:
         produced: the caller reports it in-band, never as a stream that ended well."""
         assert self._source is not None, "open() the stream first"
         try:
-            async for data in self._source:
-                items = self._decoder.feed(data)
-                if items:
-                    if self._first_chunk_ms is None:
-                        self._first_chunk_ms = now_ms() - self.ctx.started_at_ms
-                    yield items
-                if self._decoder.failure is not None:
-                    raise self._decoder.failure
-                if self._decoder.done:
-                    break
-            else:
-                tail = self._decoder.feed(b"\n\n")  # an event without its blank line
-                if tail:
-                    yield tail
-                if not self._decoder.done:
-                    raise UpstreamError("the upstream stream ended before its end marker "
-                                        "(the answer may be cut short)")
+            first, self._first = self._first, None
+            if first:
+                yield first
+            if self._decoder.failure is not None:
+                raise self._decoder.failure
+            if not self._decoder.done:
+                async for data in self._source:
+                    items = self._decoder.feed(data)
+                    if items:
+                        yield items
+                    if self._decoder.failure is not None:
+                        raise self._decoder.failure
+                    if self._decoder.done:
+                        break
+                else:
+                    tail = self._decoder.feed(b"\n\n")  # an event without its blank line
+                    if tail:
+                        yield tail
+                    if self._decoder.failure is not None:
+                        raise self._decoder.failure
+                    if not self._decoder.done:
+                        raise UpstreamError("the upstream stream ended before its end "
+                                            "marker (the answer may be cut short)")
         except UpstreamError as exc:
             await self.fail(exc)
             raise

@@ -100,6 +100,14 @@ class BudgetExceededError(RateLimitError):
     default_code = "budget_exceeded"
 
 
+class ServiceUnavailableError(TallygateError):
+    """Nothing can serve the call right now (every deployment cooling down); retry later."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "no_deployments_available"
+
+
 class UpstreamError(TallygateError):
     """The provider answered with an error, or could not be reached."""
 

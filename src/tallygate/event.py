@@ -43,6 +43,28 @@ def now_ms() -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Routing:
+    """Which deployment answered a routed call, and how the router got there."""
+
+    group: str                 # the model group whose deployment answered
+    model_id: str              # that deployment's id (model_info.id, or a stable one)
+    api_base: str | None       # the host it was reached at (no path, no credentials)
+    attempts: int = 1          # upstream attempts the call took, the answering one included
+    fallbacks: int = 0         # fallbacks taken to other model groups
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "model_id": self.model_id, "api_base": self.api_base,
+                "attempts": self.attempts, "fallbacks": self.fallbacks}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Routing | None:
+        if not data:
+            return None
+        return cls(str(data["group"]), str(data["model_id"]), data.get("api_base"),
+                   int(data.get("attempts") or 1), int(data.get("fallbacks") or 0))
+
+
+@dataclass(frozen=True, slots=True)
 class UsageEvent:
     """What one successful call used and cost, and who pays for it."""
 
@@ -70,6 +92,8 @@ class UsageEvent:
     #: what the provider itself says the call cost (OpenRouter's ``usage.cost``,
     #: Perplexity's ``usage.cost.total_cost``), beside ``cost``, tallygate's own price
     provider_cost: Decimal | None = None
+    #: the deployment that answered, when the call was routed (the proxy)
+    routing: Routing | None = None
     #: what the gateway's spend ledger and budgets must record for this call (see
     #: ``tallygate.access.settlement``); stored with the outbox row, never sent to a sink
     settlement: Mapping[str, Any] | None = field(default=None, compare=False)
@@ -113,6 +137,7 @@ class UsageEvent:
             "first_chunk_ms": self.first_chunk_ms,
             "provider_cost": (None if self.provider_cost is None
                               else format_decimal(self.provider_cost)),
+            "routing": self.routing.to_dict() if self.routing is not None else None,
         }
 
     @classmethod
@@ -146,6 +171,7 @@ class UsageEvent:
             unpriced=tuple(data.get("unpriced") or ()),
             first_chunk_ms=data.get("first_chunk_ms"),
             provider_cost=None if provider_cost is None else Decimal(provider_cost),
+            routing=Routing.from_dict(data.get("routing")),
         )
 
 
@@ -164,6 +190,8 @@ class FailureEvent:
     message: str
     end_user: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    #: the deployment this failed attempt went to, when the call was routed
+    routing: Routing | None = None
 
 
 def format_decimal(value: Decimal) -> str:

@@ -411,6 +411,21 @@ class PriceBook:
                         "(set input_cost_per_token/output_cost_per_token to price it)", *key)
         return UNKNOWN
 
+    def context_window(self, provider: str, model: str) -> int | None:
+        """The model's context window in tokens, as genai-prices knows it (the router's
+        pre-call check reads it when the deployment's model_info gives none)."""
+        provider_id = self._price_provider(provider)
+        if provider_id is None:
+            return None
+        lib = self._lib()
+        try:
+            info = lib.calc_price(lib.Usage(input_tokens=0), model,
+                                  provider_id=provider_id).model
+        except LookupError:
+            return None
+        window = getattr(info, "context_window", None)
+        return window if isinstance(window, int) and window > 0 else None
+
 
 def _missing_prices(model_price: Any, usage: Usage) -> tuple[str, ...]:
     """Nonzero buckets the library's model price has no price key for."""

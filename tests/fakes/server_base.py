@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self, TypeVar
@@ -85,6 +85,11 @@ class FakeServer:
         # set back to None, or verbatim answers for the next requests (FIFO).
         self.malformed: str | None = None
         self.raw_answers: list[Any] = []
+        # Per request (numbered from 0, as they arrive): an error to answer instead, or
+        # None to answer normally. After ``errors``, which come first.
+        self.fault: Callable[[int], FakeError | None] | None = None
+        self.answered = 0  # requests answered with a success
+        self._numbered = 0
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -138,6 +143,18 @@ class FakeServer:
         for _ in range(times):
             self.errors.append(FakeError(status, body, dict(headers or {})))
 
+    def fail_in_bursts(self, status: int, *, every: int, burst: int,
+                       message: str | None = None, headers: dict[str, str] | None = None
+                       ) -> None:
+        """From now on, answer ``burst`` requests of every ``every`` with this error
+        (``every=1, burst=1``: all of them); ``heal()`` stops it."""
+        body = self.error_body(status, message or f"fake error {status}", None)
+        error = FakeError(status, body, dict(headers or {}))
+        self.fault = lambda n: error if n % every < burst else None
+
+    def heal(self) -> None:
+        self.fault = None
+
     # -- helpers for handlers ---------------------------------------------------------
 
     async def record(self, request: web.Request) -> Received:
@@ -151,9 +168,15 @@ class FakeServer:
         return got
 
     def take_error(self) -> web.Response | None:
-        if not self.errors:
+        number = self._numbered
+        self._numbered += 1
+        if self.errors:
+            err = self.errors.pop(0)
+        elif self.fault is not None and (found := self.fault(number)) is not None:
+            err = found
+        else:
+            self.answered += 1
             return None
-        err = self.errors.pop(0)
         data = err.body if isinstance(err.body, bytes) else orjson.dumps(err.body)
         return web.Response(status=err.status, body=data, headers=err.headers,
                             content_type="application/json")

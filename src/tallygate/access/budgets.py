@@ -185,6 +185,56 @@ def _reserve_sqlite_step(conn: sqlite3.Connection, call_id: str, scopes: Sequenc
     return None
 
 
+async def grow(db: Database, call_id: str, scopes: Sequence[Scope],
+               extra_micros: int) -> Exceeded | None:
+    """Raise a call's reservation by ``extra_micros`` on every budget of its scopes (a
+    fallback moved it to a dearer model), all or none, under the same rule as
+    ``reserve_many``: a budget takes it while its spend and reservations are below its
+    maximum. Returns the first budget it does not fit (nothing changed), else None.
+    The settlement later gives back the whole, grown reservation."""
+    if isinstance(db, SQLiteDatabase):
+        return db.transaction(lambda conn: _grow_sqlite(conn, call_id, scopes, extra_micros))
+    assert isinstance(db, PostgresDatabase)
+    async with db.pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            """SELECT b.scope, b.id, b.max_micros, b.spend_micros, b.reserved_micros
+            FROM access_budgets b
+            JOIN unnest($1::text[], $2::text[]) AS t(scope, id)
+              ON b.scope = t.scope AND b.id = t.id
+            ORDER BY b.scope, b.id FOR UPDATE OF b""",
+            [sc for sc, _ in scopes], [i for _, i in scopes])
+        for r in rows:
+            if r["max_micros"] is not None and (r["spend_micros"] + r["reserved_micros"]
+                                                >= r["max_micros"]):
+                return Exceeded(r["scope"], r["id"], r["max_micros"], r["spend_micros"],
+                                r["reserved_micros"])
+        await conn.execute(
+            """UPDATE access_budgets b SET reserved_micros = b.reserved_micros + $3
+            FROM unnest($1::text[], $2::text[]) AS t(scope, id)
+            WHERE b.scope = t.scope AND b.id = t.id""",
+            [sc for sc, _ in scopes], [i for _, i in scopes], extra_micros)
+        await conn.execute("UPDATE access_reservations SET amount_micros = amount_micros + $1 "
+                           "WHERE call_id = $2", extra_micros, call_id)
+    return None
+
+
+def _grow_sqlite(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Scope],
+                 extra: int) -> Exceeded | None:
+    for scope, ident in sorted(scopes):
+        row = conn.execute("""UPDATE access_budgets SET reserved_micros = reserved_micros + ?
+            WHERE scope = ? AND id = ? RETURNING max_micros, spend_micros, reserved_micros""",
+                           (extra, scope, ident)).fetchone()
+        if row is None:
+            continue
+        max_micros, spend, reserved = row
+        if max_micros is not None and spend + reserved - extra >= max_micros:
+            conn.execute("ROLLBACK")
+            return Exceeded(scope, ident, max_micros, spend, reserved - extra)
+    conn.execute("UPDATE access_reservations SET amount_micros = amount_micros + ? "
+                 "WHERE call_id = ?", (extra, call_id))
+    return None
+
+
 # --- settle / release -------------------------------------------------------------------
 
 LEDGER_COLUMNS = ("call_id", "ts_ms", "key_token", "key_alias", "user_id", "team_id",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,7 +80,7 @@ class _Call:
     reserved: list[Scope]
     token_limits: list[Limit] = field(default_factory=list)
     token_estimate: int = 0
-    reserved_micros: int = 0  # what each budget in ``reserved`` holds for the call
+    amount: int = 0  # micro-USD reserved on each budget in ``reserved``
 
 
 def _usd(micros: int | None) -> str:
@@ -196,9 +195,10 @@ class VirtualKeyPolicy:
                                         code="model_not_allowed", param="model")
 
     async def admit(self, identity: Any, data: Mapping[str, Any], model: str, call_id: str,
-                    deployments: Sequence[Deployment]) -> tuple[CallContext, Deployment]:
-        """Admit the call and pick the deployment of ``model`` that serves it: one
-        with room under its own rpm/tpm (at random among them), 429 when none has."""
+                    deployments: Sequence[Deployment]) -> CallContext:
+        """Admit the call: model access, who pays, key and team limits, one budget
+        reservation priced at the dearest of ``deployments`` (the router then picks
+        which of them serves)."""
         caller: Caller = identity
         assert self.store is not None and self.db is not None, "gateway not started"
         key, team = caller.key, caller.team
@@ -228,8 +228,7 @@ class VirtualKeyPolicy:
 
         # Rate limits: in memory (or one Redis call); nothing is reserved yet.
         token_estimate = self._token_estimate(data)
-        index, limits, headers = await self._rate_limit(key, team, model, len(deployments),
-                                                        token_estimate)
+        limits, headers = await self._rate_limit(key, team, token_estimate)
 
         # Budgets: one atomic reservation over every budget that has a maximum.
         scopes: list[Scope] = []
@@ -250,18 +249,12 @@ class VirtualKeyPolicy:
                                            team.budget if team else None,
                                            customer_rec.budget if customer_rec else None)
                     if b is not None and b.max_micros is not None]
-            amount = self._worst_case_micros(data, model, caps)
+            amount = self._worst_case_micros(data, deployments, caps)
             exceeded = await self._reserver.call((call_id, reserved, amount))
             if exceeded is not None:
                 token_limits = [lim for lim in limits if lim.kind == "tokens"]
                 await self.limiter.adjust(token_limits, -token_estimate)
-                what = self._budget_label(exceeded.scope, exceeded.id, key, team)
-                spent = _usd(exceeded.spend_micros)
-                held = (f" with ${_usd(exceeded.reserved_micros)} held by calls in flight"
-                        if exceeded.reserved_micros else "")
-                raise BudgetExceededError(
-                    f"budget exceeded for {what}: spent ${spent} of "
-                    f"${_usd(exceeded.max_micros)}{held}")
+                raise self._over_budget(exceeded, key, team)
         self._calls[call_id] = _Call(key, team.team_id if team else (key.team_id if key
                                      else None), customer, scopes, reserved,
                                      [lim for lim in limits if lim.kind == "tokens"],
@@ -277,7 +270,32 @@ class VirtualKeyPolicy:
             user_id=key.user_id if key else None,
             team_id=key.team_id if key else None,
             key_id=(key.key_alias or key.token[:16]) if key else None,
-            metadata=metadata), deployments[index]
+            metadata=metadata)
+
+    async def cover(self, call_id: str, data: Mapping[str, Any],
+                    deployments: Sequence[Deployment]) -> None:
+        """A fallback moves the call to ``deployments``: when the dearest of them costs
+        more than the call's reservation, grow it (one reservation per call, never a
+        second one); 429 when the budget cannot take the difference."""
+        call = self._calls.get(call_id)
+        if call is None or not call.reserved or self.db is None:
+            return
+        worst = self._worst_case_micros(data, deployments)
+        if worst <= call.amount:
+            return
+        exceeded = await budgets.grow(self.db, call_id, call.reserved, worst - call.amount)
+        if exceeded is not None:
+            raise self._over_budget(exceeded, call.key, None)
+        call.amount = worst
+
+    def _over_budget(self, exceeded: budgets.Exceeded, key: KeyRecord | None,
+                     team: TeamRecord | None) -> BudgetExceededError:
+        what = self._budget_label(exceeded.scope, exceeded.id, key, team)
+        spent = _usd(exceeded.spend_micros)
+        held = (f" with ${_usd(exceeded.reserved_micros)} held by calls in flight"
+                if exceeded.reserved_micros else "")
+        return BudgetExceededError(f"budget exceeded for {what}: spent ${spent} of "
+                                   f"${_usd(exceeded.max_micros)}{held}")
 
     def _payer(self, caller: Caller, user: str | None, user_field: str,
                metadata: Mapping[str, Any]) -> str | None:
@@ -314,50 +332,26 @@ class VirtualKeyPolicy:
             return f"team {ident!r}"
         return f"customer {ident!r}"
 
-    async def _rate_limit(self, key: KeyRecord | None, team: TeamRecord | None, model: str,
-                          count: int, tokens: int) -> tuple[int, list[Limit], dict[str, str]]:
-        """Check and count the call's limits; returns the chosen deployment's index in
-        its group, the limits counted and the x-ratelimit-* headers. Raises 429 when a
-        key or team limit is reached, or every deployment is at its own limit."""
+    async def _rate_limit(self, key: KeyRecord | None, team: TeamRecord | None,
+                          tokens: int) -> tuple[list[Limit], dict[str, str]]:
+        """Check and count the key's and team's limits; returns the limits counted and
+        the x-ratelimit-* headers; raises 429 when one is reached. (A deployment's own
+        rpm/tpm is the router's: it picks a deployment with room.)"""
         common = self._limits(key, team, tokens)
-        per_deployment = self.access.deployment_limits.get(model)
-        if not per_deployment or len(per_deployment) != count:
-            index = 0 if count == 1 else random.randrange(count)
-            if not common:
-                return index, [], {}
-            decision = await self.limiter.acquire(common)
-            if not decision.ok:
-                self._refuse(decision, key)
-            return index, common, decision.headers
-        order = list(range(count))
-        random.shuffle(order)
-        refused: Decision | None = None
-        for index in order:
-            limits = common + self._deployment_limits(model, index, per_deployment[index],
-                                                      tokens)
-            if not limits:
-                return index, [], {}
-            decision = await self.limiter.acquire(limits)
-            if decision.ok:
-                return index, limits, decision.headers
-            assert decision.failed is not None
-            if decision.failed.scope != "deployment":
-                self._refuse(decision, key)  # no other deployment helps
-            if refused is None or decision.retry_after_s < refused.retry_after_s:
-                refused = decision
-        assert refused is not None
-        self._refuse(refused, key, model if count > 1 else None)
+        if not common:
+            return [], {}
+        decision = await self.limiter.acquire(common)
+        if not decision.ok:
+            self._refuse(decision, key)
+        return common, decision.headers
 
-    def _refuse(self, decision: Decision, key: KeyRecord | None,
-                every_of: str | None = None) -> NoReturn:
+    def _refuse(self, decision: Decision, key: KeyRecord | None) -> NoReturn:
         failed = decision.failed
         assert failed is not None
-        what = (f"every deployment of model {every_of!r}" if every_of is not None
-                else f"{failed.scope} {self._label(failed, key)}")
-        each = " each" if every_of is not None else ""
         raise RateLimitError(
-            f"rate limit reached for {what}: {failed.limit} {failed.kind} per minute{each}; "
-            f"retry in {decision.retry_after_s}s", headers=decision.headers)
+            f"rate limit reached for {failed.scope} {self._label(failed, key)}: "
+            f"{failed.limit} {failed.kind} per minute; retry in {decision.retry_after_s}s",
+            headers=decision.headers)
 
     @staticmethod
     def _limits(key: KeyRecord | None, team: TeamRecord | None, tokens: int) -> list[Limit]:
@@ -371,20 +365,6 @@ class VirtualKeyPolicy:
                 out.append(Limit(scope, ident, "requests", rpm, 1))
             if tpm is not None:
                 out.append(Limit(scope, ident, "tokens", tpm, tokens))
-        return out
-
-    @staticmethod
-    def _deployment_limits(model: str, index: int, limits: tuple[int | None, int | None],
-                           tokens: int) -> list[Limit]:
-        """The deployment's own rpm/tpm (``litellm_params``); counted under
-        ``<model group>#<position in the group>``, the same on every gateway."""
-        rpm, tpm = limits
-        ident = f"{model}#{index}"
-        out: list[Limit] = []
-        if rpm is not None:
-            out.append(Limit("deployment", ident, "requests", rpm, 1))
-        if tpm is not None:
-            out.append(Limit("deployment", ident, "tokens", tpm, tokens))
         return out
 
     @staticmethod
@@ -403,16 +383,17 @@ class VirtualKeyPolicy:
     def _token_estimate(self, data: Mapping[str, Any]) -> int:
         return self._prompt_tokens(data) + (self._max_output(data) or 0)
 
-    def _worst_case_micros(self, data: Mapping[str, Any], model: str,
-                           budget_caps: Sequence[int]) -> int:
-        """What the call reserves: its worst case (``tallygate.access.worst_case``), or
-        ``max_reservation_usd`` when a price is unknown; never more than the largest
-        budget it is held against (holding all of a budget keeps every other call out
-        of it while this one runs, which is what bounds the overrun to one call)."""
+    def _worst_case_micros(self, data: Mapping[str, Any], deployments: Sequence[Deployment],
+                           budget_caps: Sequence[int] = ()) -> int:
+        """What the call reserves: its worst case at the dearest of ``deployments``
+        (``tallygate.access.worst_case``), or ``max_reservation_usd`` when a price is
+        unknown; never more than the largest budget it is held against (holding all of
+        a budget keeps every other call out of it while this one runs, which is what
+        bounds the overrun to one call)."""
         if "messages" not in data and ("input" not in data or "voice" in data):
             # Images, audio, rerank: no token bound to price; reserve the cap.
             return self._cap_micros
-        cost = worst_case_cost(data, self.settings.models.get(model, ()), self.prices)
+        cost = worst_case_cost(data, deployments, self.prices)
         amount = self._cap_micros if cost is None else to_micros(cost)
         return min(amount, max(budget_caps)) if budget_caps else amount
 
@@ -426,7 +407,7 @@ class VirtualKeyPolicy:
             return None
         call = self._calls.get(event.call_id)
         if call is not None and call.reserved and event.cost is not None and to_micros(
-                event.cost) > call.reserved_micros:
+                event.cost) > call.amount:
             # It cost more than it reserved: ``settle`` writes it before the answer, so
             # the next calls see that spend at once (the ledger sink would be later).
             return None

@@ -9,14 +9,14 @@
       resolve_subscription_from_lago: false
       key_cache_ttl_s: 5
 
-Per-deployment limits are LiteLLM's ``rpm`` / ``tpm`` in ``litellm_params``: each limits
-its own deployment; a call goes to a deployment of its group that has room.
+Per-deployment limits (LiteLLM's ``rpm`` / ``tpm`` in ``litellm_params``) are the
+router's (``tallygate.routing``): a call goes to a deployment of its group that has room.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, get_args
 
@@ -39,9 +39,6 @@ class AccessSettings:
     resolve_subscription_from_lago: bool = False
     key_cache_ttl_s: float = 5.0
     stale_reservation_s: float = 900.0
-    # model group -> (rpm, tpm) per deployment, in the group's order (config order).
-    deployment_limits: Mapping[str, tuple[tuple[int | None, int | None], ...]] = field(
-        default_factory=dict)
 
 
 def _choice(value: Any, path: str, choices: tuple[str, ...], default: str) -> str:
@@ -52,21 +49,12 @@ def _choice(value: Any, path: str, choices: tuple[str, ...], default: str) -> st
     return str(value)
 
 
-def _limit(value: Any, path: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{path}: must be a non-negative integer")
-    return value
-
-
 def parse_access_settings(raw: Any, entries: list[Any], *,
                           env: Callable[[Any, str], Any],
                           decimal: Callable[[Any, str], Decimal | None],
                           number: Callable[[Any, str], float | None],
                           unknown: list[str]) -> AccessSettings:
-    """Validate ``access_settings`` (ConfigError names the path) and collect each
-    deployment's rpm/tpm from ``model_list``."""
+    """Validate ``access_settings`` (ConfigError names the path)."""
     path = "access_settings"
     if raw is None:
         raw = {}
@@ -91,17 +79,6 @@ def parse_access_settings(raw: Any, entries: list[Any], *,
         raise ConfigError(f"{path}.resolve_subscription_from_lago: must be true or false")
     ttl = number(raw.get("key_cache_ttl_s"), f"{path}.key_cache_ttl_s")
     stale = number(raw.get("stale_reservation_s"), f"{path}.stale_reservation_s")
-    limits: dict[str, list[tuple[int | None, int | None]]] = {}
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            continue
-        params = entry.get("tallygate_params") or entry.get("litellm_params") or {}
-        name = entry.get("model_name")
-        if not isinstance(params, dict) or not isinstance(name, str):
-            continue
-        rpm = _limit(params.get("rpm"), f"model_list[{i}].litellm_params.rpm")
-        tpm = _limit(params.get("tpm"), f"model_list[{i}].litellm_params.tpm")
-        limits.setdefault(name, []).append((rpm, tpm))
     return AccessSettings(
         user_field=user_field,  # type: ignore[arg-type]
         unattributed=unattributed,  # type: ignore[arg-type]
@@ -110,6 +87,4 @@ def parse_access_settings(raw: Any, entries: list[Any], *,
         max_reservation_usd=cap if cap is not None else Decimal("0.10"),
         resolve_subscription_from_lago=resolve,
         key_cache_ttl_s=ttl if ttl is not None else 5.0,
-        stale_reservation_s=stale if stale is not None else 900.0,
-        deployment_limits={name: tuple(group) for name, group in limits.items()
-                           if any(rpm is not None or tpm is not None for rpm, tpm in group)})
+        stale_reservation_s=stale if stale is not None else 900.0)

@@ -96,8 +96,8 @@ class ModelsRoute:
         model = request.match_info["model_id"]
         try:
             identity = await self.gw.access.authenticate(request)
-            if model not in self.gw.access.visible_models(identity, [model]) or (
-                    model not in self.gw.settings.models):
+            if model not in self.gw.model_names() or (
+                    model not in self.gw.access.visible_models(identity, [model])):
                 raise ModelNotFoundError(f"The model {model!r} does not exist on this "
                                          "gateway; GET /v1/models lists the models",
                                          param="model")

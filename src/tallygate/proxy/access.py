@@ -32,9 +32,15 @@ class AccessPolicy(Protocol):
         ...
 
     async def admit(self, identity: Any, data: Mapping[str, Any], model: str, call_id: str,
-                    deployments: Sequence[Deployment]) -> tuple[CallContext, Deployment]:
-        """May this identity make this call? Reserve what it may spend and pick the
-        deployment of the model group that serves it; raise to refuse."""
+                    deployments: Sequence[Deployment]) -> CallContext:
+        """May this identity make this call? Reserve what it may spend on the dearest of
+        the ``deployments`` that may serve it (the router picks one); raise to refuse."""
+        ...
+
+    async def cover(self, call_id: str, data: Mapping[str, Any],
+                    deployments: Sequence[Deployment]) -> None:
+        """A fallback moves the call to other deployments: keep its one reservation
+        enough for the dearest of them (grow it), or raise 429 when the budget cannot."""
         ...
 
     async def settle(self, event: UsageEvent) -> None:
@@ -42,7 +48,8 @@ class AccessPolicy(Protocol):
         ...
 
     async def release(self, failure: FailureEvent) -> None:
-        """The call failed: give its reservation back."""
+        """The call failed (every attempt of it): give its reservation back. Safe to call
+        for a call already settled or released."""
         ...
 
     async def abandon(self, call_id: str) -> None:

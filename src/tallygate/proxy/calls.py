@@ -1,9 +1,15 @@
 """The life of one model call over HTTP, whatever API shape it came in by.
 
-Every model route (OpenAI chat and embeddings, Anthropic messages) shares it: a call id,
-auth, the body and its size limit, the model group, admission, errors rendered in the
+Every model route (OpenAI chat and embeddings, Anthropic messages, and every door to
+come) shares it: a call id, auth, the body and its size limit, the model group,
+admission, routing (the router retries the door's ``handle`` or falls back to other
+groups when an upstream fails before the answer's first byte), errors rendered in the
 route's own shape, request metrics, and for streams the SSE response that bills what was
 generated when the client leaves or the provider fails midway.
+
+Budgets: one reservation per client call, made at admission, grown when a fallback
+moves to a dearer model, settled by the answering attempt's bill or released once when
+the call fails as a whole (never per failed attempt).
 """
 
 from __future__ import annotations
@@ -12,26 +18,28 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tallygate.engine import CallContext, ChatStream
+from tallygate.engine import CallContext, ChatStream, failure_event
 from tallygate.errors import (
+    BadRequestError,
     InternalError,
-    ModelNotFoundError,
     RequestTooLargeError,
     TallygateError,
     UpstreamError,
 )
+from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.event import UsageEvent, format_decimal, new_call_id
 from tallygate.price_fields import price_context
 from tallygate.providers.base import Deployment
 from tallygate.proxy.gateway import Gateway
 from tallygate.proxy.validation import close_after, parse_json_object, read_in_time, require_model
+from tallygate.routing import CURRENT_ATTEMPT, Attempt, RouteOptions, pop_options
 from tallygate.storable import check_kept
 
 log = logging.getLogger("tallygate.proxy")
@@ -59,7 +67,9 @@ def dropped_header(names: Iterable[str], sep: str = ",") -> str:
         kept.append(f"({other} more)")
     return sep.join(kept)
 
-# (request, OpenAI-shaped params, deployment, ctx) -> the answer, once the call is admitted.
+# (request, OpenAI-shaped params, deployment, ctx) -> the answer: one attempt, once the
+# call is admitted. The router may run it again (a retry, a fallback) when it raises an
+# upstream error before the answer is prepared; ``ctx.routing`` names the deployment.
 CallRunner = Callable[[web.Request, dict[str, Any], Deployment, CallContext],
                       Awaitable[web.StreamResponse]]
 # The route's body (already JSON) -> OpenAI-shaped params, checked; raises a 400 error.
@@ -87,22 +97,45 @@ async def read_body(request: web.Request, gw: Gateway) -> bytes:
     return await read_in_time(request, gw.settings.body_read_timeout_s, limit)
 
 
+def _prompt_tokens(params: dict[str, Any]) -> int:
+    if "messages" in params:
+        return estimate_prompt_tokens(params.get("messages") or ())
+    value = params.get("input")
+    if isinstance(value, list):
+        value = " ".join(v for v in value if isinstance(v, str))
+    return estimate_text_tokens(value if isinstance(value, str) else "")
+
+
+def _max_output(params: dict[str, Any]) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = params.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+def _check_fallbacks(gw: Gateway, options: RouteOptions) -> None:
+    for i, name in enumerate(options.fallbacks or ()):
+        if not gw.router.resolves(name):
+            raise BadRequestError(f"'fallbacks[{i}]': no model {name!r} on this gateway",
+                                  param=f"fallbacks[{i}]", code="model_not_found")
+
+
 def model_group(gw: Gateway, model: str) -> tuple[Deployment, ...]:
-    """The model group's deployments; the access policy picks one (rate limits)."""
-    group = gw.settings.models.get(model)
-    if not group:
-        raise ModelNotFoundError(f"the model {model!r} does not exist on this gateway; "
-                                 "GET /v1/models lists the models", param="model")
-    return group
+    """The deployments that the name ``model`` reaches (a group, an alias, a deployment
+    id, a wildcard group's made concrete); 404 when none. Routing calls go through
+    ``CallFrame.run`` instead: this is for routes that only look (token counting)."""
+    return gw.router.resolve(model).deployments
 
 
 class CallFrame:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self._known_models = frozenset(gw.settings.models)
+        # Metric labels: configured names only, never a name a client made up.
+        self._known_models = frozenset(gw.router.groups) | frozenset(gw.router.names())
 
     def observe(self, route: str, model: str | None, status: int, started: float) -> None:
-        label = model if model in self._known_models else "unknown"
+        label = model if model in self._known_models else "unknown"  # never client-chosen
         m = self.gw.metrics
         m.inc("tallygate_requests_total",
               (("route", route), ("model", label), ("status", str(status))))
@@ -118,38 +151,73 @@ class CallFrame:
         started = time.perf_counter()
         gw = self.gw
         call_id = new_call_id()
+        group: str | None = None
         status = 200
+        ctx: CallContext | None = None
         try:
             identity = await gw.access.authenticate(request)
             raw = await read_body(request, gw)
             body = parse(request, raw) if parse is not None else parse_json_object(raw)
             if model is None:
                 model = require_model(body)  # the OpenAI and Anthropic shapes name it so
+            options = pop_options(body)  # the gateway's routing options, never upstream's
             params = prepare(body)
             check_kept(params)  # whatever the door: what the event keeps can be stored
-            group = model_group(gw, model)
-            pricing = price_context(params, group, gw.prices)  # 400 if a tier is unpriced
-            ctx, deployment = await gw.access.admit(identity, params, model, call_id, group)
-            try:
-                if pricing:
-                    ctx = replace(ctx, price_context=pricing)
-                return await handle(request, params, deployment, ctx)
-            finally:
-                # Whatever failed (a bug, a broken outbox, a cancel), an admitted call
-                # that was neither settled nor released gives its reservation back.
-                await gw.access.abandon(call_id)
+            plan = gw.router.resolve(model)
+            group = plan.group.name
+            if options.fallbacks:
+                _check_fallbacks(gw, options)
+            # 400 before anything is reserved when a service tier has no known price.
+            pricing = price_context(params, plan.deployments, gw.prices)
+            ctx = await gw.access.admit(identity, params, model, call_id, plan.deployments)
+            if pricing:
+                ctx = replace(ctx, price_context=pricing)
+            admitted = ctx
+
+            async def attempt(att: Attempt) -> web.StreamResponse:
+                log.debug("call %s: %s %s -> %s/%s", call_id, route, model,
+                          att.deployment.provider, att.deployment.model)
+                # A copy each time: a retry must see the params as they came.
+                answer = await handle(request, dict(params), att.deployment,
+                                      admitted.routed(att.tag))
+                if not answer.prepared:
+                    for name, value in att.headers.items():
+                        answer.headers.setdefault(name, value)
+                return answer
+
+            async def cover(deployments: Sequence[Deployment]) -> None:
+                await gw.access.cover(call_id, params, deployments)
+
+            answer = await gw.router.run(
+                plan, attempt, options=options, stream=bool(params.get("stream")),
+                tokens=lambda: _prompt_tokens(params) + _max_output(params),
+                prompt_tokens=lambda: _prompt_tokens(params), cover=cover)
+            # An admitted call that ended neither settled nor released (a stream that
+            # broke before it sent anything, say) gives its reservation back.
+            await gw.access.abandon(call_id)
+            return answer
         except TallygateError as exc:
             answer = close_after(on_error(exc, call_id), exc)
             status = answer.status
+            await self._release(ctx, exc)
             return answer
-        except Exception:
+        except Exception as exc:
             # A bug or a broken outbox: say so in the route's shape, with the call id.
             log.exception("call %s failed inside the gateway", call_id)
             answer = on_error(InternalError("internal gateway error"), call_id)
             status = answer.status
+            await self._release(ctx, exc)
             return answer
+        except BaseException as exc:  # cancelled: the client left
+            await asyncio.shield(self._release(ctx, exc))
+            raise
         finally:
-            self.observe(route, model, status, started)
+            self.observe(route, group, status, started)
+
+    async def _release(self, ctx: CallContext | None, exc: BaseException) -> None:
+        """The call failed as a whole: give back its one reservation (once)."""
+        if ctx is not None:
+            await self.gw.access.release(failure_event(ctx, None, exc))
 
 
 def billed_response(gw: Gateway, body: bytes, event: UsageEvent,
@@ -172,6 +240,10 @@ async def serve_stream(request: web.Request, stream: ChatStream, headers: dict[s
     for it); a client leaving stops the upstream read. Either way the stream bills what
     was sent, exactly once, or releases the call when nothing was."""
     await stream.open()
+    attempt = CURRENT_ATTEMPT.get()
+    if attempt is not None:
+        headers = {**attempt.headers, **headers}
+        attempt.commit()  # the first byte leaves now: no retry after this
     resp = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     try:
         await resp.prepare(request)
@@ -189,6 +261,8 @@ async def serve_stream(request: web.Request, stream: ChatStream, headers: dict[s
             f"the stream could not be relayed ({type(exc).__name__})")
         if not isinstance(exc, UpstreamError):
             log.warning("call %s: stream relay failed: %r", stream.ctx.call_id, exc)
+        if attempt is not None:
+            attempt.broke_midstream(failure)
         try:
             await stream.fail(failure)  # bills what was sent (no-op if already billed)
         except Exception:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tallygate.access.ledger_sink import LedgerSink
+from tallygate.access.ratelimit import RedisLimiter
 from tallygate.access.settlement import LEDGER_SINK
 from tallygate.config import ProxySettings
 from tallygate.event import FailureEvent, UsageEvent
@@ -19,12 +20,16 @@ from tallygate.metering.delivery import DeliveryWorker
 from tallygate.metering.group_commit import GroupCommitter
 from tallygate.metering.outbox import Outbox
 from tallygate.pricing import PriceBook
+from tallygate.providers.base import Deployment
 from tallygate.proxy import loop_lag
 from tallygate.proxy.access import AccessPolicy
 from tallygate.proxy.metrics import CustomerLabels, Labels, Metrics
 from tallygate.proxy.metrics_share import MetricsShare
+from tallygate.routing import CURRENT_ATTEMPT, Router
+from tallygate.routing.health import HealthChecker
 from tallygate.sinks.base import Sink
 from tallygate.sinks.factory import build_sink, sink_accepts
+from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.proxy")
 
@@ -73,6 +78,16 @@ class Gateway:
 
         self.keys = VirtualKeyPolicy(settings, self.prices)
         self.access: AccessPolicy = self.keys
+        # Which deployment answers (tallygate.routing): retries, fallbacks, cooldowns.
+        r = settings.router
+        self.router = Router(
+            settings.models, r,
+            unit_cost=self._unit_cost if r.strategy == "cost-based-routing" else _unknown,
+            context_window=self._context_window if r.pre_call_checks else _unknown)
+        self._router_limiter: RedisLimiter | None = None
+        self.health = HealthChecker(self.router, _probe,
+                                    interval_s=settings.health_check_interval_s,
+                                    details=settings.health_check_details)
         self.customer_labels = CustomerLabels(settings.metrics_customer_labels)
         share_dir = settings.extra.get("metrics_dir")
         self.metrics_share = MetricsShare(share_dir, self.metrics) if share_dir else None
@@ -96,6 +111,83 @@ class Gateway:
                    "From a call's end to its event's delivery, by sink.")
         m.describe("tallygate_outbox_oldest_pending_age_seconds", "gauge",
                    "Age of the oldest undelivered outbox row.")
+        self._register_router_gauges()
+
+    def _unit_cost(self, d: Deployment) -> Any:
+        # cost-based-routing's yardstick: a call of 1,000 tokens in and 1,000 out.
+        usage = Usage(input_tokens=1000, output_tokens=1000)
+        return self.prices.price(d.provider, _priced(d), usage, d.price).cost
+
+    def _context_window(self, d: Deployment) -> int | None:
+        return self.prices.context_window(d.provider, _priced(d))
+
+    def _register_router_gauges(self) -> None:
+        m, router = self.metrics, self.router
+        m.describe("tallygate_deployment_cooling_down", "gauge",
+                   "1 while a deployment is out of rotation (cooldown).")
+        m.describe("tallygate_deployment_failures_this_minute", "gauge",
+                   "Failures counted toward a deployment's cooldown this minute.")
+        m.describe("tallygate_deployment_in_flight", "gauge", "Calls in flight per deployment.")
+        m.describe("tallygate_deployment_latency_seconds", "gauge",
+                   "Recent median latency per deployment (time to first token for streams).")
+        m.describe("tallygate_deployment_healthy", "gauge",
+                   "The last health check of a deployment: 1 healthy, 0 not.")
+        m.describe("tallygate_deployment_attempts_total", "counter",
+                   "Upstream attempts per deployment by outcome (success or error kind).")
+        m.describe("tallygate_router_retries_total", "counter", "Retries within a model group.")
+        m.describe("tallygate_router_fallbacks_total", "counter",
+                   "Calls that fell back from one model group to another.")
+
+        cache: list[Any] = [0.0, []]
+
+        def snapshot() -> list[dict[str, object]]:
+            # One reading serves every gauge of a render (they are read one by one).
+            now = time.monotonic()
+            if now - cache[0] > 0.2:
+                cache[0], cache[1] = now, router.snapshot()
+            rows: list[dict[str, object]] = cache[1]
+            return rows
+
+        def per_deployment(key: str) -> Any:
+            def read() -> list[tuple[Labels, float]]:
+                out: list[tuple[Labels, float]] = []
+                for d in snapshot():
+                    value = d[key]
+                    if value is None:
+                        continue
+                    if key == "latency_ms":
+                        value = float(value) / 1000  # type: ignore[arg-type]
+                    labels = (("model_group", str(d["model_group"])),
+                              ("model_id", str(d["model_id"])))
+                    out.append((labels, float(value)))  # type: ignore[arg-type]
+                return out
+            return read
+
+        def attempts() -> list[tuple[Labels, float]]:
+            out: list[tuple[Labels, float]] = []
+            for group, target in router.deployments():
+                st = router.stats[target.model_id]
+                base = (("model_group", group.name), ("model_id", target.model_id))
+                out.append(((*base, ("outcome", "success")), float(st.successes)))
+                for kind, n in sorted(st.failures.items()):
+                    out.append(((*base, ("outcome", kind)), float(n)))
+            return out
+
+        # With --workers N each worker routes on its own (unless Redis shares the
+        # cooldowns): a deployment cooling in any shows cooling; counts add up.
+        m.gauge("tallygate_deployment_cooling_down", per_deployment("cooling_down"), "max")
+        m.gauge("tallygate_deployment_failures_this_minute",
+                per_deployment("failures_this_minute"), "max")
+        m.gauge("tallygate_deployment_in_flight", per_deployment("in_flight"), "sum")
+        m.gauge("tallygate_deployment_latency_seconds", per_deployment("latency_ms"), "max")
+        m.gauge("tallygate_deployment_healthy", per_deployment("healthy"), "max")
+        m.gauge("tallygate_deployment_attempts_total", attempts, "sum")
+        m.gauge("tallygate_router_retries_total", lambda: [
+            ((("model_group", g),), float(n)) for g, n in router.retries.values.items()],
+            "sum")
+        m.gauge("tallygate_router_fallbacks_total", lambda: [
+            ((("model_group", a), ("fallback", b)), float(n))
+            for (a, b), n in router.fallbacks.values.items()], "sum")
 
     async def start(self) -> None:
         from tallygate.metering.factory import open_outbox
@@ -107,6 +199,16 @@ class Gateway:
         self.outbox = await open_outbox(url)
         self._writer = GroupCommitter(self._write_outbox)
         await self.keys.start(url)
+        # Deployments' rpm/tpm count where keys' do (in the process, shared by worker
+        # processes, or in Redis), unless router_settings names a Redis of its own.
+        own = self.settings.router.redis_url
+        if own and own != self.settings.access.redis_url:
+            self._router_limiter = RedisLimiter(own)
+            self.router.limiter = self._router_limiter
+        else:
+            self.router.limiter = self.keys.limiter
+        await self.router.start()
+        self.health.start()
         assert self.keys.db is not None
         # The spend ledger is a sink of the outbox: a billed call's settlement is as
         # durable as its usage event (see tallygate.access.settlement).
@@ -187,6 +289,10 @@ class Gateway:
             self.worker = None
         for sink in self.sinks:
             await sink.aclose()
+        await self.health.stop()
+        await self.router.close()
+        if self._router_limiter is not None:
+            await self._router_limiter.close()
         await self.keys.stop()
         if self.outbox is not None:
             await self.outbox.close()
@@ -195,6 +301,9 @@ class Gateway:
 
     # -- the Recorder the engine writes to ------------------------------------------
     async def record(self, event: UsageEvent) -> None:
+        attempt = CURRENT_ATTEMPT.get()
+        if attempt is not None:  # the router corrects the deployment's tpm count with it
+            attempt.settled(event.usage.total_tokens)
         sinks = [n for n in self._sink_names if sink_accepts(n, event.customer is not None)]
         settlement = self.keys.settlement_for(event) if self.access is self.keys else None
         if settlement is not None:
@@ -226,10 +335,12 @@ class Gateway:
         self.worker.notify()
 
     async def record_failure(self, failure: FailureEvent) -> None:
+        """One failed upstream attempt: counted, billed nothing. The call's reservation
+        is not given back here: the router may retry or fall back; the call frame
+        releases it once when the call fails as a whole."""
         self.metrics.inc("tallygate_upstream_errors_total",
                          (("provider", failure.provider or "none"),
                           ("status", str(failure.status_code))))
-        await self.access.release(failure)
 
     def _count(self, event: UsageEvent) -> None:
         m, u = self.metrics, event.usage
@@ -277,10 +388,29 @@ class Gateway:
                        "oldest_pending_age_s": stats.oldest_pending_age_s,
                        "last_error": stats.last_error},
             "sinks": sinks,
+            "router": {"deployments": self.router.snapshot(),
+                       "background_health_checks": self.health.interval_s is not None,
+                       "health_checked_at": self.health.checked_at},
         }
 
     def model_names(self) -> Sequence[str]:
-        return list(self.settings.models)
+        return self.router.names()
+
+
+def _unknown(d: Deployment) -> None:
+    return None
+
+
+def _priced(d: Deployment) -> str:
+    from tallygate.engine import priced_model
+
+    return priced_model(d, None) or d.model
+
+
+async def _probe(deployment: Deployment, embedding: bool) -> None:
+    from tallygate import engine
+
+    await engine.probe(deployment, embedding=embedding)
 
 
 def _register_credentials(settings: ProxySettings, environ: Mapping[str, str]) -> None:

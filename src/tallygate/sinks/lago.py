@@ -161,7 +161,10 @@ def lago_event_body(event: UsageEvent, code: str, *, send_amount: bool = False,
     ``model: openai/my-fake-model`` sends ``"my-fake-model"``), as LiteLLM's integration
     sends it, so billable metrics grouped or filtered by ``model`` keep matching;
     ``model_group`` is the name the client asked for. ``model_property="group"`` puts the
-    group in ``model`` instead.
+    group in ``model`` instead. A routed call (the proxy) names the deployment that
+    answered, ``model_id`` and ``api_base`` (its host), the ``attempts`` it took and,
+    after a fallback, how many (``fallbacks``) and the group that answered
+    (``fallback_group``).
 
     Money: ``response_cost`` is the Decimal price in USD written from its own digits
     (``"0.00012345"``, never a float), and ``precise_total_amount_cents`` is the same
@@ -212,6 +215,16 @@ def lago_event_body(event: UsageEvent, code: str, *, send_amount: bool = False,
     props.update({k: v for k, v in optional.items() if v})
     if event.flags:
         props["flags"] = ",".join(sorted(event.flags))
+    routing = event.routing
+    if routing is not None:
+        # The deployment that answered (the price is its), and how the router got there.
+        props["model_id"] = routing.model_id
+        if routing.api_base:
+            props["api_base"] = routing.api_base
+        props["attempts"] = routing.attempts
+        if routing.fallbacks:
+            props["fallbacks"] = routing.fallbacks
+            props["fallback_group"] = routing.group
     body: dict[str, Any] = {
         "transaction_id": event.call_id,
         "external_subscription_id": event.customer,

@@ -216,11 +216,39 @@ def _price_cells(view: View, d: Deployment) -> list[Any]:
 async def models(view: View) -> Page:
     table = Table("deployments", ("model group", "deployment", "provider", "model",
                                   "api base", "price source", "input per 1M",
-                                  "output per 1M", "cache read per 1M"))
+                                  "output per 1M", "cache read per 1M", "id", "router",
+                                  "failures this minute", "latency ms", "health"))
+    # The router's view of each deployment, in the same (config) order.
+    state = {(d["model_group"], i): d for i, d in _positions(view.gw.router.snapshot())}
     for group, deployments in view.gw.settings.models.items():
         for i, d in enumerate(deployments):
             base = urlsplit(d.api_base).netloc if d.api_base else ""
-            table.rows.append([group, i, d.provider, d.model, base, *_price_cells(view, d)])
-    return Page("Models and deployments", Html(
-        "<p>Deployment health and cooldowns appear here once the router is on main.</p>"
-        + table.html(view.query)), {table.name: table})
+            r = state.get((group, i), {})
+            table.rows.append([group, i, d.provider, d.model, base, *_price_cells(view, d),
+                               str(r.get("model_id", "")), _router_state(r),
+                               r.get("failures_this_minute", 0),
+                               "" if r.get("latency_ms") is None else r["latency_ms"],
+                               _health(r.get("healthy"))])
+    return Page("Models and deployments", table.html(view.query), {table.name: table})
+
+
+def _positions(snapshot: list[dict[str, object]]) -> list[tuple[int, dict[str, object]]]:
+    seen: dict[object, int] = {}
+    out = []
+    for d in snapshot:
+        i = seen.get(d["model_group"], 0)
+        seen[d["model_group"]] = i + 1
+        out.append((i, d))
+    return out
+
+
+def _health(value: object) -> str:
+    return "not checked" if value is None else ("healthy" if value else "unhealthy")
+
+
+def _router_state(r: dict[str, object]) -> str:
+    if not r:
+        return ""
+    if r.get("cooling_down"):
+        return f"cooling down {r.get('cooldown_remaining_s')}s ({r.get('cooldown_reason')})"
+    return "in rotation"
