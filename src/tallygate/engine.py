@@ -32,6 +32,7 @@ from tallygate.event import (
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import ChatResult, Deployment, Provider, StreamDecoder, StreamItem
 from tallygate.providers.registry import get_provider
+from tallygate.providers.translate import pack_base64
 from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.engine")
@@ -109,6 +110,31 @@ def _estimated_usage(params: Mapping[str, Any], output_text: str,
                  output_tokens=out, source="estimated")
 
 
+def _with_prompt(params: Mapping[str, Any], usage: Usage) -> Usage:
+    """A call always has input: usage that reports none (Ollama leaves out
+    ``prompt_eval_count`` when its prompt cache served the whole prompt) gets an
+    estimate, flagged, rather than billing the prompt as zero."""
+    if usage.prompt_tokens:
+        return usage
+    return replace(usage, input_tokens=estimate_prompt_tokens(params.get("messages") or ()),
+                   source="estimated")
+
+
+def _embedding_usage(params: Mapping[str, Any], usage: Usage | None) -> Usage:
+    """The provider's count, or an estimate from the input texts when it reports none."""
+    if usage is not None and usage.prompt_tokens:
+        return usage
+    value = params.get("input")
+    items = value if isinstance(value, list) else [value]
+    tokens = 0
+    for item in items:
+        if isinstance(item, str):
+            tokens += estimate_text_tokens(item)
+        elif isinstance(item, list):  # a token array counts its tokens
+            tokens += len(item)
+    return Usage(input_tokens=tokens, source="estimated")
+
+
 async def _send(provider: Provider, deployment: Deployment, params: dict[str, Any],
                 *, embedding: bool = False) -> bytes:
     if provider.is_local:
@@ -132,6 +158,7 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
         usage = result.usage
         if usage is None:
             usage = _estimated_usage(params, _answer_text(result.body), None)
+        usage = _with_prompt(params, usage)
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
@@ -148,10 +175,13 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
         body = await _send(provider, deployment, params, embedding=True)
         result = _read_answer(lambda: provider.embedding_response(deployment, body),
                               "data", "an embeddings list")
+        if result.raw is None and params.get("encoding_format") == "base64":
+            # A translated answer holds floats; OpenAI clients asked for packed vectors.
+            result = replace(result, body=pack_base64(result.body))
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    usage = result.usage or Usage(source="estimated")
+    usage = _embedding_usage(params, result.usage)
     event = make_event(ctx, deployment, usage, prices, kind="embedding")
     await recorder.record(event)
     return result, event
@@ -257,6 +287,7 @@ class ChatStream:
             usage = dec.usage if (dec.done and dec.usage is not None) else None
             if usage is None:
                 usage = _estimated_usage(self._params, dec.output_text(), dec.usage)
+            usage = _with_prompt(self._params, usage)
             flags = {FLAG_STREAM}
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)

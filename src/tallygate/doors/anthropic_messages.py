@@ -28,6 +28,7 @@ from tallygate.errors import BadRequestError, TallygateError
 from tallygate.estimate import estimate_prompt_tokens
 from tallygate.event import format_decimal
 from tallygate.providers.base import Deployment
+from tallygate.providers.registry import get_provider
 from tallygate.proxy.calls import (
     CALL_ID_HEADER,
     COST_HEADER,
@@ -371,10 +372,12 @@ def _without_cache_control(content: object) -> object:
 
 def for_deployment(params: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
     """The params as this deployment's provider takes them: only the Anthropic adapter
-    reads ``top_k`` and ``cache_control``; an OpenAI-compatible server may refuse them."""
+    reads ``cache_control``, and ``top_k`` goes only to providers that read it (Cohere's
+    ``k``, Ollama's option); an OpenAI-compatible server may refuse either."""
     if deployment.provider == "anthropic":
         return params
-    out = {k: v for k, v in params.items() if k != "top_k"}
+    keep_top_k = get_provider(deployment.provider).reads_top_k
+    out = {k: v for k, v in params.items() if k != "top_k" or keep_top_k}
     out["messages"] = [{**m, "content": _without_cache_control(m["content"])}
                        if isinstance(m.get("content"), list) else m for m in params["messages"]]
     if "tools" in params:

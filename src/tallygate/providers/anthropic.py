@@ -438,6 +438,7 @@ class AnthropicProvider(Provider):
     price_provider = "anthropic"
     default_api_base = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
+    reads_top_k = True
 
     def _url(self, deployment: Deployment) -> str:
         base = (deployment.api_base or self.default_api_base or "").rstrip("/")

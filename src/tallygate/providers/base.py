@@ -159,6 +159,9 @@ class Provider(ABC):
     #: litellm_params keys this provider reads besides the common ones (model, api_base,
     #: api_key, timeout, prices...); they reach it in ``Deployment.params``.
     litellm_params: ClassVar[frozenset[str]] = frozenset()
+    #: True when the provider reads ``top_k`` (an extension the Messages door passes on
+    #: only to providers that read it; an OpenAI-compatible server may refuse it).
+    reads_top_k: ClassVar[bool] = False
 
     def check_deployment(self, deployment: Deployment) -> None:
         """Refuse a deployment the provider cannot serve, at config load (raise
