@@ -158,7 +158,10 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
         usage = result.usage
         if usage is None:
             usage = _estimated_usage(params, _answer_text(result.body), None)
-        usage = _with_prompt(params, usage)
+        if not usage.prompt_tokens:
+            usage = _with_prompt(params, usage)
+            if result.raw is None:  # a translated answer tells the client what is billed
+                result.body["usage"] = usage.to_openai()
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
@@ -226,6 +229,8 @@ class ChatStream:
         self._prices = prices
         self._provider = get_provider(deployment.provider)
         self._decoder: StreamDecoder = self._provider.chat_stream(deployment, include_usage)
+        self._decoder.estimate_prompt = lambda: estimate_prompt_tokens(
+            params.get("messages") or ())
         self._upstream: Any = None  # the open transport stream's context manager
         self._source: AsyncIterator[bytes] | None = None
         self.event: UsageEvent | None = None

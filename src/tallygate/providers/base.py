@@ -8,7 +8,7 @@ untouched where no translation is needed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
@@ -130,6 +130,10 @@ class StreamItem:
         return f"StreamItem({self.frame!r})"
 
 
+def _no_estimate() -> int:
+    return 0
+
+
 class StreamDecoder(ABC):
     """Turns upstream stream bytes into OpenAI chunks, and remembers usage and text."""
 
@@ -137,6 +141,9 @@ class StreamDecoder(ABC):
         self.usage: Usage | None = None
         self.output_parts: list[str] = []
         self.done = False
+        #: the prompt's estimated size, for a provider that may leave its input count
+        #: out (Ollama); the engine sets it, as it knows the prompt.
+        self.estimate_prompt: Callable[[], int] = _no_estimate
 
     @abstractmethod
     def feed(self, data: bytes) -> list[StreamItem]:

@@ -12,7 +12,7 @@ their events are flagged ``unknown_price`` unless the deployment sets its own pr
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -46,7 +46,7 @@ _SAME_NAME = ("temperature", "top_p", "seed", "frequency_penalty", "presence_pen
 DONE_REASONS = {"stop": "stop", "length": "length"}
 
 
-# --- request pieces -------------------------------------------------------------------------
+# --- request pieces ----------------------------------------------------------------------
 
 def options(params: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` for the request: the deployment's options, then the call's."""
@@ -247,17 +247,21 @@ def generate_prompt(messages: object) -> tuple[str, str | None, list[str]]:
     return prompt, "\n\n".join(system) or None, images
 
 
-# --- answers --------------------------------------------------------------------------------
+# --- answers -----------------------------------------------------------------------------
 
-def ollama_usage(parsed: Mapping[str, Any], output_text: str) -> Usage:
+def ollama_usage(parsed: Mapping[str, Any], output_text: str,
+                 estimate_prompt: Callable[[], int] | None = None) -> Usage:
     """``prompt_eval_count`` in, ``eval_count`` out. A missing output count is estimated
-    from the answer; a missing input count stays 0, which the engine estimates from the
-    prompt. Either makes the usage ``estimated``."""
+    from the answer, a missing input count from the prompt (by ``estimate_prompt``, or
+    by the engine, which has the prompt, when it is left 0). Either makes the usage
+    ``estimated``."""
     prompt = tr.count(parsed.get("prompt_eval_count"))
     output = tr.count(parsed.get("eval_count"))
     estimated = prompt is None or output is None
     if output is None:
         output = estimate_text_tokens(output_text)
+    if prompt is None and estimate_prompt is not None:
+        prompt = estimate_prompt()
     return Usage(input_tokens=prompt or 0, output_tokens=output,
                  source="estimated" if estimated else "provider")
 
@@ -316,7 +320,7 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upst
     return upstream_error_for(status, message, headers=keep)
 
 
-# --- stream: NDJSON lines -> OpenAI chat.completion.chunk ---------------------------------
+# --- stream: NDJSON lines -> OpenAI chat.completion.chunk --------------------------------
 
 class OllamaStreamDecoder(StreamDecoder):
     """One JSON object a line; the line with ``done: true`` carries the counts. A line
@@ -383,14 +387,14 @@ class OllamaStreamDecoder(StreamDecoder):
             out += self._delta({"tool_calls": deltas})
         if line.get("done") is True:
             self.done = True
-            self.usage = ollama_usage(line, self.output_text())
+            self.usage = ollama_usage(line, self.output_text(), self.estimate_prompt)
             out += self._delta({}, finish_reason(line.get("done_reason"), self._tool_calls > 0))
             if self._include_usage:
                 out.append(self._chunks.usage(self.usage))
         return out
 
 
-# --- the providers ---------------------------------------------------------------------------
+# --- the providers -----------------------------------------------------------------------
 
 class _OllamaBase(Provider):
     price_provider = None  # self-hosted: priced by the deployment's own prices, if any
