@@ -82,7 +82,7 @@ def test_v1_models_refused_at_config_load() -> None:
     PROVIDER.check_deployment(DEPLOYMENT)
 
 
-# --- request translation --------------------------------------------------------------------
+# --- request translation -----------------------------------------------------------------
 
 def test_messages_translate_with_tool_round_trip() -> None:
     body = body_for({"messages": [
@@ -185,7 +185,7 @@ def test_untranslatable_requests_are_400s(params: dict[str, Any], param: str) ->
     assert err.value.status_code == 400 and err.value.param == param
 
 
-# --- answers, streams and usage over HTTP ----------------------------------------------------
+# --- answers, streams and usage over HTTP ------------------------------------------------
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
@@ -330,7 +330,7 @@ def test_error_answers_keep_status_and_hide_key_messages() -> None:
     assert PROVIDER.error_from_response(499, body, {}).status_code == 502
 
 
-# --- embeddings --------------------------------------------------------------------------------
+# --- embeddings --------------------------------------------------------------------------
 
 async def test_embeddings(session: aiohttp.ClientSession) -> None:
     async with FakeCohere() as fake:

@@ -51,7 +51,7 @@ def user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
 
 
-# --- registration, URLs, config ------------------------------------------------------------
+# --- registration, URLs, config ----------------------------------------------------------
 
 def test_registered_as_litellms_two_prefixes() -> None:
     assert split_model("ollama/llama3.2") == ("ollama", "llama3.2")
@@ -90,7 +90,7 @@ def test_openai_compatible_v1_base_is_refused_at_config_load() -> None:
     CHAT.check_deployment(dep(CHAT, api_base="http://127.0.0.1:11434"))
 
 
-# --- request translation ------------------------------------------------------------------
+# --- request translation -----------------------------------------------------------------
 
 def test_chat_body_messages_images_tools_and_results() -> None:
     body = body_for(CHAT, {"messages": [
@@ -180,7 +180,7 @@ def test_untranslatable_requests_are_400s(provider: Provider, params: dict[str, 
     assert err.value.status_code == 400 and err.value.param == param
 
 
-# --- answers, streams and usage over HTTP --------------------------------------------------
+# --- answers, streams and usage over HTTP ------------------------------------------------
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
@@ -311,7 +311,7 @@ def test_error_answers_keep_status() -> None:
     assert CHAT.error_from_response(500, b"oops", {}).status_code == 502
 
 
-# --- embeddings ----------------------------------------------------------------------------
+# --- embeddings --------------------------------------------------------------------------
 
 async def test_embeddings(session: aiohttp.ClientSession) -> None:
     async with FakeOllama() as fake:

@@ -78,7 +78,7 @@ def cohere_usage(raw: object, *, output: bool = True) -> Usage | None:
                  source="provider" if from_billed else "estimated")
 
 
-# --- request: OpenAI chat params -> v2 Chat body ------------------------------------------
+# --- request: OpenAI chat params -> v2 Chat body -----------------------------------------
 
 def _user_content(content: object, where: str) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
@@ -244,7 +244,7 @@ def build_body(model: str, params: Mapping[str, Any], extra: Mapping[str, Any],
     return body
 
 
-# --- answer: v2 Chat response -> OpenAI chat.completion ------------------------------------
+# --- answer: v2 Chat response -> OpenAI chat.completion ----------------------------------
 
 def _answer_parts(message: Mapping[str, Any]) -> tuple[str, str]:
     """(text, thinking) of an assistant message's content items."""
@@ -317,7 +317,7 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upst
     return upstream_error_for(status, message, headers=keep)
 
 
-# --- stream: v2 Chat events -> OpenAI chat.completion.chunk --------------------------------
+# --- stream: v2 Chat events -> OpenAI chat.completion.chunk ------------------------------
 
 class CohereStreamDecoder(StreamDecoder):
     """Reads v2 Chat stream events (``message-start`` ... ``message-end``)."""
@@ -405,7 +405,7 @@ class CohereStreamDecoder(StreamDecoder):
         return out
 
 
-# --- embeddings -------------------------------------------------------------------------------
+# --- embeddings --------------------------------------------------------------------------
 
 def embed_body(model: str, params: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -439,7 +439,7 @@ def embed_response(parsed: Mapping[str, Any], model: str) -> ChatResult:
     return ChatResult(body=body, usage=usage if tokens else None, raw=None)
 
 
-# --- the provider ---------------------------------------------------------------------------
+# --- the provider ------------------------------------------------------------------------
 
 class CohereProvider(Provider):
     name = "cohere"

@@ -132,7 +132,7 @@ def new_id(prefix: str) -> str:
     return prefix + os.urandom(12).hex()
 
 
-# --- answers and chunks in the OpenAI shape -------------------------------------------
+# --- answers and chunks in the OpenAI shape ----------------------------------------------
 
 def chat_completion(ident: str, model: str, message: dict[str, Any], finish: str,
                     usage: Usage | None) -> dict[str, Any]:
@@ -187,7 +187,7 @@ class ChunkMaker:
             "model": self.model, "choices": [], "usage": usage.to_openai()})
 
 
-# --- embeddings ------------------------------------------------------------------------
+# --- embeddings --------------------------------------------------------------------------
 
 def embedding_inputs(value: object, label: str) -> list[str]:
     """The OpenAI ``input`` as a list of strings (token arrays cannot be translated)."""
