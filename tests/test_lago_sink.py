@@ -73,8 +73,9 @@ def test_event_body_maps_every_field() -> None:
         "timestamp": "1714564800.130",
         "precise_total_amount_cents": "0.012345",
         "properties": {
-            "model": "gpt-4o-mini", "provider": "openai",
-            "provider_model": "gpt-4o-mini-2024-07-18", "kind": "chat",
+            # model as LiteLLM's integration sends it: the deployment's model.
+            "model": "gpt-4o-mini-2024-07-18", "model_group": "gpt-4o-mini",
+            "provider": "openai", "provider_model": "gpt-4o-mini-2024-07-18", "kind": "chat",
             "input_tokens": 100, "output_tokens": 50,
             "prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150,
             "uncached_input_tokens": 70, "cached_input_tokens": 20,
@@ -89,6 +90,18 @@ def test_event_body_maps_every_field() -> None:
     assert props["uncached_input_tokens"] + props["cached_input_tokens"] + \
         props["cache_creation_input_tokens"] == props["input_tokens"]
     assert all(type(v) in (str, int) for v in props.values())
+    grouped = lago_event_body(ev, CODE, model_property="group")["properties"]
+    assert (grouped["model"], grouped["model_group"]) == ("gpt-4o-mini", "gpt-4o-mini")
+
+
+def test_model_property_setting_is_read_from_the_environment() -> None:
+    env = {"LAGO_API_BASE": "http://127.0.0.1:1", "LAGO_API_KEY": "k",
+           "LAGO_API_EVENT_CODE": CODE}
+    assert LagoSettings.from_env(env).model_property == "deployment"
+    assert LagoSettings.from_env({**env, "TALLYGATE_LAGO_MODEL": "group"}).model_property == \
+        "group"
+    with pytest.raises(ConfigError, match="TALLYGATE_LAGO_MODEL"):
+        LagoSettings.from_env({**env, "TALLYGATE_LAGO_MODEL": "both"})
 
 
 @pytest.mark.parametrize(("cost", "digits"), [

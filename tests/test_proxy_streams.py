@@ -102,7 +102,10 @@ async def test_200_concurrent_streams(proxy: RunningProxy, lago: FakeLago,
         assert ev.external_subscription_id == customer
         assert (ev.properties["input_tokens"], ev.properties["output_tokens"]) \
             == expected[model]
-        assert ev.properties["model"] == model
+        # model: the deployment's model without its prefix, as LiteLLM sends it.
+        assert ev.properties["model_group"] == model
+        assert ev.properties["model"] == {"gpt": "gpt-4o-mini",
+                                          "claude": "claude-3-5-haiku-20241022"}[model]
         assert "stream" in ev.properties["flags"]
 
 

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -40,6 +40,8 @@ REQUIRED_ENV = ("LAGO_API_BASE", "LAGO_API_KEY", "LAGO_API_EVENT_CODE")
 # duplicates), so a few rounds are plenty.
 MAX_ROUNDS = 4
 USER_AGENT = "tallygate-lago-sink"
+ModelProperty = Literal["deployment", "group"]
+MODEL_PROPERTIES: tuple[ModelProperty, ...] = ("deployment", "group")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,10 @@ class LagoSettings:
     # precise_total_amount_cents is in the plan's currency and only read by Lago's
     # dynamic charge model; our costs are USD, so sending it is a choice, not a default.
     send_amount: bool = False
+    # What ``properties.model`` holds: "deployment" (the deployment's model without its
+    # provider prefix, as LiteLLM's Lago integration sends it) or "group" (the model
+    # group the client asked for). ``model_group`` always holds the group.
+    model_property: ModelProperty = "deployment"
 
     def __post_init__(self) -> None:
         base = self.api_base.strip().rstrip("/")
@@ -69,13 +75,17 @@ class LagoSettings:
         if self.timeout_s <= 0:
             raise ConfigError("the Lago timeout must be positive")
         parse_charge_by(self.charge_by)
+        if self.model_property not in MODEL_PROPERTIES:
+            raise ConfigError(f"TALLYGATE_LAGO_MODEL must be one of "
+                              f"{', '.join(MODEL_PROPERTIES)}, got {self.model_property!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LagoSettings:
         """Read LiteLLM's variables (``LAGO_API_BASE``, ``LAGO_API_KEY``,
         ``LAGO_API_EVENT_CODE``, ``LAGO_API_CHARGE_BY``) and tallygate's optional
         ``TALLYGATE_LAGO_BATCH_SIZE``, ``TALLYGATE_LAGO_SINGLE_EVENT``,
-        ``TALLYGATE_LAGO_TIMEOUT_S``, ``TALLYGATE_LAGO_SEND_AMOUNT``.
+        ``TALLYGATE_LAGO_TIMEOUT_S``, ``TALLYGATE_LAGO_SEND_AMOUNT``,
+        ``TALLYGATE_LAGO_MODEL`` (``deployment`` | ``group``).
         A ConfigError names every missing variable."""
         env = os.environ if environ is None else environ
         missing = [name for name in REQUIRED_ENV if not (env.get(name) or "").strip()]
@@ -90,6 +100,8 @@ class LagoSettings:
             single_event_mode=_env_bool(env, "TALLYGATE_LAGO_SINGLE_EVENT"),
             timeout_s=_env_float(env, "TALLYGATE_LAGO_TIMEOUT_S", 10.0),
             send_amount=_env_bool(env, "TALLYGATE_LAGO_SEND_AMOUNT"),
+            model_property=(env.get("TALLYGATE_LAGO_MODEL") or "deployment"  # type: ignore[arg-type]
+                            ).strip().lower(),
         )
 
 
@@ -121,8 +133,8 @@ def _env_bool(env: Mapping[str, str], name: str) -> bool:
 # --- the event body ----------------------------------------------------------------
 
 
-def lago_event_body(event: UsageEvent, code: str, *,
-                    send_amount: bool = False) -> dict[str, Any]:
+def lago_event_body(event: UsageEvent, code: str, *, send_amount: bool = False,
+                    model_property: ModelProperty = "deployment") -> dict[str, Any]:
     """One Lago event for one call. Property values are strings and integers only (the
     schema allows string|integer|number; a bool or a null would not pass).
 
@@ -139,6 +151,12 @@ def lago_event_body(event: UsageEvent, code: str, *,
       of ``output_tokens``. Items billed per request are counted by name
       (``web_searches``). The optional ones are sent only when nonzero.
 
+    ``model`` is the deployment's model without its provider prefix (config
+    ``model: openai/my-fake-model`` sends ``"my-fake-model"``), as LiteLLM's integration
+    sends it, so billable metrics grouped or filtered by ``model`` keep matching;
+    ``model_group`` is the name the client asked for. ``model_property="group"`` puts the
+    group in ``model`` instead.
+
     Money: ``response_cost`` is the Decimal price in USD written from its own digits
     (``"0.00012345"``, never a float), and ``precise_total_amount_cents`` is the same
     amount in cents for Lago's dynamic charge model. When the price is unknown both are
@@ -151,7 +169,8 @@ def lago_event_body(event: UsageEvent, code: str, *,
         raise ValueError(f"event {event.call_id} has no customer to bill")
     u = event.usage
     props: dict[str, str | int] = {
-        "model": event.model,
+        "model": event.provider_model if model_property == "deployment" else event.model,
+        "model_group": event.model,
         "provider": event.provider,
         "provider_model": event.provider_model,
         "kind": event.kind,
@@ -305,9 +324,11 @@ class LagoSink:
                           ) -> tuple[_Stop | None, list[UsageEvent]]:
         """Deliver one batch; returns (why to stop, events to send again)."""
         code, amount = self.settings.event_code, self.settings.send_amount
+        as_model = self.settings.model_property
         remaining = chunk
         for _ in range(MAX_ROUNDS):
-            bodies = [lago_event_body(e, code, send_amount=amount) for e in remaining]
+            bodies = [lago_event_body(e, code, send_amount=amount, model_property=as_model)
+                      for e in remaining]
             reply = await self._post(BATCH_PATH, {"events": bodies})
             if reply.status == 200:
                 result.delivered.extend(e.call_id for e in remaining)
@@ -350,8 +371,10 @@ class LagoSink:
     async def _send_one(self, event: UsageEvent, result: BatchResult,
                         ) -> tuple[_Stop | None, list[UsageEvent]]:
         reply = await self._post(EVENTS_PATH,
-                                 {"event": lago_event_body(event, self.settings.event_code,
-                                                           send_amount=self.settings.send_amount)})
+                                 {"event": lago_event_body(
+                                     event, self.settings.event_code,
+                                     send_amount=self.settings.send_amount,
+                                     model_property=self.settings.model_property)})
         details = _error_details(reply)
         if reply.status == 200 or (reply.status == 422 and _is_duplicate(details)):
             result.delivered.append(event.call_id)
