@@ -127,6 +127,7 @@ class RunningProxy:
     base_url: str       # http://127.0.0.1:PORT (no /v1)
     gateway: Gateway
     loop: asyncio.AbstractEventLoop
+    app: web.Application | None = None
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
         """Run a coroutine on the proxy's loop (e.g. outbox reads) and wait for it."""
@@ -155,7 +156,7 @@ def run_proxy(settings: ProxySettings) -> Iterator[RunningProxy]:
 
     try:
         port = asyncio.run_coroutine_threadsafe(start(), loop).result(15)
-        yield RunningProxy(f"http://127.0.0.1:{port}", app[GATEWAY], loop)
+        yield RunningProxy(f"http://127.0.0.1:{port}", app[GATEWAY], loop, app)
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)

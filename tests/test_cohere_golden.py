@@ -104,7 +104,9 @@ def check_event(ev: Any, model: str, input_tokens: int, output_tokens: int,
                 cost: Decimal, *, provider: str = "cohere",
                 provider_model: str = "command-a-03-2025", source: str = "provider") -> None:
     p = ev.properties
-    assert (p["model"], p["provider"], p["provider_model"]) == (model, provider, provider_model)
+    # ``model`` is the deployment's model, as LiteLLM sends it; the group is model_group.
+    assert (p["model_group"], p["model"], p["provider"], p["provider_model"]) \
+        == (model, provider_model, provider, provider_model)
     assert (p["input_tokens"], p["uncached_input_tokens"], p["output_tokens"]) \
         == (input_tokens, input_tokens, output_tokens)
     assert p["cached_input_tokens"] == 0 and p["cache_creation_input_tokens"] == 0

@@ -103,7 +103,8 @@ def cost(input_tokens: int, output_tokens: int) -> Decimal:
 def check_event(ev: Any, model: str, provider: str, input_tokens: int, output_tokens: int,
                 expected: Decimal | None, source: str = "provider") -> None:
     p = ev.properties
-    assert (p["model"], p["provider"], p["provider_model"]) == (model, provider, "llama3.2")
+    assert (p["model_group"], p["model"], p["provider"], p["provider_model"]) \
+        == (model, "llama3.2", provider, "llama3.2")
     assert (p["input_tokens"], p["uncached_input_tokens"], p["output_tokens"]) \
         == (input_tokens, input_tokens, output_tokens)
     assert p["usage_source"] == source

@@ -28,6 +28,7 @@ log = logging.getLogger("tallygate.config")
 
 ENV_PREFIX = "os.environ/"
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+DEFAULT_RESPONSES_RETENTION_S = 30 * 86_400
 
 _PARAM_KEYS = {"model", "api_base", "api_key", "timeout", "stream_timeout", "mock_response",
                "extra_headers", "rpm", "tpm", "max_retries", *PRICE_KEYS}
@@ -35,7 +36,8 @@ _ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info"}
 _SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "request_timeout",
                   "drop_params", "set_verbose", "json_logs"}
 _GENERAL_KEYS = {"master_key", "database_url", "max_request_size_mb", "drain_timeout_s",
-                 "outbox_batch_size", "charge_by", "jsonl_path"}
+                 "outbox_batch_size", "charge_by", "jsonl_path",
+                 "responses_retention_period"}
 _TOP_KEYS = {"model_list", "litellm_settings", "tallygate_settings", "general_settings",
              "environment_variables", "router_settings", "access_settings"}
 
@@ -53,6 +55,8 @@ class ProxySettings:
     config_path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     access: AccessSettings = field(default_factory=AccessSettings)
+    #: how long the Responses API's stored responses are kept
+    responses_retention_s: float = DEFAULT_RESPONSES_RETENTION_S
 
     def default_database_path(self) -> str:
         """The outbox lives next to the config file unless told otherwise."""
@@ -200,7 +204,33 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
         adapter.check_deployment(deployment)
     except ConfigError as exc:
         raise ConfigError(f"{ppath}: {exc.message}") from None
+    endpoints = model_info.get("supported_endpoints")
+    if (isinstance(endpoints, list) and not adapter.responses_api
+            and any(e in ("/v1/responses", "/responses") for e in endpoints)):
+        log.warning("%s.model_info.supported_endpoints names /v1/responses, but %s "
+                    "deployments have no Responses API of their own: the Responses door "
+                    "serves them translated to their chat API", path, provider)
     return name, deployment
+
+
+def _retention(r: _Reader, value: Any) -> float:
+    """``general_settings.responses_retention_period``: a duration (``30d``, ``12h``) or
+    seconds; stored responses older than that are deleted."""
+    from tallygate.access.budgets import parse_duration_s
+    from tallygate.errors import BadRequestError
+
+    value = r.env(value, "general_settings.responses_retention_period")
+    if value is None:
+        return DEFAULT_RESPONSES_RETENTION_S
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value <= 0:
+            raise ConfigError("general_settings.responses_retention_period: must be positive")
+        return float(value)
+    try:
+        seconds = parse_duration_s(value, "responses_retention_period")
+    except BadRequestError as exc:
+        raise ConfigError(f"general_settings.{exc.message}") from None
+    return float(seconds or DEFAULT_RESPONSES_RETENTION_S)
 
 
 def parse_config(data: Any, environ: Mapping[str, str] | None = None,
@@ -248,6 +278,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         charge_by = parse_charge_by(charge_by_raw or r.environ.get("LAGO_API_CHARGE_BY"))
     except ConfigError as exc:
         raise ConfigError(f"general_settings.charge_by: {exc.message}") from None
+    retention = _retention(r, g.get("responses_retention_period"))
     access = parse_access_settings(top.get("access_settings"), entries, env=r.env,
                                    decimal=r.decimal, number=r.number, unknown=r.unknown)
 
@@ -267,6 +298,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         config_path=config_path,
         extra={"environ": r.environ, "jsonl_path": g.get("jsonl_path")},
         access=access,
+        responses_retention_s=retention,
     )
 
 

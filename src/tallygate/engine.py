@@ -30,7 +30,14 @@ from tallygate.event import (
     now_ms,
 )
 from tallygate.pricing import PriceBook
-from tallygate.providers.base import ChatResult, Deployment, Provider, StreamDecoder, StreamItem
+from tallygate.providers.base import (
+    ChatResult,
+    Deployment,
+    Provider,
+    StreamDecoder,
+    StreamItem,
+    UpstreamRequest,
+)
 from tallygate.providers.registry import get_provider
 from tallygate.providers.translate import pack_base64
 from tallygate.usage import Usage
@@ -170,6 +177,34 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
     return result, event
 
 
+async def forward(deployment: Deployment, request: UpstreamRequest,
+                  read: Callable[[bytes], ChatResult], params: Mapping[str, Any],
+                  ctx: CallContext, recorder: Recorder, prices: PriceBook
+                  ) -> tuple[ChatResult, UsageEvent]:
+    """A non-streaming call whose upstream request a door built itself (its own API
+    passed through), billed like chat: ``read`` turns the 200 answer into its usage
+    (None: estimated from ``params["messages"]``). Failures bill nothing."""
+    try:
+        provider = get_provider(deployment.provider)
+        resp = await transport.post(request, deployment.timeout)
+        if resp.status >= 400:
+            raise provider.error_from_response(resp.status, resp.body, resp.headers)
+        try:
+            result = read(resp.body)
+        except TallygateError:
+            raise
+        except Exception as exc:
+            raise UpstreamError("upstream answered 200 with a body that is not the "
+                                f"expected answer ({type(exc).__name__})") from None
+        usage = result.usage or _estimated_usage(params, "", None)
+    except BaseException as exc:
+        await recorder.record_failure(failure_event(ctx, deployment, exc))
+        raise
+    event = make_event(ctx, deployment, usage, prices)
+    await recorder.record(event)
+    return result, event
+
+
 async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
                     recorder: Recorder, prices: PriceBook) -> tuple[ChatResult, UsageEvent]:
     """An embeddings call, billed like chat with input tokens only."""
@@ -221,14 +256,20 @@ class ChatStream:
     and an estimate from the streamed text otherwise."""
 
     def __init__(self, deployment: Deployment, params: dict[str, Any], ctx: CallContext,
-                 recorder: Recorder, prices: PriceBook, include_usage: bool) -> None:
+                 recorder: Recorder, prices: PriceBook, include_usage: bool, *,
+                 request: UpstreamRequest | None = None,
+                 decoder: StreamDecoder | None = None) -> None:
+        """``request`` and ``decoder``: a door's own upstream request and reading of its
+        stream (its API passed through) instead of the provider's chat ones."""
         self.deployment = deployment
         self.ctx = ctx
         self._params = params
         self._recorder = recorder
         self._prices = prices
         self._provider = get_provider(deployment.provider)
-        self._decoder: StreamDecoder = self._provider.chat_stream(deployment, include_usage)
+        self._request = request
+        self._decoder: StreamDecoder = (decoder if decoder is not None else
+                                        self._provider.chat_stream(deployment, include_usage))
         self._decoder.estimate_prompt = lambda: estimate_prompt_tokens(
             params.get("messages") or ())
         self._upstream: Any = None  # the open transport stream's context manager
@@ -243,7 +284,8 @@ class ChatStream:
                 self._source = _local_source(self._provider.local_chat(
                     self.deployment, {**self._params, "stream": True}))
                 return self
-            request = self._provider.chat_request(self.deployment, self._params, stream=True)
+            request = self._request or self._provider.chat_request(
+                self.deployment, self._params, stream=True)
             cm = transport.open_stream(request, self.deployment.timeout)
             stream = await cm.__aenter__()
             self._upstream = cm

@@ -56,6 +56,8 @@ class FakeAnthropic(FakeServer):
         self.thinking_tokens = 0      # reported in output_tokens_details when > 0
         self.stop_reason = "end_turn"
         self.tool_call: FakeToolCall | None = None  # a tool_use block after the text
+        # Once the tool's result comes back, answer this text instead of calling again.
+        self.reply_after_tool: str | None = None
         self.stream_chunks = 3
         # Newer API versions repeat input and cache counts in message_delta's usage.
         self.full_delta_usage = False
@@ -88,11 +90,21 @@ class FakeAnthropic(FakeServer):
             usage["output_tokens_details"] = {"thinking_tokens": self.thinking_tokens}
         return usage
 
-    def _blocks(self) -> list[dict[str, Any]]:
+    def _tool_answered(self, body: dict[str, Any]) -> bool:
+        if self.tool_call is None or self.reply_after_tool is None:
+            return False
+        return any(isinstance(b, dict) and b.get("type") == "tool_result"
+                   and b.get("tool_use_id") == self.tool_call.id
+                   for m in body.get("messages") or () if isinstance(m.get("content"), list)
+                   for b in m["content"])
+
+    def _blocks(self, answered: bool = False) -> list[dict[str, Any]]:
         blocks: list[dict[str, Any]] = []
         if self.thinking_text:
             blocks.append({"type": "thinking", "thinking": self.thinking_text,
                            "signature": "sig_fake"})
+        if answered:
+            return [*blocks, {"type": "text", "text": self.reply_after_tool}]
         if self.reply_text:
             blocks.append({"type": "text", "text": self.reply_text})
         if self.tool_call is not None:
@@ -114,22 +126,27 @@ class FakeAnthropic(FakeServer):
             if name not in body:
                 return self.error(400, f"{name}: Field required")
         mid = f"msg_fake{next(self._ids)}"
-        stop_reason = "tool_use" if self.tool_call is not None else self.stop_reason
+        answered = self._tool_answered(body)
+        stop_reason = ("tool_use" if self.tool_call is not None and not answered
+                       else self.stop_reason)
         if body.get("stream"):
-            return await self.send_stream(request, self._frames(mid, body["model"], stop_reason))
+            return await self.send_stream(request, self._frames(mid, body["model"], stop_reason,
+                                                                answered))
         return await self.send_json(request, {
             "id": mid, "type": "message", "role": "assistant", "model": body["model"],
-            "content": self._blocks(), "stop_reason": stop_reason, "stop_sequence": None,
+            "content": self._blocks(answered), "stop_reason": stop_reason,
+            "stop_sequence": None,
             "usage": self.usage(),
         })
 
-    def _frames(self, mid: str, model: str, stop_reason: str) -> list[bytes]:
+    def _frames(self, mid: str, model: str, stop_reason: str,
+                answered: bool = False) -> list[bytes]:
         events: list[dict[str, Any]] = [{"type": "message_start", "message": {
             "id": mid, "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": None, "stop_sequence": None,
             # message_start reports the input side and a token or so of output so far
             "usage": self.usage(output_tokens=min(1, self.output_tokens))}}]
-        for index, block in enumerate(self._blocks()):
+        for index, block in enumerate(self._blocks(answered)):
             kind = block["type"]
             if kind == "text":
                 start: dict[str, Any] = {"type": "text", "text": ""}

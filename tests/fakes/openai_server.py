@@ -6,7 +6,10 @@
         ...
         assert fake.requests[-1]["model"] == "gpt-4o-mini"
 
-Routes: POST /v1/chat/completions (JSON or SSE), POST /v1/embeddings, GET /v1/models.
+Routes: POST /v1/chat/completions (JSON or SSE), POST /v1/embeddings, GET /v1/models, and
+the Responses API (``tests/fakes/openai_responses.py``): POST /v1/responses (JSON or SSE),
+GET and DELETE /v1/responses/{id}. ``responses_enabled = False`` makes the server one of
+the OpenAI-compatible servers without the Responses API (404 there).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes.openai_responses import ResponsesAPI
 from tests.fakes.server_base import FakeServer, FakeToolCall, run_in_thread, split_text
 
 __all__ = ["FakeOpenAI", "FakeToolCall", "run_in_thread"]
@@ -44,6 +48,11 @@ class FakeOpenAI(FakeServer):
         self.models = ["gpt-4o-mini", "text-embedding-3-small"]
         self.embedding_dim = 8
         self._ids = itertools.count(1)
+        # The Responses API: built-in tool calls and a reasoning item in its answers.
+        self.responses_enabled = True
+        self.web_searches = 0
+        self.reasoning_summary: str | None = None
+        self.responses = ResponsesAPI(self)
 
     @property
     def base_url(self) -> str:
@@ -53,7 +62,7 @@ class FakeOpenAI(FakeServer):
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/chat/completions", self._chat),
                 web.post("/v1/embeddings", self._embeddings),
-                web.get("/v1/models", self._models)]
+                web.get("/v1/models", self._models), *self.responses.routes()]
 
     def error_body(self, status: int, message: str, error_type: str | None) -> dict[str, Any]:
         return {"error": {"message": message,

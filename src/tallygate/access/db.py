@@ -8,7 +8,9 @@ outbox): a local statement costs less than a thread hop. The hot-path operations
 (reserve, settle) have a hand-written statement per dialect in ``budgets.py``.
 
 Migrations are forward-only and recorded in ``tallygate_access_schema_version``,
-separate from the outbox's ``schema_version``.
+separate from the outbox's ``schema_version``. Other tables that live in this database
+(the Responses API's stored responses) bring their own steps and version table to
+``Database.migrate``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _migrations(d: Dialect) -> tuple[tuple[int, tuple[str, ...]], ...]:
+Steps = tuple[tuple[int, tuple[str, ...]], ...]  # (version, statements), ascending
+
+
+def _migrations(d: Dialect) -> Steps:
     big = "INTEGER" if d == "sqlite" else "bigint"
     ledger_id = ("INTEGER PRIMARY KEY AUTOINCREMENT" if d == "sqlite"
                  else "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
@@ -124,6 +129,11 @@ class Database:
     async def close(self) -> None:
         raise NotImplementedError
 
+    async def migrate(self, version_table: str, steps: Steps) -> None:
+        """Apply the ``steps`` newer than ``version_table`` records, forward only, in one
+        transaction (under an advisory lock on PostgreSQL: gateways may start together)."""
+        raise NotImplementedError
+
     async def execute(self, sql: str, *args: Any) -> int:
         raise NotImplementedError
 
@@ -176,7 +186,10 @@ class SQLiteDatabase(Database):
 
     async def open(self, *, migrate: bool = True) -> None:
         if migrate:
-            self.transaction(lambda conn: _migrate_sqlite(conn, self.label))
+            await self.migrate(VERSION_TABLE, _migrations("sqlite"))
+
+    async def migrate(self, version_table: str, steps: Steps) -> None:
+        self.transaction(lambda conn: _migrate_sqlite(conn, self.label, version_table, steps))
 
     async def close(self) -> None:
         self._closed = True
@@ -194,19 +207,19 @@ class SQLiteDatabase(Database):
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def _migrate_sqlite(conn: sqlite3.Connection, label: str) -> None:
-    conn.execute(f"""CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (
+def _migrate_sqlite(conn: sqlite3.Connection, label: str, version_table: str,
+                    steps: Steps) -> None:
+    conn.execute(f"""CREATE TABLE IF NOT EXISTS {version_table} (
         version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)""")
-    current = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()[0] or 0
-    steps = _migrations("sqlite")
+    current = conn.execute(f"SELECT max(version) FROM {version_table}").fetchone()[0] or 0
     if current > steps[-1][0]:
-        raise ConfigError(f"access tables in {label} are at version {current}, newer than "
-                          f"this tallygate knows ({steps[-1][0]}); upgrade tallygate")
+        raise ConfigError(f"tables of {version_table} in {label} are at version {current}, "
+                          f"newer than this tallygate knows ({steps[-1][0]}); upgrade tallygate")
     for version, statements in steps:
         if version > current:
             for statement in statements:
                 conn.execute(statement)
-            conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES (?, ?)", (version, wall_ms()))
+            conn.execute(f"INSERT INTO {version_table} VALUES (?, ?)", (version, wall_ms()))
 
 
 # --- PostgreSQL -------------------------------------------------------------------------
@@ -249,27 +262,34 @@ class PostgresDatabase(Database):
                                    f"{_MIGRATION_LOCK_KEY}:{self.schema}")
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 await conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
-                await self._migrate(conn)
+                await self._migrate(conn, VERSION_TABLE, _migrations("postgres"))
         finally:
             await conn.close()
         self.pool = await asyncpg.create_pool(
             self.dsn, min_size=1, max_size=self._pool_max_size,
             server_settings={"search_path": self.schema})
 
-    async def _migrate(self, conn: Any) -> None:
-        await conn.execute(f"""CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (
+    async def _migrate(self, conn: Any, version_table: str, steps: Steps) -> None:
+        await conn.execute(f"""CREATE TABLE IF NOT EXISTS {version_table} (
             version integer PRIMARY KEY, applied_at_ms bigint NOT NULL)""")
-        current = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {VERSION_TABLE}")
-        steps = _migrations("postgres")
+        current = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {version_table}")
         if current > steps[-1][0]:
-            raise ConfigError(f"access tables in schema {self.schema} are at version "
-                              f"{current}, newer than this tallygate knows ({steps[-1][0]})")
+            raise ConfigError(f"tables of {version_table} in schema {self.schema} are at "
+                              f"version {current}, newer than this tallygate knows "
+                              f"({steps[-1][0]})")
         for version, statements in steps:
             if version > current:
                 for statement in statements:
                     await conn.execute(statement)
-                await conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES ($1, $2)",
+                await conn.execute(f"INSERT INTO {version_table} VALUES ($1, $2)",
                                    version, wall_ms())
+
+    async def migrate(self, version_table: str, steps: Steps) -> None:
+        assert self.pool is not None, "open() the database first"
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                               f"{version_table}:{self.schema}")
+            await self._migrate(conn, version_table, steps)
 
     async def close(self) -> None:
         if self.pool is not None:

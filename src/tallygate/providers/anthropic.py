@@ -30,6 +30,10 @@ from tallygate.providers.sse import SSEParser
 from tallygate.usage import Usage
 
 ANTHROPIC_VERSION = "2023-06-01"
+# response_format (json_schema / json_object) is served the way Anthropic documents JSON
+# output: one tool with the schema as its input_schema, which the model is made to call;
+# its input is the answer's text.
+JSON_TOOL = "tallygate_json_response"
 # Anthropic requires max_tokens; OpenAI callers often leave it out.
 DEFAULT_MAX_TOKENS = 4096
 
@@ -232,6 +236,27 @@ def translate_tool_choice(choice: object, parallel: object) -> dict[str, Any] | 
     return result
 
 
+def _json_tool(response_format: object) -> dict[str, Any] | None:
+    """The tool that carries a ``response_format`` answer; None for plain text."""
+    if not isinstance(response_format, dict) or response_format.get("type") in (None, "text"):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        schema: object = {"type": "object", "additionalProperties": True}
+        description = "Give the answer as a JSON object."
+    elif kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequestError("response_format.json_schema.schema must be an object",
+                                  param="response_format")
+        description = str(spec.get("description") or "Give the answer in this JSON schema.")
+    else:
+        raise BadRequestError(f"response_format type {kind!r} is not supported",
+                              param="response_format")
+    return {"name": JSON_TOOL, "description": description, "input_schema": schema}
+
+
 def build_body(model: str, params: dict[str, Any], stream: bool) -> dict[str, Any]:
     """The Messages API request body for OpenAI chat ``params``."""
     n = params.get("n")
@@ -258,6 +283,12 @@ def build_body(model: str, params: dict[str, Any], stream: bool) -> dict[str, An
                                        params.get("parallel_tool_calls"))
         if choice is not None:
             body["tool_choice"] = choice
+    json_tool = _json_tool(params.get("response_format"))
+    if json_tool is not None:
+        body["tools"] = [*body.get("tools", ()), json_tool]
+        # Alone, the model must answer through it; beside the caller's tools, through one.
+        only = len(body["tools"]) == 1
+        body["tool_choice"] = {"type": "tool", "name": JSON_TOOL} if only else {"type": "any"}
     if params.get("user"):
         body["metadata"] = {"user_id": str(params["user"])}
     if stream:
@@ -279,7 +310,11 @@ def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
 def translate_response(parsed: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
     blocks = [b for b in parsed.get("content") or () if isinstance(b, dict)]
     text = "".join(str(b.get("text") or "") for b in blocks if b.get("type") == "text")
-    tool_calls = [_tool_call(b) for b in blocks if b.get("type") == "tool_use"]
+    answers = [b for b in blocks if b.get("type") == "tool_use" and b.get("name") == JSON_TOOL]
+    if answers:  # the JSON answer is the text; words around it are not part of it
+        text = orjson.dumps(answers[0].get("input") or {}).decode()
+    tool_calls = [_tool_call(b) for b in blocks
+                  if b.get("type") == "tool_use" and b.get("name") != JSON_TOOL]
     message: dict[str, Any] = {
         "role": "assistant",
         "content": None if tool_calls and not text else text,
@@ -287,13 +322,16 @@ def translate_response(parsed: dict[str, Any], usage: Usage | None) -> dict[str,
     }
     if tool_calls:
         message["tool_calls"] = tool_calls
+    finish = finish_reason(parsed.get("stop_reason"))
+    if answers and not tool_calls and finish == "tool_calls":
+        finish = "stop"
     body: dict[str, Any] = {
         "id": parsed.get("id"),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": parsed.get("model"),
         "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": finish_reason(parsed.get("stop_reason"))}],
+                     "finish_reason": finish}],
     }
     if usage is not None:
         body["usage"] = usage.to_openai()
@@ -334,6 +372,7 @@ class AnthropicStreamDecoder(StreamDecoder):
         self._created = int(time.time())
         self._raw_usage: dict[str, Any] = {}
         self._tool_index: dict[int, int] = {}  # content block index -> OpenAI tool index
+        self._json_block: int | None = None  # the block of the response_format answer
         self._finished = False
 
     def feed(self, data: bytes) -> list[StreamItem]:
@@ -383,7 +422,11 @@ class AnthropicStreamDecoder(StreamDecoder):
             stop_reason = (event.get("delta") or {}).get("stop_reason")
             if stop_reason and not self._finished:
                 self._finished = True
-                return [self._chunk({}, finish_reason(stop_reason))]
+                finish = finish_reason(stop_reason)
+                if finish == "tool_calls" and self._json_block is not None \
+                        and not self._tool_index:
+                    finish = "stop"
+                return [self._chunk({}, finish)]
             return []
         if kind == "message_stop":
             self.done = True
@@ -409,6 +452,9 @@ class AnthropicStreamDecoder(StreamDecoder):
         if block.get("type") == "text" and block.get("text"):
             self.output_parts.append(block["text"])
             return [self._chunk({"content": block["text"]})]
+        if block.get("type") == "tool_use" and block.get("name") == JSON_TOOL:
+            self._json_block = int(event.get("index") or 0)
+            return []
         if block.get("type") == "tool_use":
             tool_index = len(self._tool_index)
             self._tool_index[int(event.get("index") or 0)] = tool_index
@@ -423,6 +469,10 @@ class AnthropicStreamDecoder(StreamDecoder):
         if kind == "text_delta" and delta.get("text"):
             self.output_parts.append(delta["text"])
             return [self._chunk({"content": delta["text"]})]
+        if (kind == "input_json_delta" and delta.get("partial_json")
+                and self._json_block == int(event.get("index") or 0)):
+            self.output_parts.append(delta["partial_json"])
+            return [self._chunk({"content": delta["partial_json"]})]
         if kind == "input_json_delta" and delta.get("partial_json"):
             tool_index = self._tool_index.get(int(event.get("index") or 0))
             if tool_index is None:

@@ -161,6 +161,9 @@ class Provider(ABC):
     api_key_env: ClassVar[str | None] = None
     #: True when the provider answers in-process (the mock): no transport is used.
     is_local: ClassVar[bool] = False
+    #: True when the provider serves OpenAI's Responses API itself (``responses_request``):
+    #: the Responses door then passes requests through instead of translating them.
+    responses_api: ClassVar[bool] = False
     #: genai-prices' provider id for this provider's models; None: no library price.
     price_provider: ClassVar[str | None] = None
     #: litellm_params keys this provider reads besides the common ones (model, api_base,
@@ -202,6 +205,12 @@ class Provider(ABC):
     def embedding_response(self, deployment: Deployment, body: bytes) -> ChatResult:
         raise BadRequestError(f"provider {self.name!r} does not serve embeddings",
                               param="model", code="embeddings_not_supported")
+
+    def responses_request(self, deployment: Deployment, body: bytes) -> UpstreamRequest:
+        """For ``responses_api`` providers: the upstream request of a Responses API body
+        (``model`` already the deployment's)."""
+        raise BadRequestError(f"provider {self.name!r} does not serve the Responses API",
+                              param="model", code="responses_not_supported")
 
     def local_chat(self, deployment: Deployment, params: dict[str, Any]) -> bytes:
         """For ``is_local`` providers: the raw upstream-format answer (JSON or SSE)."""

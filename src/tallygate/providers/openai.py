@@ -147,6 +147,7 @@ class OpenAIProvider(Provider):
     price_provider = "openai"
     default_api_base = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"
+    responses_api = True
 
     def _base(self, deployment: Deployment) -> str:
         return (deployment.api_base or self.default_api_base or "").rstrip("/")
@@ -167,6 +168,13 @@ class OpenAIProvider(Provider):
             url=self._base(deployment) + "/chat/completions",
             headers=json_headers(self.api_key(deployment, os.environ), deployment.headers),
             body=orjson.dumps(body),
+        )
+
+    def responses_request(self, deployment: Deployment, body: bytes) -> UpstreamRequest:
+        return UpstreamRequest(
+            url=self._base(deployment) + "/responses",
+            headers=json_headers(self.api_key(deployment, os.environ), deployment.headers),
+            body=body,
         )
 
     def chat_response(self, deployment: Deployment, body: bytes) -> ChatResult:

@@ -175,5 +175,8 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.doors.anthropic_messages import add_messages_routes
 
     add_messages_routes(app, gw)  # the Anthropic Messages API door
+    from tallygate.doors.openai_responses import add_responses_routes
+
+    add_responses_routes(app, gw)  # the OpenAI Responses API door
     r.add_route("*", "/{tail:.*}", _json_404)
     return app
