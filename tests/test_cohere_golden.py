@@ -332,3 +332,18 @@ def test_messages_door_reaches_cohere_with_top_k(world: World) -> None:
     assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
     for call_id in (raw.headers[CALL_ID_HEADER], stream_call):
         check_event(billed(world.lago, call_id, "acme"), "command", 33, 7, command_a_cost(33, 7))
+
+
+# --- the Responses API door ---------------------------------------------------------------
+
+def test_responses_door_reaches_cohere(world: World, client: openai.OpenAI) -> None:
+    world.cohere.input_tokens, world.cohere.output_tokens = 21, 4
+    raw = client.responses.with_raw_response.create(model="command", input="Hi",
+                                                    instructions="Be brief.", user="acme")
+    response = raw.parse()
+    assert response.output_text == world.cohere.reply_text
+    assert response.usage is not None and response.usage.input_tokens == 21
+    assert world.cohere.requests[-1]["messages"][0] == {"role": "system",
+                                                       "content": "Be brief."}
+    check_event(billed(world.lago, raw.headers[CALL_ID_HEADER], "acme"), "command", 21, 4,
+                command_a_cost(21, 4))

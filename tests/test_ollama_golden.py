@@ -353,3 +353,15 @@ def test_messages_door_reaches_ollama_with_top_k(world: World) -> None:
                 "ollama_chat", 19, 6, cost(19, 6))
     check_event(billed(world.lago, stream_call, "lab"), "llama-gen", "ollama", 19, 6,
                 cost(19, 6))
+
+
+# --- the Responses API door ---------------------------------------------------------------
+
+def test_responses_door_reaches_ollama(world: World, client: openai.OpenAI) -> None:
+    world.ollama.prompt_eval_count, world.ollama.eval_count = 17, 5
+    raw = client.responses.with_raw_response.create(model="llama", input="Hi", user="lab")
+    response = raw.parse()
+    assert response.output_text == world.ollama.reply_text
+    assert response.usage is not None and response.usage.output_tokens == 5
+    check_event(billed(world.lago, raw.headers[CALL_ID_HEADER], "lab"), "llama",
+                "ollama_chat", 17, 5, cost(17, 5))
