@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anthropic
 import openai
 import pytest
 
-from tests.fakes.anthropic_server import FakeAnthropic, api_key_of
+from tests.fakes.anthropic_server import FakeAnthropic, FakeTurn, api_key_of
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.server_base import FakeToolCall, run_in_thread
 
@@ -98,6 +99,41 @@ async def test_openai_embeddings_and_models() -> None:
     assert [m.id for m in models.data] == fake.models
 
 
+async def test_openai_legacy_completions() -> None:
+    """/v1/completions: one or several prompts, echo, streamed with usage."""
+    async with FakeOpenAI() as fake, openai_client(fake) as client:
+        fake.reply_text, fake.prompt_tokens, fake.completion_tokens = " world", 3, 2
+        plain = await client.completions.create(model="gpt-3.5-turbo-instruct",
+                                                prompt="Hello", max_tokens=5)
+        assert plain.object == "text_completion" and plain.choices[0].text == " world"
+        assert plain.usage is not None and plain.usage.prompt_tokens == 3
+        several = await client.completions.create(model="gpt-3.5-turbo-instruct",
+                                                  prompt=["A", "B"], echo=True)
+        assert [c.text for c in several.choices] == ["A world", "B world"]
+        stream = await client.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="Hello", stream=True,
+            stream_options={"include_usage": True})
+        chunks = [c async for c in stream]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == " world"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 2
+
+
+async def test_openai_reasoning_models_refuse_max_tokens() -> None:
+    async with FakeOpenAI() as fake, openai_client(fake) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model="o3-mini", max_tokens=10,
+                                                 messages=MESSAGES)
+        assert info.value.code == "unsupported_parameter"
+        assert info.value.param == "max_tokens"
+        with pytest.raises(openai.BadRequestError, match="temperature"):
+            await client.chat.completions.create(model="gpt-5-mini", temperature=0.2,
+                                                 messages=MESSAGES)
+        ok = await client.chat.completions.create(model="gpt-5-mini",
+                                                  max_completion_tokens=10, messages=MESSAGES)
+    assert ok.choices[0].message.content == fake.reply_text
+
+
 async def test_openai_errors_raise_sdk_exceptions() -> None:
     async with FakeOpenAI() as fake, openai_client(fake, key="wrong") as client:
         fake.require_api_key = "right"
@@ -180,6 +216,56 @@ async def test_anthropic_tool_use_stream() -> None:
     tool = final.content[-1]
     assert tool.type == "tool_use" and tool.input == {"city": "Paris"} and tool.id == "toolu_1"
     assert final.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_anthropic_web_search_and_cache_lifetimes(stream: bool) -> None:
+    """Server tool blocks and usage (web searches, writes by cache lifetime) parse with
+    the SDK's own types, streamed and not."""
+    async with FakeAnthropic() as fake, anthropic_client(fake) as client:
+        fake.web_searches, fake.cache_write_tokens, fake.cache_write_1h_tokens = 2, 30, 70
+        fake.full_delta_usage = True
+        tools: Any = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]
+        if stream:
+            async with client.messages.stream(model="claude-x", max_tokens=100,
+                                              messages=MESSAGES, tools=tools) as s:
+                msg = await s.get_final_message()
+        else:
+            msg = await client.messages.create(model="claude-x", max_tokens=100,
+                                               messages=MESSAGES, tools=tools)
+    assert [b.type for b in msg.content] == ["server_tool_use", "web_search_tool_result"] * 2 + [
+        "text"]
+    assert msg.content[0].type == "server_tool_use"
+    assert msg.content[0].input == {"query": "fake query 1"}
+    assert msg.usage.server_tool_use is not None
+    assert msg.usage.server_tool_use.web_search_requests == 2
+    assert msg.usage.cache_creation_input_tokens == 100
+    assert msg.usage.cache_creation is not None
+    assert (msg.usage.cache_creation.ephemeral_5m_input_tokens,
+            msg.usage.cache_creation.ephemeral_1h_input_tokens) == (30, 70)
+
+
+async def test_anthropic_count_tokens_and_turns() -> None:
+    """count_tokens answers what it is told to; scripted turns answer in order."""
+    async with FakeAnthropic() as fake, anthropic_client(fake) as client:
+        fake.counted_tokens = 321
+        counted = await client.messages.count_tokens(model="claude-x", messages=MESSAGES)
+        assert counted.input_tokens == 321
+        assert fake.received[-1].path == "/v1/messages/count_tokens"
+        fake.turns = [FakeTurn("", FakeToolCall("Read", {"file_path": "a.txt"}, id="toolu_a")),
+                      FakeTurn("done")]
+        first = await client.messages.create(model="claude-x", max_tokens=10,
+                                             messages=MESSAGES)
+        second = await client.messages.create(model="claude-x", max_tokens=10,
+                                              messages=MESSAGES)
+        third = await client.messages.create(model="claude-x", max_tokens=10,
+                                             messages=MESSAGES)
+        with pytest.raises(anthropic.BadRequestError, match="Extra inputs"):
+            await client.messages.create(model="claude-x", max_tokens=10, messages=MESSAGES,
+                                         metadata={"user_id": "u", "tags": "x"})  # type: ignore[typeddict-unknown-key]
+    assert first.stop_reason == "tool_use" and first.content[0].type == "tool_use"
+    assert second.content[0].text == "done"  # type: ignore[union-attr]
+    assert third.content[0].text == fake.reply_text  # type: ignore[union-attr]
 
 
 async def test_anthropic_errors_raise_sdk_exceptions() -> None:

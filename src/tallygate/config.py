@@ -36,8 +36,8 @@ _ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info"}
 _SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "request_timeout",
                   "drop_params", "set_verbose", "json_logs"}
 _GENERAL_KEYS = {"master_key", "database_url", "max_request_size_mb", "drain_timeout_s",
-                 "outbox_batch_size", "charge_by", "jsonl_path",
-                 "responses_retention_period"}
+                 "metrics_customer_labels", "responses_retention_period",
+                 "outbox_batch_size", "charge_by", "jsonl_path"}
 _TOP_KEYS = {"model_list", "litellm_settings", "tallygate_settings", "general_settings",
              "environment_variables", "router_settings", "access_settings"}
 
@@ -52,6 +52,9 @@ class ProxySettings:
     drain_timeout_s: float = 10.0
     outbox_batch_size: int | None = None
     charge_by: ChargeBy = "end_user_id"
+    #: customers with their own series in /metrics' token and cost counters; the rest
+    #: share "other". 0 (the default): no customer label, customer ids stay out of metrics
+    metrics_customer_labels: int = 0
     config_path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     access: AccessSettings = field(default_factory=AccessSettings)
@@ -273,6 +276,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
     size_mb = r.number(g.get("max_request_size_mb"), "general_settings.max_request_size_mb")
     drain = r.number(g.get("drain_timeout_s"), "general_settings.drain_timeout_s")
     batch = r.number(g.get("outbox_batch_size"), "general_settings.outbox_batch_size")
+    customer_labels = r.number(g.get("metrics_customer_labels"),
+                               "general_settings.metrics_customer_labels")
     charge_by_raw = r.text(g.get("charge_by"), "general_settings.charge_by")
     try:
         charge_by = parse_charge_by(charge_by_raw or r.environ.get("LAGO_API_CHARGE_BY"))
@@ -295,6 +300,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         drain_timeout_s=drain if drain is not None else 10.0,
         outbox_batch_size=int(batch) if batch else None,
         charge_by=charge_by,
+        metrics_customer_labels=(int(customer_labels) if customer_labels is not None
+                                 else 0),
         config_path=config_path,
         extra={"environ": r.environ, "jsonl_path": g.get("jsonl_path")},
         access=access,

@@ -69,8 +69,8 @@ class CallContext:
 
 
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
-               *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset()
-               ) -> UsageEvent:
+               *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset(),
+               first_chunk_ms: int | None = None) -> UsageEvent:
     # A deployment whose name says nothing of its model (Azure) is priced by base_model.
     price = prices.price(deployment.provider, deployment.base_model or deployment.model, usage,
                          deployment.price)
@@ -87,7 +87,7 @@ def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: P
         usage=usage, cost=price.cost, customer=ctx.customer, kind=kind,
         end_user=ctx.end_user, user_id=ctx.user_id, team_id=ctx.team_id, key_id=ctx.key_id,
         price_source=price.source, flags=frozenset(flags), metadata=ctx.metadata,
-        unpriced=price.unpriced)
+        unpriced=price.unpriced, first_chunk_ms=first_chunk_ms)
 
 
 def failure_event(ctx: CallContext, deployment: Deployment | None,
@@ -155,7 +155,8 @@ async def _send(provider: Provider, deployment: Deployment, params: dict[str, An
 
 
 async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
-               recorder: Recorder, prices: PriceBook) -> tuple[ChatResult, UsageEvent]:
+               recorder: Recorder, prices: PriceBook, *,
+               kind: CallKind = "chat") -> tuple[ChatResult, UsageEvent]:
     """A non-streaming chat call, billed. Failures bill nothing and are recorded."""
     try:
         provider = get_provider(deployment.provider)
@@ -172,15 +173,15 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    event = make_event(ctx, deployment, usage, prices)
+    event = make_event(ctx, deployment, usage, prices, kind=kind)
     await recorder.record(event)
     return result, event
 
 
 async def forward(deployment: Deployment, request: UpstreamRequest,
                   read: Callable[[bytes], ChatResult], params: Mapping[str, Any],
-                  ctx: CallContext, recorder: Recorder, prices: PriceBook
-                  ) -> tuple[ChatResult, UsageEvent]:
+                  ctx: CallContext, recorder: Recorder, prices: PriceBook, *,
+                  kind: CallKind = "chat") -> tuple[ChatResult, UsageEvent]:
     """A non-streaming call whose upstream request a door built itself (its own API
     passed through), billed like chat: ``read`` turns the 200 answer into its usage
     (None: estimated from ``params["messages"]``). Failures bill nothing."""
@@ -196,11 +197,11 @@ async def forward(deployment: Deployment, request: UpstreamRequest,
         except Exception as exc:
             raise UpstreamError("upstream answered 200 with a body that is not the "
                                 f"expected answer ({type(exc).__name__})") from None
-        usage = result.usage or _estimated_usage(params, "", None)
+        usage = result.usage or _estimated_usage(params, _answer_text(result.body), None)
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    event = make_event(ctx, deployment, usage, prices)
+    event = make_event(ctx, deployment, usage, prices, kind=kind)
     await recorder.record(event)
     return result, event
 
@@ -225,6 +226,16 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     return result, event
 
 
+async def unbilled(deployment: Deployment, request: UpstreamRequest) -> bytes:
+    """A request that costs nothing (token counting): sent, its answer returned, no
+    event. Upstream errors are the provider's errors, as for a billed call."""
+    provider = get_provider(deployment.provider)
+    resp = await transport.post(request, deployment.timeout)
+    if resp.status >= 400:
+        raise provider.error_from_response(resp.status, resp.body, resp.headers)
+    return resp.body
+
+
 def _read_answer(read: Callable[[], ChatResult], key: str, what: str) -> ChatResult:
     """The provider's reading of a 200 answer; a body that is not JSON or lacks the
     ``key`` list is the upstream's failure (502), never an internal error."""
@@ -242,11 +253,18 @@ def _read_answer(read: Callable[[], ChatResult], key: str, what: str) -> ChatRes
 
 
 def _answer_text(body: Mapping[str, Any]) -> str:
+    """The generated text of an answer, for an estimate: a chat completion's messages, a
+    text completion's ``text``, a Messages answer's text blocks."""
     parts = []
     for choice in body.get("choices") or ():
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict) and isinstance(message.get("content"), str):
             parts.append(message["content"])
+        elif isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            parts.append(choice["text"])
+    for block in body.get("content") or () if isinstance(body.get("content"), list) else ():
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            parts.append(block["text"])
     return "".join(parts)
 
 
@@ -258,16 +276,18 @@ class ChatStream:
     def __init__(self, deployment: Deployment, params: dict[str, Any], ctx: CallContext,
                  recorder: Recorder, prices: PriceBook, include_usage: bool, *,
                  request: UpstreamRequest | None = None,
-                 decoder: StreamDecoder | None = None) -> None:
+                 decoder: StreamDecoder | None = None, kind: CallKind = "chat") -> None:
         """``request`` and ``decoder``: a door's own upstream request and reading of its
-        stream (its API passed through) instead of the provider's chat ones."""
+        stream (its API passed through) instead of the provider's chat ones (``params``
+        then only feed estimates); ``kind`` is the billed event's."""
         self.deployment = deployment
         self.ctx = ctx
         self._params = params
         self._recorder = recorder
         self._prices = prices
-        self._provider = get_provider(deployment.provider)
+        self._kind: CallKind = kind
         self._request = request
+        self._provider = get_provider(deployment.provider)
         self._decoder: StreamDecoder = (decoder if decoder is not None else
                                         self._provider.chat_stream(deployment, include_usage))
         self._decoder.estimate_prompt = lambda: estimate_prompt_tokens(
@@ -276,6 +296,7 @@ class ChatStream:
         self._source: AsyncIterator[bytes] | None = None
         self.event: UsageEvent | None = None
         self._finishing: asyncio.Future[UsageEvent] | None = None
+        self._first_chunk_ms: int | None = None  # for the time-to-first-token metric
 
     async def open(self) -> ChatStream:
         """Send the request; raise the upstream's error before any chunk is produced."""
@@ -312,6 +333,8 @@ class ChatStream:
             async for data in self._source:
                 items = self._decoder.feed(data)
                 if items:
+                    if self._first_chunk_ms is None:
+                        self._first_chunk_ms = now_ms() - self.ctx.started_at_ms
                     yield items
                 if self._decoder.done:
                     break
@@ -339,7 +362,8 @@ class ChatStream:
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)
             event = make_event(self.ctx, self.deployment, usage, self._prices,
-                               extra_flags=frozenset(flags))
+                               kind=self._kind, extra_flags=frozenset(flags),
+                               first_chunk_ms=self._first_chunk_ms)
             self.event = event
             await self._recorder.record(event)
         except BaseException as exc:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from tallygate.usage import TOKEN_BUCKETS, Usage
 
-CallKind = Literal["chat", "embedding"]
+CallKind = Literal["chat", "embedding", "completion"]
 
 # Flags an event can carry; each says something a billing reader must know.
 FLAG_UNKNOWN_PRICE = "unknown_price"
@@ -61,6 +61,8 @@ class UsageEvent:
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     #: with ``cost`` None: the usage buckets no price was found for
     unpriced: tuple[str, ...] = ()
+    #: streams: milliseconds from the call's start to its first chunk
+    first_chunk_ms: int | None = None
 
     @property
     def timestamp(self) -> str:
@@ -98,6 +100,7 @@ class UsageEvent:
             "flags": sorted(self.flags),
             "metadata": dict(self.metadata),
             "unpriced": list(self.unpriced),
+            "first_chunk_ms": self.first_chunk_ms,
         }
 
     @classmethod
@@ -128,6 +131,7 @@ class UsageEvent:
             flags=frozenset(data.get("flags") or ()),
             metadata=MappingProxyType(dict(data.get("metadata") or {})),
             unpriced=tuple(data.get("unpriced") or ()),
+            first_chunk_ms=data.get("first_chunk_ms"),
         )
 
 

@@ -6,16 +6,20 @@
         ...
         assert fake.requests[-1]["model"] == "gpt-4o-mini"
 
-Routes: POST /v1/chat/completions (JSON or SSE), POST /v1/embeddings, GET /v1/models, and
-the Responses API (``tests/fakes/openai_responses.py``): POST /v1/responses (JSON or SSE),
-GET and DELETE /v1/responses/{id}. ``responses_enabled = False`` makes the server one of
-the OpenAI-compatible servers without the Responses API (404 there).
+Routes: POST /v1/chat/completions (JSON or SSE), POST /v1/completions (the legacy text
+completions, JSON or SSE, ``echo`` and several prompts), POST /v1/embeddings,
+GET /v1/models, and the Responses API (``tests/fakes/openai_responses.py``): POST
+/v1/responses (JSON or SSE), GET and DELETE /v1/responses/{id}. ``responses_enabled =
+False`` makes the server one of the OpenAI-compatible servers without the Responses API
+(404 there). Like OpenAI, a reasoning model (o1, o3, o4-mini, gpt-5...) refuses
+``max_tokens`` and a temperature other than 1 on chat.
 """
 
 from __future__ import annotations
 
 import base64
 import itertools
+import re
 import struct
 import time
 from typing import Any
@@ -24,14 +28,21 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.openai_responses import ResponsesAPI
-from tests.fakes.server_base import FakeServer, FakeToolCall, run_in_thread, split_text
+from tests.fakes.server_base import (
+    FakeServer,
+    FakeToolCall,
+    FakeTurn,
+    run_in_thread,
+    split_text,
+)
 
-__all__ = ["FakeOpenAI", "FakeToolCall", "run_in_thread"]
+__all__ = ["FakeOpenAI", "FakeToolCall", "FakeTurn", "run_in_thread"]
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
                 403: "invalid_request_error", 404: "invalid_request_error",
                 429: "rate_limit_error"}
 _ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
+_REASONING = re.compile(r"(o[1-9]|gpt-5)([-.].*)?")
 
 
 class FakeOpenAI(FakeServer):
@@ -44,6 +55,7 @@ class FakeOpenAI(FakeServer):
         self.reasoning_tokens = 0     # inside completion_tokens
         self.finish_reason = "stop"
         self.tool_call: FakeToolCall | None = None
+        self.turns: list[FakeTurn] = []  # consumed one per chat request, before the above
         self.stream_chunks = 3        # content pieces in a stream
         self.models = ["gpt-4o-mini", "text-embedding-3-small"]
         self.embedding_dim = 8
@@ -61,6 +73,7 @@ class FakeOpenAI(FakeServer):
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/chat/completions", self._chat),
+                web.post("/v1/completions", self._completions),
                 web.post("/v1/embeddings", self._embeddings),
                 web.get("/v1/models", self._models), *self.responses.routes()]
 
@@ -96,19 +109,24 @@ class FakeOpenAI(FakeServer):
         if not body.get("messages"):
             return self.error(400, "'messages' is a required property")
         model = str(body.get("model") or "gpt-4o-mini")
+        refusal = self._reasoning_refusal(model, body)
+        if refusal is not None:
+            return refusal
         cid = f"chatcmpl-fake{next(self._ids)}"
+        turn = self.turns.pop(0) if self.turns else FakeTurn(self.reply_text, self.tool_call)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await self.send_stream(request, self._frames(cid, model, include_usage))
-        message: dict[str, Any] = {"role": "assistant", "content": self.reply_text,
+            return await self.send_stream(request, self._frames(cid, model, include_usage,
+                                                                turn))
+        message: dict[str, Any] = {"role": "assistant", "content": turn.reply_text,
                                    "refusal": None, "annotations": []}
         finish = self.finish_reason
-        if self.tool_call is not None:
+        if turn.tool_call is not None:
             message["content"] = None
             message["tool_calls"] = [{
-                "id": self.tool_call.id, "type": "function",
-                "function": {"name": self.tool_call.name,
-                             "arguments": orjson.dumps(self.tool_call.arguments).decode()}}]
+                "id": turn.tool_call.id, "type": "function",
+                "function": {"name": turn.tool_call.name,
+                             "arguments": orjson.dumps(turn.tool_call.arguments).decode()}}]
             finish = "tool_calls"
         return await self.send_json(request, {
             "id": cid, "object": "chat.completion", "created": int(time.time()),
@@ -118,7 +136,8 @@ class FakeOpenAI(FakeServer):
             "usage": self.usage(),
         })
 
-    def _frames(self, cid: str, model: str, include_usage: bool) -> list[bytes]:
+    def _frames(self, cid: str, model: str, include_usage: bool,
+                turn: FakeTurn) -> list[bytes]:
         created = int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -133,12 +152,12 @@ class FakeOpenAI(FakeServer):
 
         chunks = []
         finish = self.finish_reason
-        if self.tool_call is None:
+        if turn.tool_call is None:
             chunks.append(chunk({"role": "assistant", "content": "", "refusal": None}))
-            chunks += [chunk({"content": p}) for p in split_text(self.reply_text,
+            chunks += [chunk({"content": p}) for p in split_text(turn.reply_text,
                                                                   self.stream_chunks)]
         else:
-            call = self.tool_call
+            call = turn.tool_call
             chunks.append(chunk({"role": "assistant", "content": None, "tool_calls": [{
                 "index": 0, "id": call.id, "type": "function",
                 "function": {"name": call.name, "arguments": ""}}]}))
@@ -152,6 +171,68 @@ class FakeOpenAI(FakeServer):
             last["choices"], last["usage"] = [], self.usage()
             chunks.append(last)
         return [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+
+    def _reasoning_refusal(self, model: str, body: dict[str, Any]) -> web.Response | None:
+        """OpenAI's answers to what its reasoning models do not take."""
+        if not _REASONING.fullmatch(model):
+            return None
+        if "max_tokens" in body:
+            return self._unsupported("max_tokens", "Unsupported parameter: 'max_tokens' is "
+                                     "not supported with this model. Use "
+                                     "'max_completion_tokens' instead.", "unsupported_parameter")
+        for name in ("temperature", "top_p"):
+            if body.get(name) not in (None, 1):
+                return self._unsupported(name, f"Unsupported value: '{name}' does not support "
+                                         f"{body[name]} with this model. Only the default (1) "
+                                         "value is supported.", "unsupported_value")
+        return None
+
+    @staticmethod
+    def _unsupported(param: str, message: str, code: str) -> web.Response:
+        return web.Response(status=400, content_type="application/json", body=orjson.dumps(
+            {"error": {"message": message, "type": "invalid_request_error", "param": param,
+                       "code": code}}))
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body, refusal = await self._gate(request)
+        if refusal is not None:
+            return refusal
+        prompt = body.get("prompt")
+        if prompt is None:
+            return self.error(400, "'prompt' is a required property")
+        prompts: list[Any] = (prompt if isinstance(prompt, list) and prompt
+                              and not isinstance(prompt[0], int) else [prompt])
+        model = str(body.get("model") or "gpt-3.5-turbo-instruct")
+        cid = f"cmpl-fake{next(self._ids)}"
+        created = int(time.time())
+        echo = bool(body.get("echo"))
+
+        def text_of(i: int) -> str:
+            p = prompts[i]
+            return (p if echo and isinstance(p, str) else "") + self.reply_text
+
+        def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"id": cid, "object": "text_completion", "created": created,
+                    "model": model, "choices": choices}
+
+        if not body.get("stream"):
+            return await self.send_json(request, {**chunk([
+                {"text": text_of(i), "index": i, "logprobs": None,
+                 "finish_reason": self.finish_reason} for i in range(len(prompts))]),
+                "usage": self.usage()})
+        frames = []
+        for i in range(len(prompts)):
+            pieces = split_text(self.reply_text, self.stream_chunks)
+            if echo and isinstance(prompts[i], str):
+                pieces.insert(0, prompts[i])
+            frames += [chunk([{"text": p, "index": i, "logprobs": None,
+                               "finish_reason": None}]) for p in pieces]
+            frames.append(chunk([{"text": "", "index": i, "logprobs": None,
+                                  "finish_reason": self.finish_reason}]))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            frames.append({**chunk([]), "usage": self.usage()})
+        return await self.send_stream(request, [b"data: " + orjson.dumps(f) + b"\n\n"
+                                                for f in frames] + [b"data: [DONE]\n\n"])
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body, refusal = await self._gate(request)

@@ -29,6 +29,7 @@ class Received:
     path: str
     headers: CIMultiDict[str]  # case-insensitive, as HTTP headers are
     body: dict[str, Any] | None
+    query: str = ""            # the query string, without "?"
 
 
 @dataclass
@@ -49,6 +50,14 @@ class FakeToolCall:
     id: str = "call_fake_1"
 
 
+@dataclass
+class FakeTurn:
+    """One scripted answer: its text and, optionally, a tool call after it."""
+
+    reply_text: str = ""
+    tool_call: FakeToolCall | None = None
+
+
 def split_text(text: str, pieces: int) -> list[str]:
     """``text`` in ``pieces`` nearly equal parts (fewer if the text is shorter)."""
     pieces = max(1, min(pieces, len(text) or 1))
@@ -66,6 +75,7 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self.sent: list[bytes] = []                 # every answer body, as sent
         self.errors: list[FakeError] = []           # FIFO: each answers one request
         self.latency = 0.0                          # seconds before any answer
         self.chunk_delay = 0.0                      # seconds between stream frames
@@ -130,7 +140,7 @@ class FakeServer:
         raw = await request.read()
         body = orjson.loads(raw) if raw else None
         got = Received(request.method, request.path, CIMultiDict(request.headers),
-                       body if isinstance(body, dict) else None)
+                       body if isinstance(body, dict) else None, request.query_string)
         self.received.append(got)
         if self.latency:
             await asyncio.sleep(self.latency)
@@ -154,6 +164,7 @@ class FakeServer:
 
     async def send_json(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         data = orjson.dumps(body)
+        self.sent.append(data)
         if self.drop_connection is None:
             return web.Response(body=data, content_type="application/json")
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -175,6 +186,7 @@ class FakeServer:
             return response
         await response.prepare(request)
         cut = len(frames) // 2 if self.drop_connection == "mid" else len(frames)
+        self.sent.append(b"".join(frames[:cut]))
         for i, frame in enumerate(frames[:cut]):
             if i and self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)

@@ -28,9 +28,11 @@ from tallygate.errors import (
     PermissionDeniedError,
     TallygateError,
 )
+from tallygate.event import new_call_id
 from tallygate.proxy.auth import presented_key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID_HEADER = "x-request-id"  # on every answer of the gateway, as the proxy's
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -97,9 +99,11 @@ class AdminRoutes:
             try:
                 if admin:
                     self._master(request)
-                return await fn(request)
+                answer = await fn(request)
             except TallygateError as exc:
-                return _error(exc)
+                answer = _error(exc)
+            answer.headers[REQUEST_ID_HEADER] = new_call_id()
+            return answer
         return handler
 
     # -- keys ------------------------------------------------------------------------

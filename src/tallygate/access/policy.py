@@ -27,7 +27,8 @@ from tallygate.access.db import Database, database_for, wall_ms
 from tallygate.access.keys import AccessStore, KeyRecord, TeamRecord, hash_key, iso
 from tallygate.access.lago_api import LagoReader, lago_base
 from tallygate.access.ratelimit import Decision, Limit, LocalLimiter, RedisLimiter
-from tallygate.attribution import resolve_customer
+from tallygate.access.shared_limits import SharedCounters, SharedLimiter
+from tallygate.attribution import end_user_of, resolve_customer
 from tallygate.config import ProxySettings
 from tallygate.engine import CallContext
 from tallygate.errors import (
@@ -50,6 +51,8 @@ log = logging.getLogger("tallygate.access")
 
 ALL_MODELS = ("all-proxy-models", "*")
 _MAX_PENDING_HEADERS = 10_000
+# Tells the client a call has no payer and is held for `tallygate outbox assign`.
+BILLING_STATE_HEADER = "x-tallygate-billing-state"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,7 @@ class VirtualKeyPolicy:
         self.master_key = settings.master_key
         self.db: Database | None = None
         self.store: AccessStore | None = None
-        self.limiter: LocalLimiter | RedisLimiter = LocalLimiter()
+        self.limiter: LocalLimiter | RedisLimiter | SharedLimiter = LocalLimiter()
         self.lago: LagoReader | None = None
         self._calls: dict[str, _Call] = {}
         self._headers: OrderedDict[str, dict[str, str]] = OrderedDict()
@@ -120,8 +123,12 @@ class VirtualKeyPolicy:
         self.db = database_for(database_url)
         await self.db.open()
         self.store = AccessStore(self.db, self.access.key_cache_ttl_s)
+        shared = self.settings.extra.get("shared_limits")
         if self.access.redis_url:
             self.limiter = RedisLimiter(self.access.redis_url)
+        elif isinstance(shared, SharedCounters):
+            # Forked workers of one gateway: one count for all of them.
+            self.limiter = SharedLimiter(shared)
         environ = self.settings.extra.get("environ") or {}
         base = lago_base(environ)
         if self.access.resolve_subscription_from_lago and base is not None:
@@ -172,6 +179,15 @@ class VirtualKeyPolicy:
 
     # -- admission -----------------------------------------------------------------------
 
+    def check_model(self, identity: Any, model: str) -> None:
+        caller: Caller = identity
+        if caller.key is not None and not _models_allow(caller.key.models, model):
+            raise PermissionDeniedError(f"this key may not call the model {model!r}",
+                                        code="model_not_allowed", param="model")
+        if caller.team is not None and not _models_allow(caller.team.models, model):
+            raise PermissionDeniedError(f"this key's team may not call the model {model!r}",
+                                        code="model_not_allowed", param="model")
+
     async def admit(self, identity: Any, data: Mapping[str, Any], model: str, call_id: str,
                     deployments: Sequence[Deployment]) -> tuple[CallContext, Deployment]:
         """Admit the call and pick the deployment of ``model`` that serves it: one
@@ -179,23 +195,20 @@ class VirtualKeyPolicy:
         caller: Caller = identity
         assert self.store is not None and self.db is not None, "gateway not started"
         key, team = caller.key, caller.team
-        if key is not None and not _models_allow(key.models, model):
-            raise PermissionDeniedError(f"this key may not call the model {model!r}",
-                                        code="model_not_allowed", param="model")
-        if team is not None and not _models_allow(team.models, model):
-            raise PermissionDeniedError(f"this key's team may not call the model {model!r}",
-                                        code="model_not_allowed", param="model")
-        raw_user = data.get("user")
-        user = raw_user if isinstance(raw_user, str) and raw_user else None
+        self.check_model(caller, model)
+        user, user_field = end_user_of(data)
         metadata = MappingProxyType(dict(data.get("metadata") or {}))
-        customer = self._payer(caller, user, metadata)
+        customer = self._payer(caller, user, user_field, metadata)
+        unpaid_held = False
         if customer is None:
             if self.access.unattributed == "reject":
                 raise BadRequestError(
                     f"no customer to bill for this call (LAGO_API_CHARGE_BY="
-                    f"{self.settings.charge_by})", code="unattributed", param="user")
+                    f"{self.settings.charge_by})", code="unattributed", param=user_field)
             if self.access.unattributed == "default_customer":
                 customer = self.access.default_customer
+            else:
+                unpaid_held = True
         customer_rec = await self.store.customer(customer) if customer else None
         if customer_rec is not None and customer_rec.blocked:
             raise PermissionDeniedError(f"customer {customer!r} is blocked",
@@ -241,6 +254,8 @@ class VirtualKeyPolicy:
                                      else None), customer, scopes, reserved,
                                      [lim for lim in limits if lim.kind == "tokens"],
                                      token_estimate)
+        if unpaid_held:
+            headers = {**headers, BILLING_STATE_HEADER: "held"}
         if headers:
             self._headers[call_id] = headers
             while len(self._headers) > _MAX_PENDING_HEADERS:
@@ -252,7 +267,7 @@ class VirtualKeyPolicy:
             key_id=(key.key_alias or key.token[:16]) if key else None,
             metadata=metadata), deployments[index]
 
-    def _payer(self, caller: Caller, user: str | None,
+    def _payer(self, caller: Caller, user: str | None, user_field: str,
                metadata: Mapping[str, Any]) -> str | None:
         key = caller.key
         if key is None:
@@ -264,10 +279,10 @@ class VirtualKeyPolicy:
             if user is not None and (mode == "master_only"
                                      or (mode == "must_match" and user != key.customer_id)):
                 raise PermissionDeniedError(
-                    "this key bills a fixed customer; the request's 'user' may not name "
-                    "another payer" if mode == "must_match" else
-                    "only the master key may set 'user' on this gateway",
-                    code="user_not_allowed", param="user")
+                    f"this key bills a fixed customer; the request's '{user_field}' may "
+                    "not name another payer" if mode == "must_match" else
+                    f"only the master key may set '{user_field}' on this gateway",
+                    code="user_not_allowed", param=user_field)
             return key.customer_id
         return resolve_customer(self.settings.charge_by, end_user=user, metadata=None,
                                 user_id=key.user_id, team_id=key.team_id)

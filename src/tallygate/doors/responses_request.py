@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from tallygate.attribution import END_USER_FIELDS
 from tallygate.errors import BadRequestError
 from tallygate.providers.base import Deployment
 
@@ -172,11 +173,11 @@ def estimate_messages(rq: ResponsesRequest) -> list[dict[str, Any]]:
 def admission_params(body: dict[str, Any]) -> dict[str, Any]:
     """What the call frame admits the call on, with the parsed request riding along."""
     rq = parse(body)
-    user = body.get("user") or body.get("safety_identifier")
     params: dict[str, Any] = {"model": rq.model, "messages": estimate_messages(rq),
                               "stream": rq.stream, REQUEST_KEY: rq}
-    if user:
-        params["user"] = user
+    for name in END_USER_FIELDS:  # the access policy picks the end user (attribution)
+        if body.get(name):
+            params[name] = body[name]
     if body.get("metadata"):
         params["metadata"] = body["metadata"]
     if _is_int(body.get("max_output_tokens")):

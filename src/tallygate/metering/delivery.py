@@ -15,10 +15,11 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tallygate.errors import ConfigError
+from tallygate.event import UsageEvent
 from tallygate.metering.backoff import full_jitter
 from tallygate.metering.outbox import Outbox, OutboxRow, OutboxStats
 from tallygate.metering.rowcodec import clip_error, wall_ms
@@ -119,7 +120,9 @@ class DeliveryWorker:
                  linger_s: float = 0.05,
                  pause_recheck_s: float = 30.0, send_timeout_s: float | None = None,
                  delivered_retention_s: float | None = 7 * DAY_S,
-                 purge_interval_s: float = 600.0, rng: random.Random | None = None) -> None:
+                 purge_interval_s: float = 600.0, rng: random.Random | None = None,
+                 on_delivered: Callable[[str, Sequence[UsageEvent]], None] | None = None
+                 ) -> None:
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique, got {names}")
@@ -145,6 +148,8 @@ class DeliveryWorker:
         self.delivered_retention_s = delivered_retention_s
         self.purge_interval_s = purge_interval_s
         self._rng = rng or random.Random()
+        # Told of each batch's delivered events (the delivery-lag metric); never raises.
+        self._on_delivered = on_delivered
         self._sinks = list(sinks)
         self._batch_size = batch_size
         self._lanes: dict[str, _Lane] = {}
@@ -380,6 +385,12 @@ class DeliveryWorker:
         c = lane.counters
         await self.outbox.mark_delivered(delivered)
         c.delivered += len(delivered)
+        if delivered and self._on_delivered is not None:
+            done = set(delivered)
+            try:
+                self._on_delivered(lane.sink.name, [r.event for r in rows if r.id in done])
+            except Exception:
+                logger.exception("the delivered-events hook of sink %s failed", lane.sink.name)
         c.batches += 1
         if dead:
             for row_id, reason in dead.items():

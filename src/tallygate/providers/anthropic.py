@@ -20,6 +20,8 @@ from tallygate.errors import BadRequestError, UpstreamError, upstream_error_for
 from tallygate.providers.base import (
     ChatResult,
     Deployment,
+    NativeMessages,
+    PassThroughDecoder,
     Provider,
     StreamDecoder,
     StreamItem,
@@ -30,6 +32,8 @@ from tallygate.providers.sse import SSEParser
 from tallygate.usage import Usage
 
 ANTHROPIC_VERSION = "2023-06-01"
+# The client's headers a native (pass-through) Messages call keeps.
+VERSION_HEADER, BETA_HEADER = "anthropic-version", "anthropic-beta"
 # response_format (json_schema / json_object) is served the way Anthropic documents JSON
 # output: one tool with the schema as its input_schema, which the model is made to call;
 # its input is the answer's text.
@@ -289,8 +293,9 @@ def build_body(model: str, params: dict[str, Any], stream: bool) -> dict[str, An
         # Alone, the model must answer through it; beside the caller's tools, through one.
         only = len(body["tools"]) == 1
         body["tool_choice"] = {"type": "tool", "name": JSON_TOOL} if only else {"type": "any"}
-    if params.get("user"):
-        body["metadata"] = {"user_id": str(params["user"])}
+    user = params.get("user") or params.get("safety_identifier")
+    if user:
+        body["metadata"] = {"user_id": str(user)}
     if stream:
         body["stream"] = True
     return body
@@ -483,17 +488,161 @@ class AnthropicStreamDecoder(StreamDecoder):
         return []  # thinking_delta, signature_delta, citations_delta
 
 
-class AnthropicProvider(Provider):
+# --- native: the Messages API passed through ------------------------------------------
+
+def _frame_parts(frame: bytes) -> tuple[str | None, bytes]:
+    """(event name, data) of one raw SSE frame."""
+    kind: str | None = None
+    data: list[bytes] = []
+    for line in frame.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if line.startswith(b"event:"):
+            kind = line[6:].strip().decode("utf-8", "replace")
+        elif line.startswith(b"data:"):
+            data.append(line[5:].lstrip(b" "))
+    return kind, b"\n".join(data)
+
+
+class AnthropicPassThrough(PassThroughDecoder):
+    """Anthropic's stream as it came, frame by frame; usage from ``message_start`` and
+    ``message_delta`` (cumulative: a later value replaces an earlier one). Only those
+    frames are parsed; the deltas are read back only for an estimate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buf = b""
+        self._raw_usage: dict[str, Any] = {}
+        self._deltas: list[bytes] = []
+
+    def _frames(self) -> list[bytes]:
+        """The complete frames (each with its blank line) taken off the buffer."""
+        frames: list[bytes] = []
+        start = pos = 0
+        buf = self._buf
+        while (nl := buf.find(b"\n", pos)) >= 0:
+            blank = nl == pos or (nl == pos + 1 and buf[pos] == 0x0D)  # "\n" or "\r\n"
+            pos = nl + 1
+            if blank:
+                frames.append(buf[start:pos])
+                start = pos
+        self._buf = buf[start:]
+        return frames
+
+    def _merge_usage(self, raw: object) -> None:
+        if isinstance(raw, dict):
+            self._raw_usage.update({k: v for k, v in raw.items() if v is not None})
+            self.usage = anthropic_usage(self._raw_usage)
+
+    def feed(self, data: bytes) -> list[StreamItem]:
+        self._buf += data
+        out: list[StreamItem] = []
+        for frame in self._frames():
+            if self.done:  # nothing normally follows message_stop; keep it all the same
+                self.tail += frame
+                continue
+            kind, payload = _frame_parts(frame)
+            if kind == "message_stop":
+                self.done = True
+                self.tail = frame
+                continue
+            if kind in ("message_start", "message_delta"):
+                try:
+                    event = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    event = None
+                if isinstance(event, dict):
+                    message = event.get("message")
+                    self._merge_usage(message.get("usage") if isinstance(message, dict)
+                                      else event.get("usage"))
+            elif kind == "content_block_delta":
+                self._deltas.append(payload)
+            out.append(StreamItem(None, frame, payload or b"{}"))
+        if self.done and self._buf:
+            self.tail += self._buf
+            self._buf = b""
+        return out
+
+    def output_text(self) -> str:
+        parts: list[str] = []
+        for payload in self._deltas:
+            try:
+                event = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            delta = event.get("delta") if isinstance(event, dict) else None
+            if isinstance(delta, dict):
+                for name in ("text", "partial_json", "thinking"):
+                    if isinstance(delta.get(name), str):
+                        parts.append(delta[name])
+        return "".join(parts)
+
+
+def _merge_beta(*values: str | None) -> str:
+    """Comma-separated beta flags of several sources, each once, in order."""
+    seen: list[str] = []
+    for value in values:
+        for flag in (value or "").split(","):
+            flag = flag.strip()
+            if flag and flag not in seen:
+                seen.append(flag)
+    return ",".join(seen)
+
+
+class AnthropicProvider(Provider, NativeMessages):
     name = "anthropic"
     price_provider = "anthropic"
     default_api_base = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
     reads_top_k = True
 
-    def _url(self, deployment: Deployment) -> str:
+    def _url(self, deployment: Deployment, path: str = "/messages") -> str:
         base = (deployment.api_base or self.default_api_base or "").rstrip("/")
         # Accept a base given with or without the version segment.
-        return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        return base + (path if base.endswith("/v1") else "/v1" + path)
+
+    def _native_headers(self, deployment: Deployment,
+                        client: Mapping[str, str]) -> dict[str, str]:
+        """The gateway's key and headers; the client's API version and beta flags (the
+        deployment's own ``anthropic-beta`` added to the client's)."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   VERSION_HEADER: client.get(VERSION_HEADER) or ANTHROPIC_VERSION}
+        api_key = self.api_key(deployment, os.environ)
+        if api_key:
+            headers["x-api-key"] = api_key
+        own_beta = None
+        for name, value in deployment.headers.items():
+            if name.lower() == BETA_HEADER:
+                own_beta = value
+            else:
+                headers[name] = value
+        beta = _merge_beta(client.get(BETA_HEADER), own_beta)
+        if beta:
+            headers[BETA_HEADER] = beta
+        return headers
+
+    def messages_request(self, deployment: Deployment, body: dict[str, Any],
+                         headers: Mapping[str, str], *, stream: bool,
+                         query: str = "") -> UpstreamRequest:
+        out = {**body, "model": deployment.model}
+        url = self._url(deployment) + (f"?{query}" if query else "")
+        return UpstreamRequest(url=url, headers=self._native_headers(deployment, headers),
+                               body=orjson.dumps(out))
+
+    def messages_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        parsed = orjson.loads(body)
+        if not isinstance(parsed, dict) or parsed.get("type") != "message":
+            raise UpstreamError("upstream answered 200 with a body that is not a message")
+        return ChatResult(body=parsed, usage=anthropic_usage(parsed.get("usage")), raw=body)
+
+    def messages_stream(self, deployment: Deployment) -> PassThroughDecoder:
+        return AnthropicPassThrough()
+
+    def count_tokens_request(self, deployment: Deployment, body: dict[str, Any],
+                             headers: Mapping[str, str]) -> UpstreamRequest:
+        out = {**body, "model": deployment.model}
+        return UpstreamRequest(url=self._url(deployment, "/messages/count_tokens"),
+                               headers=self._native_headers(deployment, headers),
+                               body=orjson.dumps(out))
 
     def chat_request(self, deployment: Deployment, params: dict[str, Any],
                      stream: bool) -> UpstreamRequest:

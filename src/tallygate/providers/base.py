@@ -153,6 +153,61 @@ class StreamDecoder(ABC):
         return "".join(self.output_parts)
 
 
+class PassThroughDecoder(StreamDecoder):
+    """A decoder whose items carry the upstream's own frames, byte for byte, for a door
+    that speaks the upstream's API. The frame that ends the stream is kept in ``tail``
+    instead of being returned, so that the call is billed before its last byte leaves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tail = b""
+
+
+class NativeMessages(ABC):
+    """A provider that speaks Anthropic's Messages API itself (Anthropic; Claude on
+    other clouds): the Messages door forwards requests to it as they came and streams
+    its answer back byte for byte, reading usage on the way."""
+
+    @abstractmethod
+    def messages_request(self, deployment: Deployment, body: dict[str, Any],
+                         headers: Mapping[str, str], *, stream: bool,
+                         query: str = "") -> UpstreamRequest:
+        """The upstream request for a Messages API ``body`` as the client sent it
+        (``model`` still the client's). ``headers`` are the client's API headers to keep
+        (``anthropic-version``, ``anthropic-beta``); ``query`` its query string."""
+
+    @abstractmethod
+    def messages_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        """Read a non-streamed Messages answer: its parsed body, usage, and ``raw``, the
+        bytes that go back to the client."""
+
+    @abstractmethod
+    def messages_stream(self, deployment: Deployment) -> PassThroughDecoder:
+        """A decoder that passes the Messages stream through and reads its usage."""
+
+    @abstractmethod
+    def count_tokens_request(self, deployment: Deployment, body: dict[str, Any],
+                             headers: Mapping[str, str]) -> UpstreamRequest:
+        """The upstream request for ``POST /v1/messages/count_tokens``."""
+
+
+class NativeCompletions(ABC):
+    """A provider that serves OpenAI's legacy ``/completions`` itself."""
+
+    @abstractmethod
+    def completion_request(self, deployment: Deployment, params: dict[str, Any],
+                           stream: bool) -> UpstreamRequest:
+        """The upstream request for text-completion ``params``."""
+
+    @abstractmethod
+    def completion_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        """Read a text completion answer (``raw`` is the upstream bytes)."""
+
+    @abstractmethod
+    def completion_stream(self, deployment: Deployment, include_usage: bool) -> StreamDecoder:
+        """A decoder for a text completion stream (frames passed through)."""
+
+
 class Provider(ABC):
     """A translation between the OpenAI chat API and one provider's wire format."""
 

@@ -9,6 +9,7 @@ not ask for it: billing needs the numbers, the caller's stream stays as requeste
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from tallygate.errors import UpstreamError, upstream_error_for
 from tallygate.providers.base import (
     ChatResult,
     Deployment,
+    NativeCompletions,
     Provider,
     StreamDecoder,
     StreamItem,
@@ -28,6 +30,19 @@ from tallygate.providers.sse import SSEParser
 from tallygate.usage import Usage
 
 DONE_FRAME = b"data: [DONE]\n\n"
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...) refuse ``max_tokens`` (they take
+# ``max_completion_tokens``) and any sampling temperature but the default.
+_REASONING_MODEL = re.compile(r"(o[1-9]|gpt-5)([-.].*)?", re.IGNORECASE)
+
+
+def is_reasoning_model(deployment: Deployment) -> bool:
+    """Whether the deployment's model is an OpenAI reasoning model: LiteLLM's
+    ``model_info.supports_reasoning`` when set, else its name (or ``base_model``)."""
+    declared = deployment.model_info.get("supports_reasoning")
+    if isinstance(declared, bool):
+        return declared
+    name = (deployment.base_model or deployment.model).rsplit("/", 1)[-1]
+    return _REASONING_MODEL.fullmatch(name) is not None
 
 
 def json_headers(api_key: str | None, extra: Mapping[str, str]) -> dict[str, str]:
@@ -142,7 +157,39 @@ class OpenAIStreamDecoder(StreamDecoder):
         return "".join(parts)
 
 
-class OpenAIProvider(Provider):
+class CompletionStreamDecoder(OpenAIStreamDecoder):
+    """A legacy text completion stream: the same framing and usage, text in ``text``."""
+
+    def output_text(self) -> str:
+        parts: list[str] = []
+        for payload in self._payloads:
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            for choice in (chunk.get("choices") or ()) if isinstance(chunk, dict) else ():
+                if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+                    parts.append(choice["text"])
+        return "".join(parts)
+
+
+def _completion_body(params: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
+    """The body with the deployment's model; a stream always asks for its usage (as
+    ``chat_request`` does, kept apart so the chat path stays as it is)."""
+    body = dict(params)
+    body["model"] = model
+    if stream:
+        body["stream"] = True
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+    else:
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+    return body
+
+
+class OpenAIProvider(Provider, NativeCompletions):
     name = "openai"
     price_provider = "openai"
     default_api_base = "https://api.openai.com/v1"
@@ -189,6 +236,20 @@ class OpenAIProvider(Provider):
     def error_from_response(self, status: int, body: bytes,
                             headers: Mapping[str, str]) -> UpstreamError:
         return upstream_error(status, body, headers)
+
+    def completion_request(self, deployment: Deployment, params: dict[str, Any],
+                           stream: bool) -> UpstreamRequest:
+        return UpstreamRequest(
+            url=self._base(deployment) + "/completions",
+            headers=json_headers(self.api_key(deployment, os.environ), deployment.headers),
+            body=orjson.dumps(_completion_body(params, deployment.model, stream)),
+        )
+
+    def completion_response(self, deployment: Deployment, body: bytes) -> ChatResult:
+        return self.chat_response(deployment, body)
+
+    def completion_stream(self, deployment: Deployment, include_usage: bool) -> StreamDecoder:
+        return CompletionStreamDecoder(include_usage)
 
     def embedding_request(self, deployment: Deployment,
                           params: dict[str, Any]) -> UpstreamRequest:

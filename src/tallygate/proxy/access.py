@@ -26,6 +26,11 @@ class AccessPolicy(Protocol):
         Runs before the body is read, so a stranger learns nothing about the body."""
         ...
 
+    def check_model(self, identity: Any, model: str) -> None:
+        """Raise 403 when this identity may not use ``model`` (for calls that are not
+        admitted, such as token counting)."""
+        ...
+
     async def admit(self, identity: Any, data: Mapping[str, Any], model: str, call_id: str,
                     deployments: Sequence[Deployment]) -> tuple[CallContext, Deployment]:
         """May this identity make this call? Reserve what it may spend and pick the

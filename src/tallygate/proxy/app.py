@@ -7,6 +7,7 @@ passed through untouched where no translation is needed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -15,15 +16,15 @@ from aiohttp import web
 from tallygate import engine
 from tallygate.config import ProxySettings
 from tallygate.engine import CallContext, ChatStream
-from tallygate.errors import TallygateError, UpstreamError
-from tallygate.event import UsageEvent, format_decimal
+from tallygate.errors import UpstreamError
+from tallygate.event import UsageEvent, format_decimal, new_call_id
 from tallygate.providers.base import Deployment
 from tallygate.providers.openai import DONE_FRAME
 from tallygate.proxy.calls import (
     CALL_ID_HEADER,
     COST_HEADER,
+    REQUEST_ID_HEADER,
     CallFrame,
-    openai_error_response,
     serve_stream,
 )
 from tallygate.proxy.gateway import Gateway
@@ -33,7 +34,6 @@ log = logging.getLogger("tallygate.proxy")
 
 GATEWAY = web.AppKey("gateway", Gateway)
 _GATEWAY_PARAMS = ("metadata",)  # read by the gateway, never sent upstream
-error_response = openai_error_response
 
 
 def _upstream_params(data: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
@@ -66,7 +66,7 @@ class Routes:
         self.calls = CallFrame(gw)
 
     def _billed_response(self, body: bytes, event: UsageEvent) -> web.Response:
-        headers = {CALL_ID_HEADER: event.call_id,
+        headers = {CALL_ID_HEADER: event.call_id, REQUEST_ID_HEADER: event.call_id,
                    **self.gw.access.response_headers(event.call_id)}
         if event.cost is not None:
             headers[COST_HEADER] = format_decimal(event.cost)
@@ -97,7 +97,8 @@ class Routes:
             # The stream billed itself (outbox write) before the last byte goes out.
             await resp.write_eof(DONE_FRAME)
 
-        headers = {CALL_ID_HEADER: ctx.call_id, **self.gw.access.response_headers(ctx.call_id)}
+        headers = {CALL_ID_HEADER: ctx.call_id, REQUEST_ID_HEADER: ctx.call_id,
+                   **self.gw.access.response_headers(ctx.call_id)}
         return await serve_stream(request, stream, headers, write, _openai_error_frame)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -110,37 +111,35 @@ class Routes:
         return self._billed_response(
             result.raw if result.raw is not None else orjson.dumps(result.body), event)
 
-    async def models(self, request: web.Request) -> web.StreamResponse:
-        try:
-            await self.gw.access.authenticate(request)
-        except TallygateError as exc:
-            return error_response(exc)
-        created = int(self.gw.started_at)
-        data = [{"id": name, "object": "model", "created": created, "owned_by": "tallygate"}
-                for name in self.gw.model_names()]
-        return web.Response(body=orjson.dumps({"object": "list", "data": data}),
-                            content_type="application/json")
-
     async def liveness(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(body=b'"I\'m alive!"', content_type="application/json")
+        return web.Response(body=b'"I\'m alive!"', content_type="application/json",
+                            headers={REQUEST_ID_HEADER: new_call_id()})
 
     async def readiness(self, request: web.Request) -> web.StreamResponse:
         # Degraded delivery (e.g. Lago refusing our key) keeps serving: events wait in
         # the outbox, so the gateway stays in rotation and says so in the body.
         ready, body = await self.gw.readiness()
         return web.Response(body=orjson.dumps(body), status=200 if ready else 503,
-                            content_type="application/json")
+                            content_type="application/json",
+                            headers={REQUEST_ID_HEADER: new_call_id()})
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        await self.gw.refresh_queue_gauges()
-        return web.Response(text=self.gw.metrics.render(),
-                            content_type="text/plain", charset="utf-8")
+        return web.Response(text=await self.gw.render_metrics(), content_type="text/plain",
+                            charset="utf-8", headers={REQUEST_ID_HEADER: new_call_id()})
 
 
-async def _json_404(request: web.Request) -> web.StreamResponse:
-    body = {"error": {"message": f"no route {request.method} {request.path}",
-                      "type": "invalid_request_error", "param": None, "code": "not_found"}}
-    return web.Response(body=orjson.dumps(body), status=404, content_type="application/json")
+def _no_route(gw: Gateway) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def json_404(request: web.Request) -> web.StreamResponse:
+        # Counted by method: a client calling a route we do not serve shows in /metrics.
+        gw.metrics.inc("tallygate_requests_total", (("route", "no_route"),
+                                                    ("method", request.method),
+                                                    ("status", "404")))
+        body = {"error": {"message": f"no route {request.method} {request.path}",
+                          "type": "invalid_request_error", "param": None, "code": "not_found"}}
+        return web.Response(body=orjson.dumps(body), status=404,
+                            content_type="application/json",
+                            headers={REQUEST_ID_HEADER: new_call_id()})
+    return json_404
 
 
 def create_app(settings: ProxySettings) -> web.Application:
@@ -164,7 +163,6 @@ def create_app(settings: ProxySettings) -> web.Application:
     for prefix in ("/v1", ""):
         r.add_post(f"{prefix}/chat/completions", routes.chat_completions)
         r.add_post(f"{prefix}/embeddings", routes.embeddings)
-        r.add_get(f"{prefix}/models", routes.models)
     r.add_get("/health/liveliness", routes.liveness)
     r.add_get("/health/liveness", routes.liveness)
     r.add_get("/health/readiness", routes.readiness)
@@ -175,8 +173,14 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.doors.anthropic_messages import add_messages_routes
 
     add_messages_routes(app, gw)  # the Anthropic Messages API door
+    from tallygate.doors.models import add_models_routes
+
+    add_models_routes(app, gw)  # in OpenAI's shape, or Anthropic's for its clients
+    from tallygate.doors.openai_completions import add_completions_routes
+
+    add_completions_routes(app, gw)  # legacy text completions
     from tallygate.doors.openai_responses import add_responses_routes
 
     add_responses_routes(app, gw)  # the OpenAI Responses API door
-    r.add_route("*", "/{tail:.*}", _json_404)
+    r.add_route("*", "/{tail:.*}", _no_route(gw))
     return app

@@ -34,6 +34,10 @@ log = logging.getLogger("tallygate.proxy")
 
 CALL_ID_HEADER = "x-tallygate-call-id"
 COST_HEADER = "x-tallygate-response-cost"
+# The openai SDK reads it as ``_request_id``: the call id too.
+REQUEST_ID_HEADER = "x-request-id"
+# What a translating door left out of the request (comma-separated field paths).
+DROPPED_HEADER = "x-tallygate-dropped-params"
 
 # (request, OpenAI-shaped params, deployment, ctx) -> the answer, once the call is admitted.
 CallRunner = Callable[[web.Request, dict[str, Any], Deployment, CallContext],
@@ -47,6 +51,7 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
 
 def openai_error_response(exc: TallygateError, call_id: str | None = None) -> web.Response:
     headers = dict(exc.headers)
+    headers[REQUEST_ID_HEADER] = call_id or new_call_id()
     if call_id:
         headers[CALL_ID_HEADER] = call_id
     return web.Response(body=orjson.dumps(exc.to_body()), status=exc.status_code,
@@ -77,7 +82,7 @@ class CallFrame:
         self.gw = gw
         self._known_models = frozenset(gw.settings.models)
 
-    def _observe(self, route: str, model: str | None, status: int, started: float) -> None:
+    def observe(self, route: str, model: str | None, status: int, started: float) -> None:
         label = model if model in self._known_models else "unknown"
         m = self.gw.metrics
         m.inc("tallygate_requests_total",
@@ -110,7 +115,7 @@ class CallFrame:
             status = answer.status
             return answer
         finally:
-            self._observe(route, model, status, started)
+            self.observe(route, model, status, started)
 
 
 async def serve_stream(request: web.Request, stream: ChatStream, headers: dict[str, str],

@@ -17,7 +17,8 @@ from tallygate.metering.group_commit import GroupCommitter
 from tallygate.metering.outbox import Outbox
 from tallygate.pricing import PriceBook
 from tallygate.proxy.access import AccessPolicy
-from tallygate.proxy.metrics import Labels, Metrics
+from tallygate.proxy.metrics import CustomerLabels, Labels, Metrics
+from tallygate.proxy.metrics_share import MetricsShare
 from tallygate.sinks.base import Sink
 from tallygate.sinks.factory import build_sink, sink_accepts
 
@@ -47,6 +48,7 @@ class Gateway:
         self.worker: DeliveryWorker | None = None
         self.started_at = time.time()
         self._queue_gauge_cache: list[tuple[Labels, float]] = []
+        self._queue_age_cache: list[tuple[Labels, float]] = []
         environ = settings.extra.get("environ") or os.environ
         # The local usage log sits beside the outbox, next to the config by default.
         jsonl_path = (settings.extra.get("jsonl_path") or environ.get("TALLYGATE_JSONL_PATH")
@@ -63,6 +65,9 @@ class Gateway:
 
         self.keys = VirtualKeyPolicy(settings, self.prices)
         self.access: AccessPolicy = self.keys
+        self.customer_labels = CustomerLabels(settings.metrics_customer_labels)
+        share_dir = settings.extra.get("metrics_dir")
+        self.metrics_share = MetricsShare(share_dir, self.metrics) if share_dir else None
         self._describe_metrics()
 
     def _describe_metrics(self) -> None:
@@ -73,6 +78,16 @@ class Gateway:
         m.describe("tallygate_unknown_price_total", "counter", "Calls with no known price.")
         m.describe("tallygate_outbox_enqueued_total", "counter", "Events written to the outbox.")
         m.describe("tallygate_unattributed_total", "counter", "Calls with no customer.")
+        m.describe("tallygate_upstream_errors_total", "counter",
+                   "Failed upstream calls by provider and status (billed nothing).")
+        m.describe("tallygate_call_duration_seconds", "histogram",
+                   "Billed calls' duration by model group and the deployment that answered.")
+        m.describe("tallygate_time_to_first_token_seconds", "histogram",
+                   "Streams' time to the first chunk by model group and deployment.")
+        m.describe("tallygate_delivery_lag_seconds", "histogram",
+                   "From a call's end to its event's delivery, by sink.")
+        m.describe("tallygate_outbox_oldest_pending_age_seconds", "gauge",
+                   "Age of the oldest undelivered outbox row.")
 
     async def start(self) -> None:
         from tallygate.metering.factory import open_outbox
@@ -83,8 +98,11 @@ class Gateway:
         self._writer = GroupCommitter(self._write_outbox)
         await self.keys.start(url)
         self.worker = DeliveryWorker(self.outbox, self.sinks,
-                                     batch_size=self.settings.outbox_batch_size)
+                                     batch_size=self.settings.outbox_batch_size,
+                                     on_delivered=self._observe_delivery)
         self.worker.start()
+        if self.metrics_share is not None:
+            self.metrics_share.start()
         self._register_delivery_gauges(self.worker)
         log.info("tallygate gateway ready: %d model groups, sinks: %s, outbox: %s",
                  len(self.settings.models), ", ".join(self._sink_names), _safe_url(url))
@@ -102,9 +120,26 @@ class Gateway:
             return [((("sink", name),), 1.0 if c.paused else 0.0)
                     for name, c in worker.sink_counters().items()]
 
-        self.metrics.gauge("tallygate_delivery_events", delivery)
-        self.metrics.gauge("tallygate_delivery_paused", paused)
+        # Each worker delivers its own share: its counts add up; any paused one shows.
+        self.metrics.gauge("tallygate_delivery_events", delivery, merge="sum")
+        self.metrics.gauge("tallygate_delivery_paused", paused, merge="max")
+        # The outbox is shared: the serving worker's reading is everyone's.
         self.metrics.gauge("tallygate_outbox_rows", lambda: self._queue_gauge_cache)
+        self.metrics.gauge("tallygate_outbox_oldest_pending_age_seconds",
+                           lambda: self._queue_age_cache)
+
+    def _observe_delivery(self, sink: str, events: Sequence[UsageEvent]) -> None:
+        now = time.time()
+        for event in events:
+            self.metrics.observe("tallygate_delivery_lag_seconds", (("sink", sink),),
+                                 max(now - event.finished_at_ms / 1000, 0.0))
+
+    async def render_metrics(self) -> str:
+        """/metrics for the whole gateway: every worker's counts when there are several."""
+        await self.refresh_queue_gauges()
+        if self.metrics_share is not None:
+            return self.metrics_share.render()
+        return self.metrics.render()
 
     async def refresh_queue_gauges(self) -> None:
         """Read queue depth and age from the outbox (before /metrics renders)."""
@@ -116,12 +151,15 @@ class Gateway:
             ((("state", "dead"),), float(stats.dead)),
             ((("state", "oldest_pending_age_seconds"),), float(stats.oldest_pending_age_s or 0)),
         ]
+        self._queue_age_cache = [((), float(stats.oldest_pending_age_s or 0))]
 
     async def stop(self) -> None:
         from tallygate import transport
 
         if self._writer is not None:
             await self._writer.wait_idle()
+        if self.metrics_share is not None:
+            await self.metrics_share.stop()
         if self.worker is not None:
             await self.worker.stop(self.settings.drain_timeout_s)
             self.worker = None
@@ -160,11 +198,22 @@ class Gateway:
         self.worker.notify()
 
     async def record_failure(self, failure: FailureEvent) -> None:
+        self.metrics.inc("tallygate_upstream_errors_total",
+                         (("provider", failure.provider or "none"),
+                          ("status", str(failure.status_code))))
         await self.access.release(failure)
 
     def _count(self, event: UsageEvent) -> None:
         m, u = self.metrics, event.usage
-        model = (("model", event.model),)
+        model: Labels = (("model", event.model),)
+        deployment = (*model, ("deployment", f"{event.provider}/{event.provider_model}"))
+        m.observe("tallygate_call_duration_seconds", deployment, max(event.latency_ms, 0) / 1000)
+        if event.first_chunk_ms is not None:
+            m.observe("tallygate_time_to_first_token_seconds", deployment,
+                      max(event.first_chunk_ms, 0) / 1000)
+        customer = self.customer_labels.label(event.customer)
+        if customer is not None:
+            model = (*model, ("customer", customer))
         for bucket, value in (("input", u.input_tokens), ("cache_read", u.cache_read_tokens),
                               ("cache_write", u.cache_write_tokens),
                               ("cache_write_1h", u.cache_write_1h_tokens),

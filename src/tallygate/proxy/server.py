@@ -12,8 +12,11 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -78,6 +81,13 @@ def serve(settings: ProxySettings, host: str, port: int, workers: int = 1) -> in
         _worker_main(settings, host, port, reuse_port=False)
         return 0
     ctx = multiprocessing.get_context("fork")
+    # Made before the fork, so that every worker counts rate limits in the same memory.
+    from tallygate.access.shared_limits import SharedCounters
+
+    # Where the workers leave their metrics snapshots for whichever serves /metrics.
+    metrics_dir = tempfile.mkdtemp(prefix="tallygate-metrics-")
+    settings = replace(settings, extra={**settings.extra, "shared_limits": SharedCounters(),
+                                        "metrics_dir": metrics_dir})
     procs = [ctx.Process(target=_worker_main, args=(settings, host, port, True),
                          name=f"tallygate-worker-{i}") for i in range(workers)]
     for p in procs:
@@ -94,6 +104,7 @@ def serve(settings: ProxySettings, host: str, port: int, workers: int = 1) -> in
     for p in procs:
         p.join()
         code = code or (p.exitcode or 0)
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else 1
 
 

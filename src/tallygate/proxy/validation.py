@@ -49,7 +49,8 @@ def check_chat(data: dict[str, Any]) -> None:
         if not isinstance(message.get("role"), str):
             raise BadRequestError(f"'messages[{i}].role' is required and must be a string",
                                   param=f"messages[{i}].role", code="invalid_type")
-    for name, kind in (("stream", bool), ("user", str), ("metadata", dict)):
+    for name, kind in (("stream", bool), ("user", str), ("safety_identifier", str),
+                       ("metadata", dict)):
         value = data.get(name)
         if value is not None and not isinstance(value, kind):
             raise BadRequestError(f"'{name}' must be a {kind.__name__}", param=name,
@@ -68,5 +69,6 @@ def check_embedding(data: dict[str, Any]) -> None:
     if not isinstance(value, str | list) or (isinstance(value, list) and not value):
         raise BadRequestError("'input' must be a string or a non-empty array", param="input",
                               code="invalid_type")
-    if data.get("user") is not None and not isinstance(data.get("user"), str):
-        raise BadRequestError("'user' must be a str", param="user", code="invalid_type")
+    for name in ("user", "safety_identifier"):
+        if data.get(name) is not None and not isinstance(data.get(name), str):
+            raise BadRequestError(f"'{name}' must be a str", param=name, code="invalid_type")
