@@ -148,10 +148,40 @@ async def _send(provider: Provider, deployment: Deployment, params: dict[str, An
         return provider.local_chat(deployment, params)
     request = (provider.embedding_request(deployment, params) if embedding
                else provider.chat_request(deployment, params, stream=False))
-    resp = await transport.post(request, deployment.timeout)
+    resp = await _post(provider, deployment, request)
     if resp.status >= 400:
         raise provider.error_from_response(resp.status, resp.body, resp.headers)
     return resp.body
+
+
+async def _post(provider: Provider, deployment: Deployment,
+                request: UpstreamRequest) -> transport.UpstreamResponse:
+    """POST; with fetched credentials (``needs_authorize``) a 401 (a token revoked or
+    expired early) gets fresh ones and one retry."""
+    if not provider.needs_authorize:
+        return await transport.post(request, deployment.timeout)
+    await provider.authorize(deployment, request)
+    resp = await transport.post(request, deployment.timeout)
+    if resp.status == 401:
+        await provider.authorize(deployment, request, rejected=True)
+        resp = await transport.post(request, deployment.timeout)
+    return resp
+
+
+async def _open_stream(provider: Provider, deployment: Deployment, request: UpstreamRequest
+                       ) -> tuple[Any, transport.UpstreamStream]:
+    """Open an upstream stream: (its context manager, the answer), entered. Fetched
+    credentials are refreshed once on a 401, as in ``_post``."""
+    if provider.needs_authorize:
+        await provider.authorize(deployment, request)
+    cm = transport.open_stream(request, deployment.timeout)
+    stream = await cm.__aenter__()
+    if stream.status == 401 and provider.needs_authorize:
+        await cm.__aexit__(None, None, None)
+        await provider.authorize(deployment, request, rejected=True)
+        cm = transport.open_stream(request, deployment.timeout)
+        stream = await cm.__aenter__()
+    return cm, stream
 
 
 async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
@@ -187,7 +217,7 @@ async def forward(deployment: Deployment, request: UpstreamRequest,
     (None: estimated from ``params["messages"]``). Failures bill nothing."""
     try:
         provider = get_provider(deployment.provider)
-        resp = await transport.post(request, deployment.timeout)
+        resp = await _post(provider, deployment, request)
         if resp.status >= 400:
             raise provider.error_from_response(resp.status, resp.body, resp.headers)
         try:
@@ -230,7 +260,7 @@ async def unbilled(deployment: Deployment, request: UpstreamRequest) -> bytes:
     """A request that costs nothing (token counting): sent, its answer returned, no
     event. Upstream errors are the provider's errors, as for a billed call."""
     provider = get_provider(deployment.provider)
-    resp = await transport.post(request, deployment.timeout)
+    resp = await _post(provider, deployment, request)
     if resp.status >= 400:
         raise provider.error_from_response(resp.status, resp.body, resp.headers)
     return resp.body
@@ -307,8 +337,7 @@ class ChatStream:
                 return self
             request = self._request or self._provider.chat_request(
                 self.deployment, self._params, stream=True)
-            cm = transport.open_stream(request, self.deployment.timeout)
-            stream = await cm.__aenter__()
+            cm, stream = await _open_stream(self._provider, self.deployment, request)
             self._upstream = cm
             if stream.status >= 400:
                 body = await stream.read()

@@ -198,7 +198,9 @@ def _beta_query(request: web.Request) -> str:
 
 def _native(deployment: Deployment) -> NativeMessages | None:
     provider = get_provider(deployment.provider)
-    return provider if isinstance(provider, NativeMessages) else None
+    if isinstance(provider, NativeMessages) and provider.speaks_messages(deployment):
+        return provider
+    return None
 
 
 # --- token counting -------------------------------------------------------------------

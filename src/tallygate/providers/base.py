@@ -2,7 +2,8 @@
 
 Adapters do no I/O; ``transport`` sends what they build. That keeps each adapter a pure
 translation, testable on bytes, and lets the proxy pass OpenAI-compatible bytes through
-untouched where no translation is needed.
+untouched where no translation is needed. The one exception is ``authorize``: credentials
+that must be fetched (Vertex AI's OAuth tokens) are got there, off the event loop.
 """
 
 from __future__ import annotations
@@ -168,6 +169,11 @@ class NativeMessages(ABC):
     other clouds): the Messages door forwards requests to it as they came and streams
     its answer back byte for byte, reading usage on the way."""
 
+    def speaks_messages(self, deployment: Deployment) -> bool:
+        """Whether this deployment takes the Messages API natively (Vertex AI: its
+        Claude models, not its Gemini ones); the door translates for the others."""
+        return True
+
     @abstractmethod
     def messages_request(self, deployment: Deployment, body: dict[str, Any],
                          headers: Mapping[str, str], *, stream: bool,
@@ -227,10 +233,20 @@ class Provider(ABC):
     #: True when the provider reads ``top_k`` (an extension the Messages door passes on
     #: only to providers that read it; an OpenAI-compatible server may refuse it).
     reads_top_k: ClassVar[bool] = False
+    #: True when credentials take I/O to obtain (OAuth access tokens): the engine then
+    #: awaits ``authorize`` on every request before sending it.
+    needs_authorize: ClassVar[bool] = False
 
     def check_deployment(self, deployment: Deployment) -> None:
         """Refuse a deployment the provider cannot serve, at config load (raise
         ConfigError naming the litellm_params key). Most providers need no check."""
+        return None
+
+    async def authorize(self, deployment: Deployment, request: UpstreamRequest, *,
+                        rejected: bool = False) -> None:
+        """For ``needs_authorize`` providers: put credentials that take I/O to get (an
+        access token) on ``request``. ``rejected``: the upstream answered 401 to the
+        ones on it, so they are stale; get fresh ones (the engine then retries once)."""
         return None
 
     @abstractmethod

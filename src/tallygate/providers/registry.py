@@ -14,7 +14,8 @@ from importlib.metadata import entry_points
 from tallygate.errors import BadRequestError
 from tallygate.providers.base import Provider
 
-_NOT_ADAPTERS = {"base", "registry", "sse"}
+_NOT_ADAPTERS = {"base", "registry", "sse", "gemini_schema", "gemini_request", "gemini_answer",
+                 "google_auth"}
 _providers: dict[str, Provider] = {}
 _loaded = False
 
