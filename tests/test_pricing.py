@@ -130,3 +130,58 @@ def test_library_bucket_without_a_price_is_named_not_priced_as_input() -> None:
     search = book.price("openai", "o3-mini", Usage(input_tokens=5,
                                                    requests=(("code_executions", 1),)))
     assert search.cost is None and search.unpriced == ("code_executions",)
+
+
+# --- buckets and fees the cloud providers bill ------------------------------------------
+
+
+def test_reasoning_at_its_own_rate_in_the_library_and_an_override() -> None:
+    book = PriceBook()
+    usage = Usage(input_tokens=100, output_tokens=1_000, reasoning_tokens=600,
+                  citation_tokens=300)
+    price = book.price("perplexity", "sonar-deep-research", usage)
+    # 100 in at $2, 400 visible out at $8, 600 reasoning at $3, 300 citations at $2 /M.
+    assert price.cost == (Decimal(100 * 2 + 400 * 8 + 600 * 3 + 300 * 2)
+                          / Decimal(1_000_000))
+    o = PriceOverride(input_cost_per_token=Decimal("0.000001"),
+                      output_cost_per_token=Decimal("0.000004"),
+                      output_cost_per_reasoning_token=Decimal("0.000002"),
+                      citation_cost_per_token=Decimal("0.0000005"))
+    assert cost_from_override(usage, o) == (Decimal("0.0001") + Decimal("0.0016")
+                                            + Decimal("0.0012") + Decimal("0.00015"))
+    # Without a reasoning price, reasoning is output at the output rate.
+    plain = PriceOverride(input_cost_per_token=Decimal("0.000001"),
+                          output_cost_per_token=Decimal("0.000004"),
+                          citation_cost_per_token=Decimal("0.0000005"))
+    assert cost_from_override(usage, plain) == (Decimal("0.0001") + Decimal("0.004")
+                                                + Decimal("0.00015"))
+
+
+def test_per_request_table_prices_its_items_and_the_library_the_tokens() -> None:
+    book = PriceBook()
+    usage = Usage(input_tokens=1_000, output_tokens=100,
+                  requests=(("search_context_size_low", 1),))
+    library = book.price("perplexity", "sonar", usage)
+    assert library.cost == Decimal("0.0011") + Decimal("0.012")  # the library's one fee
+    table = PriceOverride(per_request={"search_context_size_low": Decimal("0.005")})
+    exact = book.price("perplexity", "sonar", usage, table)
+    assert exact.cost == Decimal("0.0011") + Decimal("0.005")
+    assert exact.source is not None and exact.source.endswith("+ config")
+
+
+def test_a_time_of_day_price_is_never_cached() -> None:
+    book = PriceBook()
+    usage = Usage(input_tokens=1_000_000)
+    first = book.price("deepseek", "deepseek-chat", usage)
+    assert book._rates[("deepseek", "deepseek-chat")] is None  # asked every call
+    assert first.cost in (Decimal("0.27"), Decimal("0.135"))
+    assert book.price("openai", "gpt-4o-mini", usage).cost == Decimal("0.15")
+    assert book._rates[("openai", "gpt-4o-mini")] is not None
+
+
+def test_an_override_without_token_prices_of_the_buckets_used_is_unpriced() -> None:
+    # Only a cache-read price: the override is not ignored, the input is named unpriced.
+    o = PriceOverride(cache_read_input_token_cost=Decimal("0.0000001"))
+    price = PriceBook().price("openai", "gpt-4o-mini",
+                              Usage(input_tokens=10, cache_read_tokens=5), o)
+    assert price.cost is None and price.unpriced == ("input_tokens",)

@@ -21,7 +21,12 @@ from tallygate.access.settings import AccessSettings, parse_access_settings
 from tallygate.attribution import ChargeBy, parse_charge_by
 from tallygate.callback_dispatch import SINK_NAMES
 from tallygate.errors import ConfigError
-from tallygate.providers.base import PRICE_KEYS, Deployment, PriceOverride
+from tallygate.providers.base import (
+    PER_REQUEST_PRICE_KEY,
+    PRICE_KEYS,
+    Deployment,
+    PriceOverride,
+)
 from tallygate.providers.registry import get_provider, provider_names, split_model
 
 log = logging.getLogger("tallygate.config")
@@ -31,7 +36,8 @@ DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 DEFAULT_RESPONSES_RETENTION_S = 30 * 86_400
 
 _PARAM_KEYS = {"model", "api_base", "api_key", "timeout", "stream_timeout", "mock_response",
-               "extra_headers", "rpm", "tpm", "max_retries", *PRICE_KEYS}
+               "extra_headers", "rpm", "tpm", "max_retries", *PRICE_KEYS,
+               PER_REQUEST_PRICE_KEY}
 _ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info"}
 _SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "request_timeout",
                   "drop_params", "set_verbose", "json_logs"}
@@ -179,9 +185,18 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
     model_info = r.mapping(entry.get("model_info"), f"{path}.model_info",
                            set(entry.get("model_info") or {}))
     prices: dict[str, Any] = {k: r.decimal(params.get(k), f"{ppath}.{k}") for k in PRICE_KEYS}
-    override = PriceOverride(**prices) if any(v is not None for v in prices.values()) else None
+    per_request = _per_request_prices(r, params.get(PER_REQUEST_PRICE_KEY),
+                                      f"{ppath}.{PER_REQUEST_PRICE_KEY}")
+    override = (PriceOverride(**prices, per_request=per_request)
+                if per_request or any(v is not None for v in prices.values()) else None)
     extra = {k: r.env(params[k], f"{ppath}.{k}") for k in sorted(adapter.litellm_params)
              if params.get(k) is not None}
+    for key, names in adapter.param_envs.items():
+        # LiteLLM reads these from the environment when the entry does not set them.
+        if key not in extra:
+            found = next((r.config_env[n] for n in names if r.config_env.get(n)), None)
+            if found is not None:
+                extra[key] = found
     headers = params.get("extra_headers") or {}
     if not isinstance(headers, dict):
         raise ConfigError(f"{ppath}.extra_headers: must be a mapping")
@@ -190,11 +205,15 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
     if api_key is None:
         # LiteLLM puts environment_variables into the process environment, where the
         # provider finds its key (OPENAI_API_KEY...); ours are not, so bind it here.
-        env_name = adapter.api_key_env
-        api_key = r.config_env.get(env_name) if env_name else None
+        api_key = next((r.config_env[n] for n in adapter.api_key_envs()
+                        if r.config_env.get(n)), None)
+    api_base = r.text(params.get("api_base"), f"{ppath}.api_base")
+    if api_base is None:
+        api_base = next((r.environ[n] for n in adapter.api_base_envs if r.environ.get(n)),
+                        None)
     deployment = Deployment(
         provider=provider, model=provider_model,
-        api_base=r.text(params.get("api_base"), f"{ppath}.api_base"),
+        api_base=api_base,
         api_key=api_key,
         timeout=r.number(params.get("timeout"), f"{ppath}.timeout"),
         headers={str(k): str(r.env(v, f"{ppath}.extra_headers.{k}")) for k, v in headers.items()},
@@ -214,6 +233,26 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
                     "deployments have no Responses API of their own: the Responses door "
                     "serves them translated to their chat API", path, provider)
     return name, deployment
+
+
+def _per_request_prices(r: _Reader, value: Any, path: str) -> dict[str, Decimal]:
+    """LiteLLM's ``search_context_cost_per_query``: {search_context_size_low: USD, ...}."""
+    value = r.env(value, path)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: must be a mapping of search_context_size_low|medium|"
+                          "high to a price per request")
+    out: dict[str, Decimal] = {}
+    for name, price in value.items():
+        if name not in ("search_context_size_low", "search_context_size_medium",
+                        "search_context_size_high"):
+            raise ConfigError(f"{path}.{name}: unknown; the keys are search_context_size_"
+                              "low, search_context_size_medium, search_context_size_high")
+        number = r.decimal(price, f"{path}.{name}")
+        if number is not None:
+            out[str(name)] = number
+    return out
 
 
 def _retention(r: _Reader, value: Any) -> float:

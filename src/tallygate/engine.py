@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -68,12 +69,28 @@ class CallContext:
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
+def priced_model(deployment: Deployment, answered_model: str | None) -> str | None:
+    """The model a call is priced as: ``model_info.base_model`` when set; else, for a
+    provider whose deployment names are not models (Azure), the model the answer
+    named (None when it named none); else the model as sent upstream."""
+    if deployment.base_model:
+        return deployment.base_model
+    provider = get_provider(deployment.provider)
+    if not provider.names_model:
+        return answered_model
+    return provider.wire_model(deployment)
+
+
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
                *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset(),
-               first_chunk_ms: int | None = None) -> UsageEvent:
-    # A deployment whose name says nothing of its model (Azure) is priced by base_model.
-    price = prices.price(deployment.provider, deployment.base_model or deployment.model, usage,
-                         deployment.price)
+               first_chunk_ms: int | None = None, answered_model: str | None = None,
+               provider_cost: Decimal | None = None) -> UsageEvent:
+    model = priced_model(deployment, answered_model)
+    if model is None and (deployment.price is None or deployment.price.is_empty()):
+        price = prices.unknown_model(deployment.provider, deployment.model)
+    else:
+        price = prices.price(deployment.provider, model or deployment.model, usage,
+                             deployment.price)
     flags = set(extra_flags)
     if price.cost is None:
         flags.add(FLAG_UNKNOWN_PRICE)
@@ -87,7 +104,7 @@ def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: P
         usage=usage, cost=price.cost, customer=ctx.customer, kind=kind,
         end_user=ctx.end_user, user_id=ctx.user_id, team_id=ctx.team_id, key_id=ctx.key_id,
         price_source=price.source, flags=frozenset(flags), metadata=ctx.metadata,
-        unpriced=price.unpriced, first_chunk_ms=first_chunk_ms)
+        unpriced=price.unpriced, first_chunk_ms=first_chunk_ms, provider_cost=provider_cost)
 
 
 def failure_event(ctx: CallContext, deployment: Deployment | None,
@@ -125,6 +142,16 @@ def _with_prompt(params: Mapping[str, Any], usage: Usage) -> Usage:
         return usage
     return replace(usage, input_tokens=estimate_prompt_tokens(params.get("messages") or ()),
                    source="estimated")
+
+
+def _with_estimated_requests(usage: Usage, provider: Provider, deployment: Deployment,
+                             params: Mapping[str, Any]) -> Usage:
+    """An estimate keeps the per-request fees the provider charges whatever the answer
+    (Perplexity's search fee): the request was made, so it is billed."""
+    if usage.requests:
+        return usage
+    items = provider.estimated_requests(deployment, params)
+    return replace(usage, requests=items) if items else usage
 
 
 def _embedding_usage(params: Mapping[str, Any], usage: Usage | None) -> Usage:
@@ -195,7 +222,9 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
                               "choices", "a chat completion")
         usage = result.usage
         if usage is None:
-            usage = _estimated_usage(params, _answer_text(result.body), None)
+            usage = _with_estimated_requests(
+                _estimated_usage(params, _answer_text(result.body), None),
+                provider, deployment, params)
         if not usage.prompt_tokens:
             usage = _with_prompt(params, usage)
             if result.raw is None:  # a translated answer tells the client what is billed
@@ -203,7 +232,9 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    event = make_event(ctx, deployment, usage, prices, kind=kind)
+    event = make_event(ctx, deployment, usage, prices, kind=kind,
+                       answered_model=result.answered_model,
+                       provider_cost=result.provider_cost)
     await recorder.record(event)
     return result, event
 
@@ -251,7 +282,8 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
     usage = _embedding_usage(params, result.usage)
-    event = make_event(ctx, deployment, usage, prices, kind="embedding")
+    event = make_event(ctx, deployment, usage, prices, kind="embedding",
+                       answered_model=result.answered_model)
     await recorder.record(event)
     return result, event
 
@@ -385,14 +417,19 @@ class ChatStream:
             dec = self._decoder
             usage = dec.usage if (dec.done and dec.usage is not None) else None
             if usage is None:
-                usage = _estimated_usage(self._params, dec.output_text(), dec.usage)
+                usage = _with_estimated_requests(
+                    _estimated_usage(self._params, dec.output_text(), dec.usage),
+                    self._provider, self.deployment, self._params)
             usage = _with_prompt(self._params, usage)
             flags = {FLAG_STREAM}
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)
             event = make_event(self.ctx, self.deployment, usage, self._prices,
                                kind=self._kind, extra_flags=frozenset(flags),
-                               first_chunk_ms=self._first_chunk_ms)
+                               first_chunk_ms=self._first_chunk_ms,
+                               answered_model=(None if self._provider.names_model
+                                               else dec.answered_model()),
+                               provider_cost=dec.provider_cost)
             self.event = event
             await self._recorder.record(event)
         except BaseException as exc:

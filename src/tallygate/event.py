@@ -63,6 +63,9 @@ class UsageEvent:
     unpriced: tuple[str, ...] = ()
     #: streams: milliseconds from the call's start to its first chunk
     first_chunk_ms: int | None = None
+    #: what the provider itself says the call cost (OpenRouter's ``usage.cost``,
+    #: Perplexity's ``usage.cost.total_cost``), beside ``cost``, tallygate's own price
+    provider_cost: Decimal | None = None
 
     @property
     def timestamp(self) -> str:
@@ -101,12 +104,15 @@ class UsageEvent:
             "metadata": dict(self.metadata),
             "unpriced": list(self.unpriced),
             "first_chunk_ms": self.first_chunk_ms,
+            "provider_cost": (None if self.provider_cost is None
+                              else format_decimal(self.provider_cost)),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UsageEvent:
         u = data["usage"]
         cost = data.get("cost")
+        provider_cost = data.get("provider_cost")
         return cls(
             call_id=data["call_id"],
             started_at_ms=int(data["started_at_ms"]),
@@ -132,6 +138,7 @@ class UsageEvent:
             metadata=MappingProxyType(dict(data.get("metadata") or {})),
             unpriced=tuple(data.get("unpriced") or ()),
             first_chunk_ms=data.get("first_chunk_ms"),
+            provider_cost=None if provider_cost is None else Decimal(provider_cost),
         )
 
 

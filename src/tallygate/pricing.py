@@ -19,7 +19,7 @@ from importlib.metadata import version
 from typing import Any
 
 from tallygate.providers.base import PriceOverride
-from tallygate.usage import Usage
+from tallygate.usage import TOKEN_BUCKETS, Usage
 
 log = logging.getLogger("tallygate.pricing")
 
@@ -30,9 +30,13 @@ _BUCKET_PRICE_KEYS: dict[str, tuple[str, ...]] = {
     "cache_write_tokens": ("cache_write_mtok", "cache_write_5m_mtok"),
     "cache_write_1h_tokens": ("cache_write_1h_mtok",),
     "audio_input_tokens": ("input_audio_mtok",),
+    "citation_tokens": ("output_citation_mtok",),
     "output_tokens": ("output_mtok",),
     "audio_output_tokens": ("output_audio_mtok",),
 }
+# Reasoning is a part of output_tokens: priced at this rate where the model has one,
+# at the output rate otherwise.
+_REASONING_PRICE_KEY = "output_reasoning_mtok"
 # Token buckets -> the LiteLLM price key that prices them in config.
 OVERRIDE_KEYS: dict[str, str] = {
     "input_tokens": "input_cost_per_token",
@@ -40,9 +44,17 @@ OVERRIDE_KEYS: dict[str, str] = {
     "cache_write_tokens": "cache_creation_input_token_cost",
     "cache_write_1h_tokens": "cache_creation_input_token_cost_above_1hr",
     "audio_input_tokens": "input_cost_per_audio_token",
+    "citation_tokens": "citation_cost_per_token",
     "output_tokens": "output_cost_per_token",
     "audio_output_tokens": "output_cost_per_audio_token",
 }
+# Per-request items the price library prices under another usage name: Perplexity's
+# request fee, counted by search context size (LiteLLM's names, which its
+# ``search_context_cost_per_query`` table prices), is the library's per-request fee.
+LIBRARY_REQUEST_NAMES: dict[str, str] = {
+    f"search_context_size_{size}": "requests" for size in ("low", "medium", "high")}
+# The library's per-request fee: charged on every call by genai-prices itself.
+_PER_CALL = "requests"
 _MTOK = Decimal(1_000_000)
 _KCOUNT = Decimal(1000)
 
@@ -92,6 +104,10 @@ def cost_from_override(usage: Usage, o: PriceOverride) -> Decimal | None:
             if rate is None:
                 return None
             total += rate * n
+    if usage.reasoning_tokens and o.output_cost_per_reasoning_token is not None:
+        # output_tokens (priced above) include the reasoning: move it to its own rate.
+        out_rate = o.output_cost_per_token or Decimal(0)
+        total += (o.output_cost_per_reasoning_token - out_rate) * usage.reasoning_tokens
     for name, n in usage.requests:
         rate = rates.get(name)
         if rate is None:
@@ -120,7 +136,13 @@ class _Rates:
                 if rate is None:
                     return None
                 total += rate * n
+        if u.reasoning_tokens:
+            reasoning = get("reasoning_tokens")
+            if reasoning is not None:
+                total += (reasoning - get("output_tokens", Decimal(0))) * u.reasoning_tokens
         for name, n in u.requests:
+            if LIBRARY_REQUEST_NAMES.get(name) == _PER_CALL:
+                continue  # the per-call fee, in per_call already
             rate = get(name)
             if rate is None:
                 return None
@@ -136,11 +158,12 @@ def library_usage(lib: Any, usage: Usage) -> Any:
     """Our disjoint buckets as genai-prices' nested usage: its ``input_tokens`` counts
     all input, ``cache_write_tokens`` every write (``cache_write_1h_tokens`` a part of
     it), ``output_tokens`` all output."""
+    # The library counts citation tokens as a part of output; ours are input.
     kwargs: dict[str, int] = {
-        "input_tokens": usage.prompt_tokens,
+        "input_tokens": usage.prompt_tokens - usage.citation_tokens,
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_all_tokens,
-        "output_tokens": usage.completion_tokens,
+        "output_tokens": usage.completion_tokens + usage.citation_tokens,
     }
     if usage.cache_write_1h_tokens:
         kwargs["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
@@ -148,7 +171,14 @@ def library_usage(lib: Any, usage: Usage) -> Any:
         kwargs["input_audio_tokens"] = usage.audio_input_tokens
     if usage.audio_output_tokens:
         kwargs["output_audio_tokens"] = usage.audio_output_tokens
-    kwargs.update(usage.requests)
+    if usage.citation_tokens:
+        kwargs["output_citation_tokens"] = usage.citation_tokens
+    if usage.reasoning_tokens:
+        kwargs["output_reasoning_tokens"] = usage.reasoning_tokens
+    for name, n in usage.requests:
+        library_name = LIBRARY_REQUEST_NAMES.get(name, name)
+        if library_name != _PER_CALL:  # the library charges its per-call fee itself
+            kwargs[library_name] = kwargs.get(library_name, 0) + n
     return lib.Usage(**kwargs)
 
 
@@ -183,12 +213,54 @@ class PriceBook:
 
     def price(self, provider: str, model: str, usage: Usage,
               override: PriceOverride | None = None) -> Price:
-        if override is not None and not override.is_empty():
-            cost = cost_from_override(usage, override)
-            if cost is None:
-                return self._unpriced((provider, model), override_unpriced(usage, override),
-                                      "config")
-            return Price(cost, "config")
+        if override is not None:
+            if not override.is_empty():
+                cost = cost_from_override(usage, override)
+                if cost is None:
+                    return self._unpriced((provider, model),
+                                          override_unpriced(usage, override), "config")
+                return Price(cost, "config")
+            if override.per_request and any(n in override.per_request
+                                            for n, _ in usage.requests):
+                return self._with_request_prices(provider, model, usage, override)
+        return self._library_price(provider, model, usage)
+
+    def unknown_model(self, provider: str, deployment_model: str) -> Price:
+        """No model to price (an Azure deployment whose answer named none and that has
+        no ``model_info.base_model``): unknown, warned about once."""
+        key = (provider, deployment_model)
+        if key not in self._unknown:
+            self._unknown.add(key)
+            log.warning("no model known for deployment %s/%s: its calls are flagged "
+                        "unknown_price (set model_info.base_model, or prices in its "
+                        "litellm_params)", *key)
+        return UNKNOWN
+
+    def _with_request_prices(self, provider: str, model: str, usage: Usage,
+                             override: PriceOverride) -> Price:
+        """Library prices for the tokens, the config's per-request table for the items
+        it names (in place of the library's fee for them)."""
+        table = override.per_request
+        own = [(n, c) for n, c in usage.requests if n in table]
+        rest = Usage(**{b: getattr(usage, b) for b in TOKEN_BUCKETS},
+                     requests=tuple((n, c) for n, c in usage.requests if n not in table),
+                     source=usage.source)
+        base = self._library_price(provider, model, rest)
+        if base.cost is None:
+            return base
+        cost = base.cost + sum((table[n] * c for n, c in own), Decimal(0))
+        if any(LIBRARY_REQUEST_NAMES.get(n) == _PER_CALL for n, _ in own):
+            cost -= self._per_call_fee(provider, model)  # the library charged it anyway
+        return Price(cost, f"{base.source} + config")
+
+    def _per_call_fee(self, provider: str, model: str) -> Decimal:
+        provider_id = self._price_provider(provider)
+        if provider_id is None:
+            return Decimal(0)
+        fee = getattr(self._model_price(provider_id, model), "requests_kcount", None)
+        return fee / _KCOUNT if isinstance(fee, Decimal) else Decimal(0)
+
+    def _library_price(self, provider: str, model: str, usage: Usage) -> Price:
         key = (provider, model)
         if key in self._unknown:
             return UNKNOWN
@@ -201,22 +273,28 @@ class PriceBook:
             if fast is not None:
                 return Price(fast.cost, self._source)
         try:
-            model_price = self._model_price(provider_id, model)
+            model_price, varies = self._model_price_and_clock(provider_id, model)
         except LookupError:
             return self._mark_unknown(key)
         missing = _missing_prices(model_price, usage)
         if missing:
             return self._unpriced(key, missing, self._source)
         if key not in self._rates or rates is not None:
-            self._rates[key] = _linear_rates(model_price)
+            # A price that changes with the time of day (DeepSeek's off-peak hours)
+            # is asked of the library on every call, never cached for an hour.
+            self._rates[key] = None if varies else _linear_rates(model_price)
         lib = self._lib()
         calc = lib.calc_price(library_usage(lib, usage), model, provider_id=provider_id)
         return Price(Decimal(calc.total_price), self._source)
 
     def _model_price(self, provider_id: str, model: str) -> Any:
+        return self._model_price_and_clock(provider_id, model)[0]
+
+    def _model_price_and_clock(self, provider_id: str, model: str) -> tuple[Any, bool]:
+        """The model's price now, and whether it depends on the time of day."""
         lib = self._lib()
-        return lib.calc_price(lib.Usage(input_tokens=0), model,
-                              provider_id=provider_id).model_price
+        calc = lib.calc_price(lib.Usage(input_tokens=0), model, provider_id=provider_id)
+        return calc.model_price, _varies_by_time_of_day(calc.model)
 
     def _unpriced(self, key: tuple[str, str], buckets: tuple[str, ...],
                   source: str | None) -> Price:
@@ -240,10 +318,19 @@ def _missing_prices(model_price: Any, usage: Usage) -> tuple[str, ...]:
     """Nonzero buckets the library's model price has no price key for."""
     missing = []
     for bucket in _nonzero_buckets(usage):
-        keys = _BUCKET_PRICE_KEYS.get(bucket, (f"{bucket}_kcount",))
+        library_name = LIBRARY_REQUEST_NAMES.get(bucket, bucket)
+        keys = _BUCKET_PRICE_KEYS.get(bucket, (f"{library_name}_kcount",))
         if all(getattr(model_price, k, None) is None for k in keys):
             missing.append(bucket)
     return tuple(missing)
+
+
+def _varies_by_time_of_day(model: Any) -> bool:
+    prices = getattr(model, "prices", None)
+    if not isinstance(prices, list):
+        return False
+    return any(type(getattr(p, "constraint", None)).__name__ == "TimeOfDateConstraint"
+               for p in prices)
 
 
 def _linear_rates(model_price: Any) -> _Rates | None:
@@ -259,6 +346,8 @@ def _linear_rates(model_price: Any) -> _Rates | None:
             return None  # tiered
         if key == "requests_kcount":
             per_call = value / _KCOUNT
+        elif key == _REASONING_PRICE_KEY:
+            per_bucket["reasoning_tokens"] = value / _MTOK
         elif key in known_keys:
             for bucket, keys in _BUCKET_PRICE_KEYS.items():
                 if key == keys[0] or (key in keys and bucket not in per_bucket):

@@ -21,7 +21,12 @@ from tallygate.engine import CallContext, ChatStream
 from tallygate.errors import BadRequestError
 from tallygate.event import FailureEvent, UsageEvent
 from tallygate.pricing import default_price_book
-from tallygate.providers.base import PRICE_KEYS, Deployment, PriceOverride
+from tallygate.providers.base import (
+    PER_REQUEST_PRICE_KEY,
+    PRICE_KEYS,
+    Deployment,
+    PriceOverride,
+)
 from tallygate.providers.registry import get_provider, split_model
 from tallygate.response import ChunkObject, ModelResponse
 from tallygate.runtime import runtime
@@ -59,10 +64,16 @@ def _module_callbacks(extra: Sequence[cb.Callback] | None) -> cb.ResolvedCallbac
 
 def _price_override(kwargs: dict[str, Any]) -> PriceOverride | None:
     values = {k: kwargs.pop(k) for k in PRICE_KEYS if k in kwargs}
-    if not values:
+    table = kwargs.pop(PER_REQUEST_PRICE_KEY, None) or {}
+    if not values and not table:
         return None
+    if not isinstance(table, Mapping):
+        raise BadRequestError(f"{PER_REQUEST_PRICE_KEY} must be a mapping of "
+                              "search_context_size_low|medium|high to a price",
+                              param=PER_REQUEST_PRICE_KEY)
     prices: dict[str, Any] = {k: Decimal(str(v)) for k, v in values.items() if v is not None}
-    return PriceOverride(**prices)
+    per_request = {str(k): Decimal(str(v)) for k, v in table.items() if v is not None}
+    return PriceOverride(**prices, per_request=per_request)
 
 
 def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | None,

@@ -17,7 +17,8 @@ UsageSource = Literal["provider", "estimated"]
 # The integer buckets, each counted once; ``requests`` holds the per-request items.
 TOKEN_BUCKETS: tuple[str, ...] = (
     "input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
-    "audio_input_tokens", "output_tokens", "reasoning_tokens", "audio_output_tokens")
+    "audio_input_tokens", "citation_tokens", "output_tokens", "reasoning_tokens",
+    "audio_output_tokens")
 
 RequestCounts = tuple[tuple[str, int], ...]
 
@@ -28,10 +29,12 @@ class Usage:
 
     Input: ``input_tokens`` (uncached text/image input), ``cache_read_tokens``,
     ``cache_write_tokens`` (cache writes kept 5 minutes, or of unstated lifetime),
-    ``cache_write_1h_tokens`` (writes kept one hour, priced higher) and
-    ``audio_input_tokens`` (uncached audio). Output: ``output_tokens`` (text, reasoning
-    included) and ``audio_output_tokens``. ``reasoning_tokens`` is a part of
-    ``output_tokens`` (not added to it), kept for reporting. ``requests`` counts items a
+    ``cache_write_1h_tokens`` (writes kept one hour, priced higher),
+    ``audio_input_tokens`` (uncached audio) and ``citation_tokens`` (search results a
+    model read, which Perplexity's deep research bills at their own rate). Output:
+    ``output_tokens`` (text, reasoning included) and ``audio_output_tokens``.
+    ``reasoning_tokens`` is a part of ``output_tokens`` (not added to it), priced at the
+    output rate unless the model has a reasoning rate of its own. ``requests`` counts items a
     provider bills per request, by genai-prices' usage names (``("web_searches", 2)``),
     sorted by name.
     """
@@ -46,6 +49,7 @@ class Usage:
     audio_input_tokens: int = 0
     audio_output_tokens: int = 0
     requests: RequestCounts = ()
+    citation_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in TOKEN_BUCKETS:
@@ -70,9 +74,10 @@ class Usage:
 
     @property
     def prompt_tokens(self) -> int:
-        """All input tokens, cached or not, text or audio (OpenAI's ``prompt_tokens``)."""
+        """All input tokens, cached or not, text, audio or citations (OpenAI's
+        ``prompt_tokens``, plus the citation tokens a few providers count apart)."""
         return (self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
-                + self.cache_write_1h_tokens + self.audio_input_tokens)
+                + self.cache_write_1h_tokens + self.audio_input_tokens + self.citation_tokens)
 
     @property
     def completion_tokens(self) -> int:

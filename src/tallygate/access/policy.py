@@ -30,7 +30,7 @@ from tallygate.access.ratelimit import Decision, Limit, LocalLimiter, RedisLimit
 from tallygate.access.shared_limits import SharedCounters, SharedLimiter
 from tallygate.attribution import end_user_of, resolve_customer
 from tallygate.config import ProxySettings
-from tallygate.engine import CallContext
+from tallygate.engine import CallContext, priced_model
 from tallygate.errors import (
     AuthenticationError,
     BadRequestError,
@@ -401,8 +401,9 @@ class VirtualKeyPolicy:
         usage = Usage(input_tokens=self._prompt_tokens(data), output_tokens=max_out)
         worst = Decimal(0)
         for deployment in self.settings.models.get(model, ()):
-            price = self.prices.price(deployment.provider, deployment.model, usage,
-                                      deployment.price)
+            # The model a call is priced as (Azure: base_model; none known: the cap).
+            priced = priced_model(deployment, None) or deployment.model
+            price = self.prices.price(deployment.provider, priced, usage, deployment.price)
             if price.cost is None:
                 return self._cap_micros
             worst = max(worst, price.cost)

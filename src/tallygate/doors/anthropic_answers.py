@@ -35,7 +35,8 @@ def frame(event: dict[str, Any]) -> bytes:
 
 def usage_dict(usage: Usage) -> dict[str, Any]:
     """Anthropic's usage object from our disjoint buckets (``input_tokens`` uncached)."""
-    return {"input_tokens": usage.input_tokens + usage.audio_input_tokens,
+    return {"input_tokens": (usage.input_tokens + usage.audio_input_tokens
+                             + usage.citation_tokens),
             "cache_creation_input_tokens": usage.cache_write_all_tokens,
             "cache_read_input_tokens": usage.cache_read_tokens,
             "cache_creation": {"ephemeral_5m_input_tokens": usage.cache_write_tokens,
@@ -60,6 +61,15 @@ def _tool_input(arguments: object) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"arguments": arguments}
 
 
+def _reasoning_of(message: Mapping[str, Any]) -> str:
+    """The reasoning text an OpenAI-compatible answer or delta carries, if any."""
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 def stop_reason(finish_reason: object, has_tools: bool) -> str:
     reason = STOP_REASONS.get(finish_reason, "end_turn") if isinstance(
         finish_reason, str) else "end_turn"
@@ -74,6 +84,11 @@ def to_message(body: Mapping[str, Any], usage: Usage, message_id: str,
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
     blocks: list[dict[str, Any]] = []
+    thought = _reasoning_of(message)
+    if thought:
+        # DeepSeek's and vLLM's reasoning_content: a thinking block, unsigned (it is not
+        # Anthropic's thinking; the door drops thinking blocks sent back to it).
+        blocks.append({"type": "thinking", "thinking": thought, "signature": ""})
     text = message.get("content")
     if isinstance(text, list):
         text = "".join(str(p.get("text") or "") for p in text if isinstance(p, dict))
@@ -142,6 +157,13 @@ class MessageStreamEncoder:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            thought = _reasoning_of(delta)
+            if thought:
+                if self._open_kind != "thinking":
+                    out += self._begin("thinking", {"type": "thinking", "thinking": "",
+                                                    "signature": ""})
+                out.append(frame({"type": "content_block_delta", "index": self._open,
+                                  "delta": {"type": "thinking_delta", "thinking": thought}}))
             text = delta.get("content")
             if isinstance(text, str) and text:
                 if self._open_kind != "text":

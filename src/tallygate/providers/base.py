@@ -40,10 +40,15 @@ class PriceOverride:
     cache_creation_input_token_cost_above_1hr: Decimal | None = None
     input_cost_per_audio_token: Decimal | None = None
     output_cost_per_audio_token: Decimal | None = None
+    #: reasoning tokens at their own rate (else at the output rate: they are output)
+    output_cost_per_reasoning_token: Decimal | None = None
+    citation_cost_per_token: Decimal | None = None
     per_request: Mapping[str, Decimal] = field(default_factory=lambda: _NO_RATES)
 
     def is_empty(self) -> bool:
-        return self.input_cost_per_token is None and self.output_cost_per_token is None
+        """No per-token price set. A ``per_request`` table alone prices its items and
+        leaves the tokens to the price library."""
+        return all(getattr(self, name) is None for name in PRICE_KEYS)
 
 
 # PriceOverride's per-token fields: the names a config entry or an SDK call sets prices with.
@@ -51,7 +56,11 @@ PRICE_KEYS: tuple[str, ...] = ("input_cost_per_token", "output_cost_per_token",
                                "cache_read_input_token_cost",
                                "cache_creation_input_token_cost",
                                "cache_creation_input_token_cost_above_1hr",
-                               "input_cost_per_audio_token", "output_cost_per_audio_token")
+                               "input_cost_per_audio_token", "output_cost_per_audio_token",
+                               "output_cost_per_reasoning_token", "citation_cost_per_token")
+# LiteLLM's per-request price table, {search_context_size_low|medium|high: USD per request}:
+# it prices the per-request items of those names (Perplexity's request fee).
+PER_REQUEST_PRICE_KEY = "search_context_cost_per_query"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +104,20 @@ class ChatResult:
 
     ``raw`` holds the upstream bytes when they already are the OpenAI answer, so the
     proxy can forward them without re-serialising; ``body`` is always the parsed dict.
+    ``provider_cost`` is what the provider itself says the call cost (OpenRouter's
+    ``usage.cost``), kept beside tallygate's own price.
     """
 
     body: dict[str, Any]
     usage: Usage | None
     raw: bytes | None = None
+    provider_cost: Decimal | None = None
+
+    @property
+    def answered_model(self) -> str | None:
+        """The model the answer says served it (read only when pricing needs it)."""
+        model = self.body.get("model")
+        return model if isinstance(model, str) and model else None
 
 
 class StreamItem:
@@ -145,6 +163,8 @@ class StreamDecoder(ABC):
         #: the prompt's estimated size, for a provider that may leave its input count
         #: out (Ollama); the engine sets it, as it knows the prompt.
         self.estimate_prompt: Callable[[], int] = _no_estimate
+        #: what the provider says the call cost, when it says (see ChatResult)
+        self.provider_cost: Decimal | None = None
 
     @abstractmethod
     def feed(self, data: bytes) -> list[StreamItem]:
@@ -152,6 +172,11 @@ class StreamDecoder(ABC):
 
     def output_text(self) -> str:
         return "".join(self.output_parts)
+
+    def answered_model(self) -> str | None:
+        """The model the stream says served it, if it says (read only when pricing
+        needs it: a deployment whose name is not a model)."""
+        return None
 
 
 class PassThroughDecoder(StreamDecoder):
@@ -220,6 +245,17 @@ class Provider(ABC):
     name: ClassVar[str]
     default_api_base: ClassVar[str | None] = None
     api_key_env: ClassVar[str | None] = None
+    #: further key variables LiteLLM reads for this provider, tried after api_key_env
+    api_key_env_aliases: ClassVar[tuple[str, ...]] = ()
+    #: the variables LiteLLM reads the api_base from when the deployment sets none
+    api_base_envs: ClassVar[tuple[str, ...]] = ()
+    #: litellm_params LiteLLM reads from the environment when unset (Azure's
+    #: api_version from AZURE_API_VERSION): key -> variables, first set wins
+    param_envs: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+    #: False when the deployment name says nothing of the model (Azure's deployment
+    #: names): such a call is priced by ``model_info.base_model``, else by the model
+    #: the answer names, else its price is unknown.
+    names_model: ClassVar[bool] = True
     #: True when the provider answers in-process (the mock): no transport is used.
     is_local: ClassVar[bool] = False
     #: True when the provider serves OpenAI's Responses API itself (``responses_request``):
@@ -287,7 +323,44 @@ class Provider(ABC):
         """For ``is_local`` providers: the raw upstream-format answer (JSON or SSE)."""
         raise NotImplementedError
 
+    def estimated_requests(self, deployment: Deployment,
+                           params: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+        """Per-request items a call is charged even when its usage never arrived (a
+        stream cut short): Perplexity's search fee. Most providers charge none."""
+        return ()
+
+    def wire_model(self, deployment: Deployment) -> str:
+        """The model name as sent upstream (and priced): most providers take the
+        deployment's as it is."""
+        return deployment.model
+
+    def api_key_envs(self) -> tuple[str, ...]:
+        return ((self.api_key_env,) if self.api_key_env else ()) + self.api_key_env_aliases
+
     def api_key(self, deployment: Deployment, environ: Mapping[str, str]) -> str | None:
         if deployment.api_key:
             return deployment.api_key
-        return environ.get(self.api_key_env) if self.api_key_env else None
+        for name in self.api_key_envs():
+            value = environ.get(name)
+            if value:
+                return value
+        return None
+
+    def param(self, deployment: Deployment, key: str,
+              environ: Mapping[str, str]) -> Any:
+        """A litellm_param of the deployment, else from its variable (``param_envs``)."""
+        value = deployment.params.get(key)
+        if value is not None:
+            return value
+        return next((environ[n] for n in self.param_envs.get(key, ()) if environ.get(n)), None)
+
+    def api_base(self, deployment: Deployment, environ: Mapping[str, str]) -> str | None:
+        """The deployment's api_base, else the first of ``api_base_envs`` set, else the
+        provider's default."""
+        if deployment.api_base:
+            return deployment.api_base
+        for name in self.api_base_envs:
+            value = environ.get(name)
+            if value:
+                return value
+        return self.default_api_base

@@ -123,9 +123,9 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue
             if not isinstance(chunk, dict):
                 continue
-            usage = chunk.get("usage")
+            usage = self.usage_field(chunk)
             if isinstance(usage, dict):
-                self.usage = Usage.from_openai(usage)
+                self.usage = self.read_usage(chunk, usage)
             choices = chunk.get("choices") or ()
             if choices:
                 self._payloads.append(payload)
@@ -133,11 +133,19 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue  # the usage-only chunk the caller did not ask for
             if usage and choices and not self._include_usage:
                 chunk = dict(chunk)
-                chunk.pop("usage")
+                chunk.pop("usage", None)
                 out.append(StreamItem(chunk, b"data: " + orjson.dumps(chunk) + b"\n\n"))
                 continue
             out.append(StreamItem(chunk, b"data: " + payload + b"\n\n"))
         return out
+
+    def usage_field(self, chunk: dict[str, Any]) -> Any:
+        """Where a parsed chunk keeps its usage (Groq's older streams: ``x_groq``)."""
+        return chunk.get("usage")
+
+    def read_usage(self, chunk: dict[str, Any], usage: dict[str, Any]) -> Usage | None:
+        """The usage of the chunk that carries it (a provider may read more of it)."""
+        return Usage.from_openai(usage)
 
     def output_text(self) -> str:
         parts: list[str] = []
@@ -173,7 +181,7 @@ class CompletionStreamDecoder(OpenAIStreamDecoder):
         return "".join(parts)
 
 
-def _completion_body(params: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
+def completion_body(params: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
     """The body with the deployment's model; a stream always asks for its usage (as
     ``chat_request`` does, kept apart so the chat path stays as it is)."""
     body = dict(params)
@@ -242,7 +250,7 @@ class OpenAIProvider(Provider, NativeCompletions):
         return UpstreamRequest(
             url=self._base(deployment) + "/completions",
             headers=json_headers(self.api_key(deployment, os.environ), deployment.headers),
-            body=orjson.dumps(_completion_body(params, deployment.model, stream)),
+            body=orjson.dumps(completion_body(params, deployment.model, stream)),
         )
 
     def completion_response(self, deployment: Deployment, body: bytes) -> ChatResult:

@@ -15,7 +15,7 @@ from tallygate.errors import BadRequestError
 from tallygate.providers.base import Provider
 
 _NOT_ADAPTERS = {"base", "registry", "sse", "gemini_schema", "gemini_request", "gemini_answer",
-                 "google_auth"}
+                 "google_auth", "openai_compat"}
 _providers: dict[str, Provider] = {}
 _loaded = False
 

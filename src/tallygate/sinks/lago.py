@@ -146,10 +146,12 @@ def lago_event_body(event: UsageEvent, code: str, *, send_amount: bool = False,
       reasoning included. ``total_tokens`` = prompt + completion.
     * Disjoint buckets that add up to ``input_tokens``: ``uncached_input_tokens``,
       ``cached_input_tokens`` (cache reads), ``cache_creation_input_tokens`` (cache
-      writes, of which ``cache_creation_1h_input_tokens`` were kept one hour) and
-      ``audio_input_tokens``; ``reasoning_tokens`` and ``audio_output_tokens`` are parts
-      of ``output_tokens``. Items billed per request are counted by name
-      (``web_searches``). The optional ones are sent only when nonzero.
+      writes, of which ``cache_creation_1h_input_tokens`` were kept one hour),
+      ``audio_input_tokens`` and ``citation_tokens``; ``reasoning_tokens`` and
+      ``audio_output_tokens`` are parts of ``output_tokens``. Items billed per request
+      are counted by name (``web_searches``). The optional ones are sent only when
+      nonzero. ``provider_reported_cost``: what the provider says the call cost, when
+      it says (OpenRouter, Perplexity, xAI), beside ``response_cost``.
 
     ``model`` is the deployment's model without its provider prefix (config
     ``model: openai/my-fake-model`` sends ``"my-fake-model"``), as LiteLLM's integration
@@ -189,6 +191,7 @@ def lago_event_body(event: UsageEvent, code: str, *, send_amount: bool = False,
     }
     for name, value in (("cache_creation_1h_input_tokens", u.cache_write_1h_tokens),
                         ("audio_input_tokens", u.audio_input_tokens),
+                        ("citation_tokens", u.citation_tokens),
                         ("audio_output_tokens", u.audio_output_tokens), *u.requests):
         if value:
             props[name] = value
@@ -196,6 +199,9 @@ def lago_event_body(event: UsageEvent, code: str, *, send_amount: bool = False,
         props["response_cost"] = format_decimal(event.cost)
     elif event.unpriced:
         props["unpriced_buckets"] = ",".join(event.unpriced)
+    if event.provider_cost is not None:
+        # The provider's own figure, beside ours: a reader can compare, never sums both.
+        props["provider_reported_cost"] = format_decimal(event.provider_cost)
     optional = {"price_source": event.price_source, "end_user": event.end_user,
                 "user_id": event.user_id, "team_id": event.team_id, "key_id": event.key_id}
     props.update({k: v for k, v in optional.items() if v})
