@@ -41,6 +41,7 @@ def reset_sdk() -> None:
     tallygate.callbacks = []
     tallygate.success_callback = []
     tallygate.failure_callback = []
+    tallygate.drop_params = False
     runtime.shutdown(timeout_s=2.0)
 
 

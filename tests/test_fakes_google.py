@@ -15,7 +15,7 @@ from google.genai import types
 from google.oauth2 import service_account
 
 from tests.fakes.gemini_server import FakeGemini, FakeToolCall
-from tests.fakes.server_base import run_in_thread
+from tests.fakes.server_base import FakeTurn, run_in_thread
 from tests.fakes.vertex_server import CLOUD_PLATFORM, FakeVertex, make_rsa_key
 
 KEY = "gemini-test-key"
@@ -191,3 +191,18 @@ def test_anthropic_vertex_client_calls_claude(vertex: FakeVertex) -> None:
     assert final.content[0].type == "text"
     assert final.content[0].text == "Hello from the fake Claude."
     assert vertex.received[-1].path.endswith(":streamRawPredict")
+
+
+def test_genai_count_tokens_and_scripted_turns(gemini: FakeGemini) -> None:
+    client = studio_client(gemini)
+    counted = client.models.count_tokens(model="gemini-2.5-flash", contents="Say hello.")
+    assert counted.total_tokens is not None and counted.total_tokens > 0
+    assert gemini.received[-1].path == "/v1beta/models/gemini-2.5-flash:countTokens"
+    gemini.turns = [FakeTurn("Looking.", FakeToolCall("read_file", {"file_path": "a.txt"})),
+                    FakeTurn("Done.")]
+    first = client.models.generate_content(model="gemini-2.5-flash", contents="Read a.txt")
+    assert first.function_calls is not None
+    assert first.function_calls[0].name == "read_file"
+    assert first.function_calls[0].args == {"file_path": "a.txt"}
+    second = client.models.generate_content(model="gemini-2.5-flash", contents="Go on")
+    assert second.text == "Done." and not second.function_calls

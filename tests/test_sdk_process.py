@@ -27,6 +27,12 @@ EXPECTED_ALL = {
     "UpstreamConnectionError", "UpstreamError", "UpstreamTimeoutError", "Usage",
     "UsageEvent", "__version__", "acompletion", "aembedding", "callbacks", "completion",
     "embedding", "failure_callback", "flush", "success_callback",
+    # LiteLLM's SDK surface beyond chat (issue 16)
+    "aimage_edit", "aimage_generation", "amoderation", "aresponses", "arerank", "aspeech",
+    "atext_completion", "atranscription", "completion_cost", "cost_per_token",
+    "drop_params", "get_model_info", "get_supported_openai_params", "image_edit",
+    "image_generation", "model_cost", "moderation", "rerank", "responses", "speech",
+    "stream_chunk_builder", "text_completion", "token_counter", "transcription",
 }
 
 

@@ -31,11 +31,42 @@ from tallygate.event import FailureEvent, UsageEvent
 from tallygate.usage import Usage
 
 if TYPE_CHECKING:
+    from tallygate.model_info import (
+        get_model_info,
+        get_supported_openai_params,
+        model_cost,
+    )
     from tallygate.sdk import (
         acompletion,
         aembedding,
         completion,
         embedding,
+    )
+    from tallygate.sdk_helpers import (
+        completion_cost,
+        cost_per_token,
+        stream_chunk_builder,
+        token_counter,
+    )
+    from tallygate.sdk_media import (
+        aimage_edit,
+        aimage_generation,
+        amoderation,
+        arerank,
+        aspeech,
+        atranscription,
+        image_edit,
+        image_generation,
+        moderation,
+        rerank,
+        speech,
+        transcription,
+    )
+    from tallygate.sdk_responses import (
+        aresponses,
+        atext_completion,
+        responses,
+        text_completion,
     )
 
 __version__ = "0.1.0"
@@ -43,13 +74,30 @@ __version__ = "0.1.0"
 callbacks: list[Callback] = []
 success_callback: list[Callback] = []
 failure_callback: list[Callback] = []
+#: LiteLLM's switch: drop the OpenAI parameters a provider does not take instead of
+#: failing (each call can say ``drop_params=`` too)
+drop_params: bool = False
 
 _LAZY = {
     "completion": "tallygate.sdk",
     "acompletion": "tallygate.sdk",
     "embedding": "tallygate.sdk",
     "aembedding": "tallygate.sdk",
+    **{name: "tallygate.sdk_media" for name in (
+        "image_generation", "aimage_generation", "image_edit", "aimage_edit",
+        "transcription", "atranscription", "speech", "aspeech", "rerank", "arerank",
+        "moderation", "amoderation")},
+    **{name: "tallygate.sdk_responses" for name in (
+        "responses", "aresponses", "text_completion", "atext_completion")},
+    **{name: "tallygate.sdk_helpers" for name in (
+        "completion_cost", "cost_per_token", "token_counter", "stream_chunk_builder")},
+    **{name: "tallygate.model_info" for name in (
+        "get_model_info", "model_cost", "get_supported_openai_params")},
 }
+# LiteLLM's supports_<capability>(model) helpers, answered by tallygate.model_info.
+_CAPABILITIES = ("function_calling", "parallel_function_calling", "vision", "reasoning",
+                 "response_schema", "system_messages", "tool_choice", "pdf_input",
+                 "web_search", "prompt_caching", "audio_input", "audio_output")
 _SWITCHES = ("callbacks", "success_callback", "failure_callback")
 
 __all__ = [
@@ -74,12 +122,36 @@ __all__ = [
     "__version__",
     "acompletion",
     "aembedding",
+    "aimage_edit",
+    "aimage_generation",
+    "amoderation",
+    "arerank",
+    "aresponses",
+    "aspeech",
+    "atext_completion",
+    "atranscription",
     "callbacks",
     "completion",
+    "completion_cost",
+    "cost_per_token",
+    "drop_params",
     "embedding",
     "failure_callback",
     "flush",
+    "get_model_info",
+    "get_supported_openai_params",
+    "image_edit",
+    "image_generation",
+    "model_cost",
+    "moderation",
+    "rerank",
+    "responses",
+    "speech",
+    "stream_chunk_builder",
     "success_callback",
+    "text_completion",
+    "token_counter",
+    "transcription",
 ]
 
 
@@ -90,7 +162,23 @@ def flush(timeout_s: float = 10.0) -> None:
     runtime.flush(timeout_s)
 
 
+def _supports(capability: str) -> Any:
+    def check(model: str, custom_llm_provider: str | None = None) -> bool:
+        from tallygate.model_info import supports
+
+        if custom_llm_provider and "/" not in model:
+            model = f"{custom_llm_provider}/{model}"
+        return supports(capability, model)
+    check.__name__ = f"supports_{capability}"
+    check.__doc__ = f"Whether the model supports {capability.replace('_', ' ')}."
+    return check
+
+
 def __getattr__(name: str) -> Any:
+    if name.startswith("supports_") and name[len("supports_"):] in _CAPABILITIES:
+        check = _supports(name[len("supports_"):])
+        globals()[name] = check
+        return check
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tallygate' has no attribute {name!r}")

@@ -84,13 +84,14 @@ def priced_model(deployment: Deployment, answered_model: str | None) -> str | No
 def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: PriceBook,
                *, kind: CallKind = "chat", extra_flags: frozenset[str] = frozenset(),
                first_chunk_ms: int | None = None, answered_model: str | None = None,
-               provider_cost: Decimal | None = None) -> UsageEvent:
+               provider_cost: Decimal | None = None,
+               variant: str | None = None) -> UsageEvent:
     model = priced_model(deployment, answered_model)
     if model is None and (deployment.price is None or deployment.price.is_empty()):
         price = prices.unknown_model(deployment.provider, deployment.model)
     else:
         price = prices.price(deployment.provider, model or deployment.model, usage,
-                             deployment.price)
+                             deployment.price, variant=variant)
     flags = set(extra_flags)
     if price.cost is None:
         flags.add(FLAG_UNKNOWN_PRICE)
@@ -193,6 +194,10 @@ async def _post(provider: Provider, deployment: Deployment,
         await provider.authorize(deployment, request, rejected=True)
         resp = await transport.post(request, deployment.timeout)
     return resp
+
+
+# For the other call kinds (tallygate.media): the same credentials handling.
+authorized_post = _post
 
 
 async def _open_stream(provider: Provider, deployment: Deployment, request: UpstreamRequest

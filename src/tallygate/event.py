@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from tallygate.usage import TOKEN_BUCKETS, Usage
 
-CallKind = Literal["chat", "embedding", "completion"]
+CallKind = Literal["chat", "embedding", "completion", "image", "transcription",
+                   "speech", "rerank", "moderation"]
 
 # Flags an event can carry; each says something a billing reader must know.
 FLAG_UNKNOWN_PRICE = "unknown_price"

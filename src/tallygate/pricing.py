@@ -18,7 +18,7 @@ from decimal import Decimal
 from importlib.metadata import version
 from typing import Any
 
-from tallygate.providers.base import PriceOverride
+from tallygate.providers.base import UNIT_PRICE_KEYS, PriceOverride
 from tallygate.usage import TOKEN_BUCKETS, Usage
 
 log = logging.getLogger("tallygate.pricing")
@@ -33,6 +33,15 @@ _BUCKET_PRICE_KEYS: dict[str, tuple[str, ...]] = {
     "citation_tokens": ("output_citation_mtok",),
     "output_tokens": ("output_mtok",),
     "audio_output_tokens": ("output_audio_mtok",),
+    "image_input_tokens": ("input_image_mtok",),
+}
+# Usage items in units other than tokens -> genai-prices' price keys for them ("images"
+# has none: OpenAI prices an image by its size and quality, see image_prices).
+_UNIT_LIBRARY_KEYS: dict[str, tuple[str, ...]] = {
+    "audio_seconds": ("audio_hours", "input_audio_hours"),
+    "input_characters": ("input_mchars",),
+    "rerank_searches": ("rerank_searches_kcount",),
+    "images": (),
 }
 # Reasoning is a part of output_tokens: priced at this rate where the model has one,
 # at the output rate otherwise.
@@ -47,7 +56,10 @@ OVERRIDE_KEYS: dict[str, str] = {
     "citation_tokens": "citation_cost_per_token",
     "output_tokens": "output_cost_per_token",
     "audio_output_tokens": "output_cost_per_audio_token",
+    "image_input_tokens": "input_cost_per_image_token",
+    **{item: key for key, item in UNIT_PRICE_KEYS.items()},
 }
+IMAGE_PRICE_SOURCE = "image list prices"
 # Per-request items the price library prices under another usage name: Perplexity's
 # request fee, counted by search context size (LiteLLM's names, which its
 # ``search_context_cost_per_query`` table prices), is the library's per-request fee.
@@ -171,6 +183,8 @@ def library_usage(lib: Any, usage: Usage) -> Any:
         kwargs["input_audio_tokens"] = usage.audio_input_tokens
     if usage.audio_output_tokens:
         kwargs["output_audio_tokens"] = usage.audio_output_tokens
+    if usage.image_input_tokens:
+        kwargs["input_image_tokens"] = usage.image_input_tokens
     if usage.citation_tokens:
         kwargs["output_citation_tokens"] = usage.citation_tokens
     if usage.reasoning_tokens:
@@ -212,7 +226,8 @@ class PriceBook:
         self._lib()
 
     def price(self, provider: str, model: str, usage: Usage,
-              override: PriceOverride | None = None) -> Price:
+              override: PriceOverride | None = None, *, variant: str | None = None) -> Price:
+        """``variant``: what else the price depends on (an image's ``quality/size``)."""
         if override is not None:
             if not override.is_empty():
                 cost = cost_from_override(usage, override)
@@ -223,6 +238,8 @@ class PriceBook:
             if override.per_request and any(n in override.per_request
                                             for n, _ in usage.requests):
                 return self._with_request_prices(provider, model, usage, override)
+        if usage.request_count("images"):
+            return self._image_price((provider, model), usage, variant)
         return self._library_price(provider, model, usage)
 
     def unknown_model(self, provider: str, deployment_model: str) -> Price:
@@ -276,6 +293,10 @@ class PriceBook:
             model_price, varies = self._model_price_and_clock(provider_id, model)
         except LookupError:
             return self._mark_unknown(key)
+        if not any(v is not None for k, v in vars(model_price).items()
+                   if not k.startswith("_")):
+            # Listed with no price at all: a free model (OpenAI's moderation models).
+            return Price(Decimal(0), self._source)
         missing = _missing_prices(model_price, usage)
         if missing:
             return self._unpriced(key, missing, self._source)
@@ -286,6 +307,17 @@ class PriceBook:
         lib = self._lib()
         calc = lib.calc_price(library_usage(lib, usage), model, provider_id=provider_id)
         return Price(Decimal(calc.total_price), self._source)
+
+    def _image_price(self, key: tuple[str, str], usage: Usage, variant: str | None) -> Price:
+        """Images billed per image: OpenAI's list price for the model, size and quality."""
+        from tallygate.image_prices import image_price
+
+        rate = image_price(key[0], key[1], variant)
+        other = [b for b in _nonzero_buckets(usage) if b != "images"]
+        if rate is None or other:
+            return self._unpriced(key, tuple(other) if rate is not None else ("images",),
+                                  None)
+        return Price(rate * usage.request_count("images"), IMAGE_PRICE_SOURCE)
 
     def _model_price(self, provider_id: str, model: str) -> Any:
         return self._model_price_and_clock(provider_id, model)[0]
@@ -319,7 +351,8 @@ def _missing_prices(model_price: Any, usage: Usage) -> tuple[str, ...]:
     missing = []
     for bucket in _nonzero_buckets(usage):
         library_name = LIBRARY_REQUEST_NAMES.get(bucket, bucket)
-        keys = _BUCKET_PRICE_KEYS.get(bucket, (f"{library_name}_kcount",))
+        keys = (_BUCKET_PRICE_KEYS.get(bucket) or _UNIT_LIBRARY_KEYS.get(bucket)
+                or (f"{library_name}_kcount",))
         if all(getattr(model_price, k, None) is None for k in keys):
             missing.append(bucket)
     return tuple(missing)

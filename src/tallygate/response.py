@@ -69,12 +69,16 @@ class ResponseObject:
 class ModelResponse(ResponseObject):
     """A ``chat.completion`` (or embeddings list), plus what tallygate billed for it."""
 
-    __slots__ = ("usage_event",)
+    __slots__ = ("dropped_params", "usage_event")
     usage_event: UsageEvent
+    #: parameters left out because the provider does not take them (``drop_params``)
+    dropped_params: tuple[str, ...]
 
-    def __init__(self, data: dict[str, Any], usage_event: UsageEvent) -> None:
+    def __init__(self, data: dict[str, Any], usage_event: UsageEvent,
+                 dropped_params: tuple[str, ...] = ()) -> None:
         super().__init__(data)
         object.__setattr__(self, "usage_event", usage_event)
+        object.__setattr__(self, "dropped_params", dropped_params)
 
     @property
     def call_id(self) -> str:

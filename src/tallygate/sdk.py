@@ -107,11 +107,43 @@ def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | N
     return deployment, params, ctx, SdkRecorder(resolved)
 
 
+def _drop_unsupported(deployment: Deployment, params: dict[str, Any],
+                      drop_params: bool | None) -> tuple[str, ...]:
+    """LiteLLM's ``drop_params``: OpenAI parameters the provider does not take are a 400
+    naming them, or, with ``drop_params`` (per call, or ``tallygate.drop_params``),
+    dropped and named in the log and on the answer. Reasoning models take
+    ``max_tokens`` as ``max_completion_tokens``, as LiteLLM maps it."""
+    import tallygate
+    from tallygate.model_info import OPENAI_CHAT_PARAMS, get_supported_openai_params
+
+    supported = set(get_supported_openai_params(f"{deployment.provider}/{deployment.model}"))
+    if ("max_tokens" in params and "max_tokens" not in supported
+            and "max_completion_tokens" in supported):
+        params.setdefault("max_completion_tokens", params.pop("max_tokens"))
+    refused = sorted(k for k in params if k in OPENAI_CHAT_PARAMS and k not in supported
+                     # a reasoning model takes its one temperature, 1
+                     and not (k == "temperature" and params[k] == 1))
+    if not refused:
+        return ()
+    drop = drop_params if drop_params is not None else bool(tallygate.drop_params)
+    if not drop:
+        raise BadRequestError(
+            f"{deployment.provider} does not support parameters {refused} for model "
+            f"{deployment.model!r}; pass drop_params=True (or set tallygate.drop_params = "
+            "True) to drop them", param=refused[0], code="unsupported_params")
+    for name in refused:
+        params.pop(name)
+    log.warning("dropped parameters %s that %s/%s does not support (drop_params)",
+                ", ".join(refused), deployment.provider, deployment.model)
+    return tuple(refused)
+
+
 async def acompletion(model: str, messages: list[dict[str, Any]], *, stream: bool = False,
                       user: str | None = None, metadata: Mapping[str, Any] | None = None,
                       api_base: str | None = None, api_key: str | None = None,
                       timeout: float | None = None,
                       callbacks: Sequence[cb.Callback] | None = None,
+                      drop_params: bool | None = None,
                       **kwargs: Any) -> Any:
     """A chat completion (OpenAI parameters). Returns a ModelResponse, or with
     ``stream=True`` an async iterator of chunks (``AsyncCompletionStream``)."""
@@ -120,6 +152,7 @@ async def acompletion(model: str, messages: list[dict[str, Any]], *, stream: boo
     deployment, params, ctx, recorder = _prepare(
         model, messages, kwargs, user=user, metadata=metadata, callbacks=callbacks,
         api_base=api_base, api_key=api_key, timeout=timeout)
+    dropped = _drop_unsupported(deployment, params, drop_params)
     await runtime.aensure_sinks(recorder.resolved.sinks)
     if stream:
         options = params.pop("stream_options", None) or {}
@@ -129,7 +162,7 @@ async def acompletion(model: str, messages: list[dict[str, Any]], *, stream: boo
         await chat_stream.open()
         return AsyncCompletionStream(chat_stream)
     result, event = await engine.chat(deployment, params, ctx, recorder, default_price_book)
-    return ModelResponse(result.body, event)
+    return ModelResponse(result.body, event, dropped)
 
 
 def completion(model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:

@@ -18,7 +18,7 @@ UsageSource = Literal["provider", "estimated"]
 TOKEN_BUCKETS: tuple[str, ...] = (
     "input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
     "audio_input_tokens", "citation_tokens", "output_tokens", "reasoning_tokens",
-    "audio_output_tokens")
+    "audio_output_tokens", "image_input_tokens")
 
 RequestCounts = tuple[tuple[str, int], ...]
 
@@ -30,13 +30,16 @@ class Usage:
     Input: ``input_tokens`` (uncached text/image input), ``cache_read_tokens``,
     ``cache_write_tokens`` (cache writes kept 5 minutes, or of unstated lifetime),
     ``cache_write_1h_tokens`` (writes kept one hour, priced higher),
-    ``audio_input_tokens`` (uncached audio) and ``citation_tokens`` (search results a
-    model read, which Perplexity's deep research bills at their own rate). Output:
+    ``audio_input_tokens`` (uncached audio), ``citation_tokens`` (search results a
+    model read, which Perplexity's deep research bills at their own rate) and
+    ``image_input_tokens`` (image input of token-priced image models, OpenAI's
+    ``input_tokens_details.image_tokens``). Output:
     ``output_tokens`` (text, reasoning included) and ``audio_output_tokens``.
     ``reasoning_tokens`` is a part of ``output_tokens`` (not added to it), priced at the
     output rate unless the model has a reasoning rate of its own. ``requests`` counts items a
     provider bills per request, by genai-prices' usage names (``("web_searches", 2)``),
-    sorted by name.
+    sorted by name; calls billed in other units count them there too (``images``,
+    ``audio_seconds``, ``input_characters``, ``rerank_searches``).
     """
 
     input_tokens: int = 0
@@ -50,6 +53,7 @@ class Usage:
     audio_output_tokens: int = 0
     requests: RequestCounts = ()
     citation_tokens: int = 0
+    image_input_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in TOKEN_BUCKETS:
@@ -77,7 +81,8 @@ class Usage:
         """All input tokens, cached or not, text, audio or citations (OpenAI's
         ``prompt_tokens``, plus the citation tokens a few providers count apart)."""
         return (self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
-                + self.cache_write_1h_tokens + self.audio_input_tokens + self.citation_tokens)
+                + self.cache_write_1h_tokens + self.audio_input_tokens + self.citation_tokens
+                + self.image_input_tokens)
 
     @property
     def completion_tokens(self) -> int:

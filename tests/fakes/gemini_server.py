@@ -8,13 +8,17 @@
 Routes (from Google's generateContent reference): ``POST /v1beta/models/{model}:
 generateContent``, ``:streamGenerateContent`` (``?alt=sse``: SSE events separated by
 CRLF CRLF, as Google sends them; without it one JSON array), ``:embedContent``,
-``:batchEmbedContents``. The key goes in ``x-goog-api-key`` (or ``?key=``): a missing key
+``:batchEmbedContents``, ``:countTokens`` (``contents`` or a whole
+``generateContentRequest``; ``totalTokens`` counted as text / 4). The key goes in
+``x-goog-api-key`` (or ``?key=``): a missing key
 is 403 PERMISSION_DENIED, a wrong one 400 INVALID_ARGUMENT (API_KEY_INVALID), as Google
 answers. Bodies are checked as Google checks them: unknown fields (in either the
 camelCase or the snake_case JSON names), empty contents or parts, roles other than
 user / model, function schemas outside Gemini's Schema subset are 400s naming the field.
 
 ``GeminiScript`` (``fake.script``) sets the answer; the Vertex stand-in reuses it.
+``fake.turns`` (a list of ``FakeTurn``), when set, script the next answers' text and tool call
+one request each (an agent's turns), the rest of the script unchanged.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.server_base import FakeServer, FakeToolCall, Received, split_text
+from tests.fakes.server_base import FakeServer, FakeToolCall, FakeTurn, Received, split_text
 
 __all__ = ["FakeGemini", "FakeToolCall", "GeminiScript", "google_error_body"]
 
@@ -281,10 +285,42 @@ def sse_frames(chunks: list[dict[str, Any]]) -> list[bytes]:
     return [b"data: " + orjson.dumps(c) + b"\r\n\r\n" for c in chunks]
 
 
+# A 1x1 PNG, base64, for Imagen's predictions.
+IMAGEN_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+              "AAAABJRU5ErkJggg==")
+
+
+def imagen_predict(body: dict[str, Any] | None, filtered: int) -> web.Response:
+    """Imagen's ``:predict``: ``instances[0].prompt``, ``parameters.sampleCount``
+    images (the first ``filtered`` of them filtered, as Google's RAI filter
+    answers: a reason, no bytes)."""
+    b = _fields(body or {}, {"instances", "parameters"}, "request")
+    instances = b.get("instances")
+    if not isinstance(instances, list) or len(instances) != 1 or not isinstance(
+            instances[0], dict) or not isinstance(instances[0].get("prompt"), str):
+        raise BadRequest("* PredictRequest.instances[0].prompt: a prompt is required")
+    params = _fields(b.get("parameters") or {}, {
+        "sampleCount", "aspectRatio", "negativePrompt", "personGeneration", "seed",
+        "safetySetting", "language", "outputOptions", "includeRaiReason"}, "parameters")
+    count = int(params.get("sampleCount") or 4)
+    if not 1 <= count <= 4:
+        raise BadRequest("* parameters.sampleCount: must be between 1 and 4")
+    if params.get("aspectRatio") not in (None, "1:1", "3:4", "4:3", "9:16", "16:9"):
+        raise BadRequest("* parameters.aspectRatio: unsupported aspect ratio")
+    predictions: list[dict[str, Any]] = []
+    for i in range(count):
+        if i < filtered:
+            predictions.append({"raiFilteredReason": "filtered by the safety filter"})
+        else:
+            predictions.append({"bytesBase64Encoded": IMAGEN_PNG, "mimeType": "image/png"})
+    return web.json_response({"predictions": predictions})
+
+
 class FakeGemini(FakeServer):
     def __init__(self) -> None:
         super().__init__()
         self.script = GeminiScript()
+        self.turns: list[FakeTurn] = []
 
     @property
     def base_url(self) -> str:
@@ -330,6 +366,8 @@ class FakeGemini(FakeServer):
                 return await self.generate(request, got.body, model, method)
             if method in ("embedContent", "batchEmbedContents"):
                 return self._embed(got.body, model, method)
+            if method == "countTokens":
+                return self._count(got.body, model)
         except BadRequest as exc:
             return self.error(400, exc.message)
         return self.error(404, f"Method {method!r} not found for models/{model}.")
@@ -338,12 +376,30 @@ class FakeGemini(FakeServer):
                        method: str) -> web.StreamResponse:
         body = check_generate_body(raw)
         self.script.check_signatures(body)
+        if self.turns:
+            turn = self.turns.pop(0)
+            self.script.reply_text, self.script.tool_call = turn.reply_text, turn.tool_call
         if method == "generateContent":
             return await self.send_json(request, self.script.answer(body, model))
         chunks = self.script.stream(body, model)
         if request.query.get("alt") == "sse":
             return await self.send_stream(request, sse_frames(chunks))
         return web.Response(body=orjson.dumps(chunks), content_type="application/json")
+
+    def _count(self, body: dict[str, Any] | None, model: str) -> web.Response:
+        b = _fields(body or {}, {"contents", "generateContentRequest"}, "")
+        if "generateContentRequest" in b:
+            inner = _fields(b["generateContentRequest"], _BODY_FIELDS, "generate_content_request")
+            if inner.get("model") != f"models/{model}":
+                raise BadRequest("generate_content_request.model must be models/" + model)
+            request = check_generate_body({k: v for k, v in inner.items() if k != "model"})
+        else:
+            request = check_generate_body({"contents": b.get("contents")})
+        text = orjson.dumps(request.get("contents")) + orjson.dumps(
+            request.get("systemInstruction") or {}) + orjson.dumps(request.get("tools") or [])
+        total = max(1, len(text) // 4)
+        return web.json_response({"totalTokens": total, "promptTokensDetails": [
+            {"modality": "TEXT", "tokenCount": total}]})
 
     def _embed(self, body: dict[str, Any] | None, model: str, method: str) -> web.Response:
         b = body or {}

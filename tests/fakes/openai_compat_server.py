@@ -25,11 +25,13 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import orjson
 from aiohttp import web
 
+from tests.fakes.openai_media import MediaAPI
 from tests.fakes.server_base import FakeServer, FakeToolCall, split_text
 
 __all__ = ["FLAVORS", "FakeCompat", "FakeToolCall"]
@@ -114,6 +116,10 @@ class FakeCompat(FakeServer):
         self.keep_alive = False            # DeepSeek: SSE comments while thinking
         self.content_filtered = False      # Azure: the output was filtered
         self._ids = itertools.count(1)
+        # Azure OpenAI's images, audio and moderations, under the deployment's path.
+        self.media = MediaAPI(self, "/openai/deployments/{deployment}",
+                              auth=lambda headers: self._refuse(SimpleNamespace(
+                                  headers=headers)))
 
     # -- addresses ----------------------------------------------------------------------
 
@@ -126,6 +132,8 @@ class FakeCompat(FakeServer):
         out = [web.post(path, self._chat) for path in self.flavor.chat]
         out += [web.post(path, self._embeddings) for path in self.flavor.embeddings]
         out += [web.post(path, self._completions) for path in self.flavor.completions]
+        if self.flavor.name == "azure":
+            out += self.media.routes()
         return out
 
     # -- errors -------------------------------------------------------------------------

@@ -8,7 +8,8 @@
 
 Routes: POST /v1/chat/completions (JSON or SSE), POST /v1/completions (the legacy text
 completions, JSON or SSE, ``echo`` and several prompts), POST /v1/embeddings,
-GET /v1/models, and the Responses API (``tests/fakes/openai_responses.py``): POST
+GET /v1/models, images, audio and moderations (``tests/fakes/openai_media.py``), and
+the Responses API (``tests/fakes/openai_responses.py``): POST
 /v1/responses (JSON or SSE), GET and DELETE /v1/responses/{id}. ``responses_enabled =
 False`` makes the server one of the OpenAI-compatible servers without the Responses API
 (404 there). Like OpenAI, a reasoning model (o1, o3, o4-mini, gpt-5...) refuses
@@ -27,6 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes.openai_media import MediaAPI
 from tests.fakes.openai_responses import ResponsesAPI
 from tests.fakes.server_base import (
     FakeServer,
@@ -65,6 +67,7 @@ class FakeOpenAI(FakeServer):
         self.web_searches = 0
         self.reasoning_summary: str | None = None
         self.responses = ResponsesAPI(self)
+        self.media = MediaAPI(self)  # images, audio, moderations
 
     @property
     def base_url(self) -> str:
@@ -75,7 +78,8 @@ class FakeOpenAI(FakeServer):
         return [web.post("/v1/chat/completions", self._chat),
                 web.post("/v1/completions", self._completions),
                 web.post("/v1/embeddings", self._embeddings),
-                web.get("/v1/models", self._models), *self.responses.routes()]
+                web.get("/v1/models", self._models), *self.responses.routes(),
+                *self.media.routes()]
 
     def error_body(self, status: int, message: str, error_type: str | None) -> dict[str, Any]:
         return {"error": {"message": message,

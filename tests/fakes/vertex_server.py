@@ -65,6 +65,7 @@ class FakeVertex(FakeServer):
         self.private_pem, self.public_pem = key or make_rsa_key()
         self.key_id = "fake-key-1"
         self.script = GeminiScript()          # Gemini models' answers
+        self.imagen_filtered = 0              # Imagen images filtered (no bytes, not billed)
         self.claude = FakeAnthropic()         # Claude's answers (its script, not its server)
         self.token_lifetime = 3600
         self.token_delay = 0.0                # seconds the token endpoint takes
@@ -152,6 +153,10 @@ class FakeVertex(FakeServer):
             return refusal
         model, _, method = request.match_info["target"].partition(":")
         try:
+            if method == "predict" and model.startswith("imagen"):
+                from tests.fakes.gemini_server import imagen_predict
+
+                return imagen_predict(got.body, self.imagen_filtered)
             if method not in ("generateContent", "streamGenerateContent"):
                 return self.error(404, f"method {method!r} not found")
             return await self._generate(request, got.body, model, method)

@@ -395,6 +395,9 @@ class VirtualKeyPolicy:
         """The most this call can cost: the prompt estimate plus ``max_tokens`` of
         output at the dearest deployment; without a bound, ``max_reservation_usd``."""
         is_chat = "messages" in data
+        if not is_chat and ("input" not in data or "voice" in data):
+            # Images, audio, rerank: no token bound to price; reserve the cap.
+            return self._cap_micros
         max_out = self._max_output(data) if is_chat else 0
         if max_out is None:
             return self._cap_micros
@@ -428,7 +431,8 @@ class VirtualKeyPolicy:
                event.model, event.provider, event.provider_model, event.kind,
                # The ledger keeps four columns: audio input counts as uncached input,
                # every cache write as a write, audio output as output.
-               u.input_tokens + u.audio_input_tokens, u.cache_read_tokens,
+               u.input_tokens + u.audio_input_tokens + u.image_input_tokens,
+               u.cache_read_tokens,
                u.cache_write_all_tokens, u.completion_tokens,
                None if event.cost is None else format_decimal(event.cost),
                "billed" if event.customer else "unattributed", ",".join(sorted(event.flags)),

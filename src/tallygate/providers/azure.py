@@ -94,6 +94,9 @@ class AzureProvider(OpenAICompatProvider):
     def embeddings_url(self, deployment: Deployment) -> str:
         return self._url(deployment, "embeddings")
 
+    def media_url(self, deployment: Deployment, path: str) -> str:
+        return self._url(deployment, path)
+
     def auth_headers(self, deployment: Deployment) -> dict[str, str]:
         token = self.param(deployment, "azure_ad_token", os.environ)
         if token:

@@ -44,20 +44,34 @@ class PriceOverride:
     output_cost_per_reasoning_token: Decimal | None = None
     citation_cost_per_token: Decimal | None = None
     per_request: Mapping[str, Decimal] = field(default_factory=lambda: _NO_RATES)
+    input_cost_per_image_token: Decimal | None = None
+    # Other units (images, seconds, characters, rerank searches), USD per unit.
+    output_cost_per_image: Decimal | None = None
+    input_cost_per_second: Decimal | None = None
+    input_cost_per_character: Decimal | None = None
+    input_cost_per_query: Decimal | None = None
 
     def is_empty(self) -> bool:
-        """No per-token price set. A ``per_request`` table alone prices its items and
-        leaves the tokens to the price library."""
+        """No per-token or per-unit price set. A ``per_request`` table alone prices its
+        items and leaves the tokens to the price library."""
         return all(getattr(self, name) is None for name in PRICE_KEYS)
 
 
+# LiteLLM's price keys of the non-token units -> the usage item each prices.
+UNIT_PRICE_KEYS: dict[str, str] = {
+    "output_cost_per_image": "images",
+    "input_cost_per_second": "audio_seconds",
+    "input_cost_per_character": "input_characters",
+    "input_cost_per_query": "rerank_searches",
+}
 # PriceOverride's per-token fields: the names a config entry or an SDK call sets prices with.
 PRICE_KEYS: tuple[str, ...] = ("input_cost_per_token", "output_cost_per_token",
                                "cache_read_input_token_cost",
                                "cache_creation_input_token_cost",
                                "cache_creation_input_token_cost_above_1hr",
                                "input_cost_per_audio_token", "output_cost_per_audio_token",
-                               "output_cost_per_reasoning_token", "citation_cost_per_token")
+                               "output_cost_per_reasoning_token", "citation_cost_per_token",
+                               "input_cost_per_image_token", *UNIT_PRICE_KEYS)
 # LiteLLM's per-request price table, {search_context_size_low|medium|high: USD per request}:
 # it prices the per-request items of those names (Perplexity's request fee).
 PER_REQUEST_PRICE_KEY = "search_context_cost_per_query"
@@ -222,6 +236,24 @@ class NativeMessages(ABC):
         """The upstream request for ``POST /v1/messages/count_tokens``."""
 
 
+class NativeGemini(ABC):
+    """A provider that speaks Google's Gemini API itself (``gemini/``; Gemini on Vertex
+    AI): the Gemini door forwards requests to it as they came and passes its answers
+    and streams back, reading usage on the way."""
+
+    def speaks_gemini(self, deployment: Deployment) -> bool:
+        """Whether this deployment takes the Gemini API natively (Vertex AI: its Gemini
+        models, not its Claude ones); the door translates for the others."""
+        return True
+
+    @abstractmethod
+    def gemini_request(self, deployment: Deployment, method: str,
+                       body: bytes) -> UpstreamRequest:
+        """The upstream request for a Gemini API ``method`` (``generateContent``,
+        ``streamGenerateContent?alt=sse``, ``countTokens``) with the client's ``body``
+        as it came, to the deployment's model, with the gateway's credentials."""
+
+
 class NativeCompletions(ABC):
     """A provider that serves OpenAI's legacy ``/completions`` itself."""
 
@@ -318,6 +350,20 @@ class Provider(ABC):
         (``model`` already the deployment's)."""
         raise BadRequestError(f"provider {self.name!r} does not serve the Responses API",
                               param="model", code="responses_not_supported")
+
+    def media_request(self, deployment: Deployment, path: str, body: bytes,
+                      content_type: str) -> UpstreamRequest:
+        """For providers that serve OpenAI's other endpoints (``images/generations``,
+        ``audio/transcriptions``, ``audio/speech``, ``moderations``, ``rerank``): the
+        upstream request of ``body`` (JSON or multipart, ``model`` the deployment's)."""
+        raise BadRequestError(f"provider {self.name!r} does not serve /{path}",
+                              param="model", code="endpoint_not_supported")
+
+    def media_response(self, deployment: Deployment, path: str, body: bytes,
+                       content_type: str) -> tuple[bytes, str]:
+        """A 200 answer of ``media_request`` in OpenAI's shape (body, content type); a
+        provider that translates the request translates the answer here."""
+        return body, content_type
 
     def local_chat(self, deployment: Deployment, params: dict[str, Any]) -> bytes:
         """For ``is_local`` providers: the raw upstream-format answer (JSON or SSE)."""

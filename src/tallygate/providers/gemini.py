@@ -20,6 +20,7 @@ from tallygate.errors import UpstreamError
 from tallygate.providers.base import (
     ChatResult,
     Deployment,
+    NativeGemini,
     Provider,
     StreamDecoder,
     UpstreamRequest,
@@ -43,7 +44,7 @@ def read_json_object(body: bytes) -> dict[str, Any]:
     return parsed
 
 
-class GeminiProvider(Provider):
+class GeminiProvider(Provider, NativeGemini):
     name = "gemini"
     price_provider = "google"
     default_api_base = "https://generativelanguage.googleapis.com/v1beta"
@@ -67,6 +68,11 @@ class GeminiProvider(Provider):
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
         return UpstreamRequest(url=self._url(deployment, method),
                                headers=self._headers(deployment), body=orjson.dumps(body))
+
+    def gemini_request(self, deployment: Deployment, method: str,
+                       body: bytes) -> UpstreamRequest:
+        return UpstreamRequest(url=self._url(deployment, method),
+                               headers=self._headers(deployment), body=body)
 
     def chat_response(self, deployment: Deployment, body: bytes) -> ChatResult:
         return translate_answer(read_json_object(body), deployment.model)

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from tallygate.errors import UpstreamError, upstream_error_for
-from tallygate.providers.base import ChatResult, StreamDecoder, StreamItem
+from tallygate.providers.base import ChatResult, PassThroughDecoder, StreamDecoder, StreamItem
 from tallygate.providers.gemini_request import tool_call_id
 from tallygate.providers.sse import SSEParser
 from tallygate.usage import Usage
@@ -315,6 +315,91 @@ class GeminiStreamDecoder(StreamDecoder):
             out.append(self._chunk(index, {},
                                    finish_reason(reason, self._tool_calls.get(index, 0) > 0)))
         return out
+
+
+# --- the Gemini API passed through (the Gemini door) -----------------------------------
+
+def read_native_answer(body: bytes) -> ChatResult:
+    """A ``generateContent`` answer going back to a Gemini client as it came (``raw``),
+    with its usage."""
+    parsed = orjson.loads(body)
+    if not isinstance(parsed, dict) or not ("candidates" in parsed
+                                            or "promptFeedback" in parsed):
+        raise UpstreamError("upstream answered 200 with a body that is not a "
+                            "GenerateContentResponse")
+    return ChatResult(body=parsed, usage=gemini_usage(parsed.get("usageMetadata")), raw=body)
+
+
+class GeminiPassThrough(PassThroughDecoder):
+    """``streamGenerateContent?alt=sse`` chunks passed through as they came (each JSON
+    payload byte for byte, framed as Google frames them), usage read from the last
+    ``usageMetadata`` (cumulative). ``array``: the client asked without ``alt=sse``, so
+    the same payloads go out as the one JSON array Google answers then. The chunk that
+    finishes every candidate is held in ``tail``, to be sent after the bill is written;
+    ``closing()`` is what ends the answer."""
+
+    def __init__(self, *, array: bool = False) -> None:
+        super().__init__()
+        self._sse = SSEParser()
+        self._array = array
+        self._opened = False  # array form: "[" sent
+        self._started: set[int] = set()
+        self._finished: set[int] = set()
+
+    def _frame(self, payload: bytes) -> bytes:
+        if not self._array:
+            return b"data: " + payload + b"\r\n\r\n"
+        head = b",\r\n" if self._opened else b"["
+        self._opened = True
+        return head + payload
+
+    def closing(self) -> bytes:
+        if not self._array:
+            return self.tail
+        return self.tail + (b"]" if self._opened or self.tail else b"[]")
+
+    def feed(self, data: bytes) -> list[StreamItem]:
+        out: list[StreamItem] = []
+        for ev in self._sse.feed(data):
+            if not ev.data:
+                continue
+            try:
+                chunk = orjson.loads(ev.data)
+            except orjson.JSONDecodeError:
+                chunk = None
+            frame = self._frame(ev.data)
+            if self.done:  # nothing normally follows the last chunk; keep it all the same
+                self.tail += frame
+                continue
+            if isinstance(chunk, dict):
+                self._read(chunk)
+            if self.done:
+                self.tail = frame
+            else:
+                out.append(StreamItem(chunk if isinstance(chunk, dict) else {}, frame))
+        return out
+
+    def _read(self, chunk: Mapping[str, Any]) -> None:
+        usage = gemini_usage(chunk.get("usageMetadata"))
+        if usage is not None:
+            self.usage = usage
+        feedback = chunk.get("promptFeedback")
+        if isinstance(feedback, Mapping) and feedback.get("blockReason"):
+            self.done = True
+            return
+        for position, candidate in enumerate(chunk.get("candidates") or ()):
+            if not isinstance(candidate, Mapping):
+                continue
+            index = candidate.get("index")
+            index = index if isinstance(index, int) else position
+            self._started.add(index)
+            text, _, calls = _read_parts(candidate.get("content"))
+            self.output_parts.append(text)
+            self.output_parts.extend(c["function"]["arguments"] for c in calls)
+            if candidate.get("finishReason"):
+                self._finished.add(index)
+        if self._started and self._started <= self._finished:
+            self.done = True
 
 
 # --- embeddings ------------------------------------------------------------------------

@@ -209,6 +209,10 @@ class OpenAICompatProvider(Provider):
     def embeddings_url(self, deployment: Deployment) -> str:
         return self._base(deployment) + "/embeddings"
 
+    def media_url(self, deployment: Deployment, path: str) -> str:
+        """Where the cloud serves OpenAI's ``images/...``, ``audio/...``, ``rerank``..."""
+        return f"{self._base(deployment)}/{path}"
+
     def auth_headers(self, deployment: Deployment) -> dict[str, str]:
         key = self.api_key(deployment, os.environ)
         return {"Authorization": f"Bearer {key}"} if key else {}
@@ -234,6 +238,13 @@ class OpenAICompatProvider(Provider):
         else:
             body.pop("stream", None)
         return body
+
+    def media_request(self, deployment: Deployment, path: str, body: bytes,
+                      content_type: str) -> UpstreamRequest:
+        headers = self._headers(deployment)
+        headers["Content-Type"] = content_type
+        headers["Accept"] = "*/*"  # speech answers audio bytes
+        return UpstreamRequest(self.media_url(deployment, path), headers, body)
 
     def chat_request(self, deployment: Deployment, params: dict[str, Any],
                      stream: bool) -> UpstreamRequest:

@@ -34,10 +34,11 @@ from urllib.parse import urlsplit
 import orjson
 
 from tallygate.errors import ConfigError, UpstreamError
-from tallygate.providers import anthropic
+from tallygate.providers import anthropic, imagen
 from tallygate.providers.base import (
     ChatResult,
     Deployment,
+    NativeGemini,
     NativeMessages,
     PassThroughDecoder,
     Provider,
@@ -139,7 +140,7 @@ def vertex_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstre
     return google_error(status, body, headers)
 
 
-class VertexAIProvider(Provider, NativeMessages):
+class VertexAIProvider(Provider, NativeMessages, NativeGemini):
     name = "vertex_ai"
     # genai-prices' "google" prices Gemini and, for Vertex, the Claude models too.
     price_provider = "google"
@@ -189,6 +190,17 @@ class VertexAIProvider(Provider, NativeMessages):
         headers = {**JSON_HEADERS, **deployment.headers}
         return UpstreamRequest(url=f"{self._model_url(deployment, target)}:{method}",
                                headers=headers, body=orjson.dumps(body))
+
+    # -- Gemini's own API, passed through by the Gemini door -------------------------
+
+    def speaks_gemini(self, deployment: Deployment) -> bool:
+        return not is_claude(deployment.model)
+
+    def gemini_request(self, deployment: Deployment, method: str,
+                       body: bytes) -> UpstreamRequest:
+        url = f"{self._model_url(deployment, self.target(deployment))}:{method}"
+        return UpstreamRequest(url=url, headers={**JSON_HEADERS, **deployment.headers},
+                               body=body)
 
     # -- Claude's Messages API, passed through by the Messages door -------------------
 
@@ -260,6 +272,20 @@ class VertexAIProvider(Provider, NativeMessages):
     def error_from_response(self, status: int, body: bytes,
                             headers: Mapping[str, str]) -> UpstreamError:
         return vertex_error(status, body, headers)
+
+    # -- Imagen: OpenAI's images/generations as a :predict call -------------------------
+
+    def media_request(self, deployment: Deployment, path: str, body: bytes,
+                      content_type: str) -> UpstreamRequest:
+        if path != "images/generations" or is_claude(deployment.model):
+            return super().media_request(deployment, path, body, content_type)
+        url = f"{self._model_url(deployment, self.target(deployment))}:predict"
+        return UpstreamRequest(url=url, headers={**JSON_HEADERS, **deployment.headers},
+                               body=orjson.dumps(imagen.predict_body(body)))
+
+    def media_response(self, deployment: Deployment, path: str, body: bytes,
+                       content_type: str) -> tuple[bytes, str]:
+        return imagen.images_answer(body), "application/json"
 
 
 register(VertexAIProvider())

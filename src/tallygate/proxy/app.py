@@ -182,5 +182,17 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.doors.openai_responses import add_responses_routes
 
     add_responses_routes(app, gw)  # the OpenAI Responses API door
+    from tallygate.doors.gemini import add_gemini_routes
+
+    add_gemini_routes(app, gw)  # Google's Gemini API door (Gemini CLI, google-genai)
+    from tallygate.doors.audio import add_audio_routes
+    from tallygate.doors.images import add_image_routes
+    from tallygate.doors.moderation import add_moderation_routes
+    from tallygate.doors.rerank import add_rerank_routes
+
+    add_image_routes(app, gw)  # billed per image or per token
+    add_audio_routes(app, gw)  # per second / character / token
+    add_rerank_routes(app, gw)  # per search unit or token
+    add_moderation_routes(app, gw)
     r.add_route("*", "/{tail:.*}", _no_route(gw))
     return app

@@ -25,7 +25,7 @@ from tallygate.errors import (
     TallygateError,
     UpstreamError,
 )
-from tallygate.event import new_call_id
+from tallygate.event import UsageEvent, format_decimal, new_call_id
 from tallygate.providers.base import Deployment
 from tallygate.proxy.gateway import Gateway
 from tallygate.proxy.validation import parse_json_object, require_model
@@ -45,6 +45,8 @@ CallRunner = Callable[[web.Request, dict[str, Any], Deployment, CallContext],
 # The route's body (already JSON) -> OpenAI-shaped params, checked; raises a 400 error.
 Prepare = Callable[[dict[str, Any]], dict[str, Any]]
 ErrorRenderer = Callable[[TallygateError, str | None], web.Response]
+# (request, its body bytes) -> the call's fields, for routes whose body is not JSON.
+BodyParser = Callable[[web.Request, bytes], dict[str, Any]]
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
 
@@ -90,16 +92,22 @@ class CallFrame:
         m.observe_latency((("route", route),), time.perf_counter() - started)
 
     async def run(self, request: web.Request, route: str, prepare: Prepare, handle: CallRunner,
-                  on_error: ErrorRenderer = openai_error_response) -> web.StreamResponse:
+                  on_error: ErrorRenderer = openai_error_response, *,
+                  model: str | None = None,
+                  parse: BodyParser | None = None) -> web.StreamResponse:
+        """``model``: the model group when the route's path names it (Gemini's
+        ``/models/{model}:generateContent``); else the body's ``model``. ``parse``: the
+        body's reading when it is not JSON (multipart uploads)."""
         started = time.perf_counter()
         gw = self.gw
         call_id = new_call_id()
-        model: str | None = None
         status = 200
         try:
             identity = await gw.access.authenticate(request)
-            body = parse_json_object(await read_body(request, gw))
-            model = require_model(body)  # every API shape names its model the same way
+            raw = await read_body(request, gw)
+            body = parse(request, raw) if parse is not None else parse_json_object(raw)
+            if model is None:
+                model = require_model(body)  # the OpenAI and Anthropic shapes name it so
             params = prepare(body)
             group = model_group(gw, model)
             ctx, deployment = await gw.access.admit(identity, params, model, call_id, group)
@@ -116,6 +124,17 @@ class CallFrame:
             return answer
         finally:
             self.observe(route, model, status, started)
+
+
+def billed_response(gw: Gateway, body: bytes, event: UsageEvent,
+                    content_type: str = "application/json") -> web.Response:
+    """A billed call's answer with its call id and cost headers."""
+    headers = {CALL_ID_HEADER: event.call_id, REQUEST_ID_HEADER: event.call_id,
+               "Content-Type": content_type or "application/octet-stream",
+               **gw.access.response_headers(event.call_id)}
+    if event.cost is not None:
+        headers[COST_HEADER] = format_decimal(event.cost)
+    return web.Response(body=body, headers=headers)
 
 
 async def serve_stream(request: web.Request, stream: ChatStream, headers: dict[str, str],

@@ -218,6 +218,7 @@ class Gateway:
                               ("cache_write", u.cache_write_tokens),
                               ("cache_write_1h", u.cache_write_1h_tokens),
                               ("audio_input", u.audio_input_tokens),
+                              ("image_input", u.image_input_tokens),
                               ("citation", u.citation_tokens),
                               ("output", u.output_tokens),
                               ("audio_output", u.audio_output_tokens)):

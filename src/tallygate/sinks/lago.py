@@ -148,10 +148,13 @@ def lago_event_body(event: UsageEvent, code: str, *, send_amount: bool = False,
       ``cached_input_tokens`` (cache reads), ``cache_creation_input_tokens`` (cache
       writes, of which ``cache_creation_1h_input_tokens`` were kept one hour),
       ``audio_input_tokens`` and ``citation_tokens``; ``reasoning_tokens`` and
-      ``audio_output_tokens`` are parts of ``output_tokens``. Items billed per request
-      are counted by name (``web_searches``). The optional ones are sent only when
-      nonzero. ``provider_reported_cost``: what the provider says the call cost, when
-      it says (OpenRouter, Perplexity, xAI), beside ``response_cost``.
+      ``audio_output_tokens`` are parts of ``output_tokens``; ``image_input_tokens``
+      (image models' image input) is a part of ``input_tokens``. Items billed per
+      request, and the units of calls not billed in tokens, are counted by name
+      (``web_searches``; ``images``, ``audio_seconds``, ``input_characters``,
+      ``rerank_searches``). The optional ones are sent only when nonzero.
+      ``provider_reported_cost``: what the provider says the call cost, when it says
+      (OpenRouter, Perplexity, xAI), beside ``response_cost``.
 
     ``model`` is the deployment's model without its provider prefix (config
     ``model: openai/my-fake-model`` sends ``"my-fake-model"``), as LiteLLM's integration
@@ -192,7 +195,8 @@ def lago_event_body(event: UsageEvent, code: str, *, send_amount: bool = False,
     for name, value in (("cache_creation_1h_input_tokens", u.cache_write_1h_tokens),
                         ("audio_input_tokens", u.audio_input_tokens),
                         ("citation_tokens", u.citation_tokens),
-                        ("audio_output_tokens", u.audio_output_tokens), *u.requests):
+                        ("audio_output_tokens", u.audio_output_tokens),
+                        ("image_input_tokens", u.image_input_tokens), *u.requests):
         if value:
             props[name] = value
     if event.cost is not None:
