@@ -13,6 +13,7 @@ import tallygate
 from tests.fakes.cohere_server import FakeCohere
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.ollama_server import FakeOllama
+from tests.fakes.rerank_server import FakeRerank
 from tests.fakes.server_base import run_in_thread
 from tests.sdk_fixtures import MESSAGES, SdkPaths
 
@@ -87,3 +88,18 @@ def test_ollama_completion_with_options_and_prices(sdk: SdkPaths, lago: FakeLago
     assert unpriced["unknown_price"] == "true" and "response_cost" not in unpriced
     assert lago.events[e.call_id].properties["input_tokens"] == 8
     assert lago.schema_violations == []
+
+
+def test_cohere_rerank_goes_to_v2_rerank(sdk: SdkPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COHERE_API_KEY", "co-env-key")
+    with run_in_thread(FakeRerank("cohere")) as fake:
+        fake.require_api_key = "co-env-key"
+        r = tallygate.rerank(model="cohere/rerank-v3.5", query="blue sky",
+                             documents=["the sky is blue", "grass is green"], top_n=1,
+                             api_base=fake.url, input_cost_per_query="0.002")
+    assert [x.index for x in r.results] == [0]
+    assert fake.received[-1].path == "/v2/rerank"
+    assert fake.requests[-1]["model"] == "rerank-v3.5"
+    assert r.usage_event.provider == "cohere"
+    assert r.usage_event.usage.request_count("rerank_searches") == 1
+    assert r.usage_event.cost == Decimal("0.002")

@@ -462,7 +462,7 @@ class CohereProvider(Provider):
         base = (deployment.api_base or os.environ.get("COHERE_API_BASE")
                 or DEFAULT_API_BASE).rstrip("/")
         # LiteLLM configs give the root, the /v2 prefix or a full endpoint URL.
-        for suffix in ("/v2/chat", "/v2/embed", "/v2"):
+        for suffix in ("/v2/chat", "/v2/embed", "/v2/rerank", "/v2"):
             if base.endswith(suffix):
                 base = base[: -len(suffix)]
                 break
@@ -508,6 +508,17 @@ class CohereProvider(Provider):
         if not isinstance(parsed, dict):
             raise UpstreamError("Cohere answered with a non-object body")
         return embed_response(parsed, deployment.model)
+
+
+    def media_request(self, deployment: Deployment, path: str, body: bytes,
+                      content_type: str) -> UpstreamRequest:
+        """``rerank`` (LiteLLM's ``cohere/rerank-v3.5``): the request is already in
+        Cohere's shape; it goes to v2 Rerank, billed per search unit."""
+        if path != "rerank":
+            return super().media_request(deployment, path, body, content_type)
+        headers = self._headers(deployment)
+        headers["Content-Type"] = content_type
+        return UpstreamRequest(self._url(deployment, "rerank"), headers, body)
 
 
 class CohereChatProvider(CohereProvider):
