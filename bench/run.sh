@@ -24,5 +24,7 @@ fi
 
 .venv/bin/python bench/run_bench.py "$@"
 .venv/bin/python bench/report.py bench/results/latest.json BENCHMARKS.md
+# The dashboard's overview over a 1M-call ledger, SQLite and PostgreSQL (its own section).
+.venv/bin/python bench/ui_overview.py --write BENCHMARKS.md
 bench/.venv-plot/bin/python bench/plot.py bench/results/latest.json bench/latency.png
 echo "wrote BENCHMARKS.md and bench/latency.png"

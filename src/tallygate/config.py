@@ -197,6 +197,8 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
             found = next((r.config_env[n] for n in names if r.config_env.get(n)), None)
             if found is not None:
                 extra[key] = found
+    if r.config_env:
+        extra = adapter.config_params(provider_model, extra, r.config_env)
     headers = params.get("extra_headers") or {}
     if not isinstance(headers, dict):
         raise ConfigError(f"{ppath}.extra_headers: must be a mapping")

@@ -170,16 +170,44 @@ def _embedding_usage(params: Mapping[str, Any], usage: Usage | None) -> Usage:
     return Usage(input_tokens=tokens, source="estimated")
 
 
-async def _send(provider: Provider, deployment: Deployment, params: dict[str, Any],
-                *, embedding: bool = False) -> bytes:
+async def _send(provider: Provider, deployment: Deployment, params: dict[str, Any]) -> bytes:
     if provider.is_local:
         return provider.local_chat(deployment, params)
-    request = (provider.embedding_request(deployment, params) if embedding
-               else provider.chat_request(deployment, params, stream=False))
+    return await _answer(provider, deployment,
+                         provider.chat_request(deployment, params, stream=False))
+
+
+async def _answer(provider: Provider, deployment: Deployment,
+                  request: UpstreamRequest) -> bytes:
     resp = await _post(provider, deployment, request)
     if resp.status >= 400:
         raise provider.error_from_response(resp.status, resp.body, resp.headers)
     return resp.body
+
+
+# A provider that embeds one input per request (Titan) gets this many requests at once.
+EMBEDDING_CONCURRENCY = 4
+
+
+async def _send_embeddings(provider: Provider, deployment: Deployment,
+                           params: dict[str, Any]) -> list[bytes]:
+    if provider.is_local:
+        return [provider.local_chat(deployment, params)]
+    requests = provider.embedding_requests(deployment, params)
+    if len(requests) == 1:
+        return [await _answer(provider, deployment, requests[0])]
+    gate = asyncio.Semaphore(EMBEDDING_CONCURRENCY)
+
+    async def one(request: UpstreamRequest) -> bytes:
+        async with gate:
+            return await _answer(provider, deployment, request)
+
+    try:  # one failing request fails the call and cancels the rest
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(r)) for r in requests]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None  # as a single request would have failed
+    return [t.result() for t in tasks]
 
 
 async def _post(provider: Provider, deployment: Deployment,
@@ -277,8 +305,8 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
     """An embeddings call, billed like chat with input tokens only."""
     try:
         provider = get_provider(deployment.provider)
-        body = await _send(provider, deployment, params, embedding=True)
-        result = _read_answer(lambda: provider.embedding_response(deployment, body),
+        bodies = await _send_embeddings(provider, deployment, params)
+        result = _read_answer(lambda: provider.embedding_responses(deployment, bodies),
                               "data", "an embeddings list")
         if result.raw is None and params.get("encoding_format") == "base64":
             # A translated answer holds floats; OpenAI clients asked for packed vectors.
@@ -402,6 +430,8 @@ class ChatStream:
                     if self._first_chunk_ms is None:
                         self._first_chunk_ms = now_ms() - self.ctx.started_at_ms
                     yield items
+                if self._decoder.failure is not None:
+                    raise self._decoder.failure
                 if self._decoder.done:
                     break
         except UpstreamError as exc:

@@ -65,6 +65,12 @@ _ANTHROPIC_PARAMS: tuple[str, ...] = (
     "stream", "stream_options", "stop", "temperature", "top_p", "max_tokens",
     "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls",
     "response_format", "user", "safety_identifier", "n", "extra_headers", "metadata")
+# What the Bedrock adapter translates (providers/bedrock_converse.build_body); ``thinking``
+# and ``top_k`` are not OpenAI parameters and pass as they are.
+_BEDROCK_PARAMS: tuple[str, ...] = (
+    "stream", "stream_options", "stop", "temperature", "top_p", "max_tokens",
+    "max_completion_tokens", "tools", "tool_choice", "reasoning_effort", "user", "n",
+    "extra_headers", "metadata")
 _OPENAI_REASONING = re.compile(r"(o[1-9]|gpt-5)([-.].*)?")
 
 
@@ -132,6 +138,8 @@ def get_supported_openai_params(model: str, custom_llm_provider: str | None = No
         return ["input", "encoding_format", "dimensions", "user"]
     if provider == "anthropic":
         return list(_ANTHROPIC_PARAMS)
+    if provider == "bedrock":
+        return list(_BEDROCK_PARAMS)
     if provider == "openai" and _OPENAI_REASONING.fullmatch(name):
         return [p for p in OPENAI_CHAT_PARAMS if p not in _REASONING_REFUSED]
     return list(OPENAI_CHAT_PARAMS)

@@ -204,13 +204,17 @@ class PriceBook:
     reused, so the hot path is a few Decimal multiplications with the library's numbers.
     """
 
-    def __init__(self, price_provider: Callable[[str], str | None] | None = None) -> None:
+    def __init__(self, price_provider: Callable[[str], str | None] | None = None,
+                 price_names: Callable[[str, str], tuple[str, ...]] | None = None) -> None:
         self._unknown: set[tuple[str, str]] = set()
         self._warned_unpriced: set[tuple[str, str, tuple[str, ...]]] = set()
         self._rates: dict[tuple[str, str], _Rates | None] = {}
+        # (provider, model) -> the name the library prices it by, once found
+        self._names: dict[tuple[str, str], str] = {}
         self._library: Any = None
         self._source = ""
         self._price_provider = price_provider or _registered_price_provider
+        self._price_names = price_names or _registered_price_names
 
     def _lib(self) -> Any:
         # Imported on first use: it costs ~100 ms, and `import tallygate` must stay cheap.
@@ -290,7 +294,7 @@ class PriceBook:
             if fast is not None:
                 return Price(fast.cost, self._source)
         try:
-            model_price, varies = self._model_price_and_clock(provider_id, model)
+            name, model_price, varies = self._find(provider_id, key)
         except LookupError:
             return self._mark_unknown(key)
         if not any(v is not None for k, v in vars(model_price).items()
@@ -305,8 +309,23 @@ class PriceBook:
             # is asked of the library on every call, never cached for an hour.
             self._rates[key] = None if varies else _linear_rates(model_price)
         lib = self._lib()
-        calc = lib.calc_price(library_usage(lib, usage), model, provider_id=provider_id)
+        calc = lib.calc_price(library_usage(lib, usage), name, provider_id=provider_id)
         return Price(Decimal(calc.total_price), self._source)
+
+    def _find(self, provider_id: str, key: tuple[str, str]) -> tuple[str, Any, bool]:
+        """(the library's name for the model, its price now, whether that depends on the
+        time of day); LookupError if none of the provider's names for it is priced."""
+        name = self._names.get(key)
+        if name is not None:
+            return name, *self._model_price_and_clock(provider_id, name)
+        for candidate in self._price_names(*key):
+            try:
+                model_price, varies = self._model_price_and_clock(provider_id, candidate)
+            except LookupError:
+                continue
+            self._names[key] = candidate
+            return candidate, model_price, varies
+        raise LookupError(key[1])
 
     def _image_price(self, key: tuple[str, str], usage: Usage, variant: str | None) -> Price:
         """Images billed per image: OpenAI's list price for the model, size and quality."""
@@ -390,6 +409,16 @@ def _linear_rates(model_price: Any) -> _Rates | None:
         else:
             return None  # a unit (characters, seconds, images...) priced by the library
     return _Rates(per_bucket, per_call, time.monotonic() + _RATES_TTL_S)
+
+
+def _registered_price_names(provider: str, model: str) -> tuple[str, ...]:
+    from tallygate.errors import TallygateError
+    from tallygate.providers.registry import get_provider
+
+    try:
+        return get_provider(provider).price_names(model)
+    except TallygateError:
+        return (model,)
 
 
 def _registered_price_provider(provider: str) -> str | None:

@@ -87,8 +87,8 @@ def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | N
     mock_response = kwargs.pop("mock_response", None)
     # The provider's own litellm_params (api_version, vertex_project...) configure the
     # deployment, as in a config entry; they are not sent upstream as call parameters.
-    declared = get_provider(provider).litellm_params
-    provider_params = {k: kwargs.pop(k) for k in sorted(declared & kwargs.keys())
+    adapter = get_provider(provider)
+    provider_params = {k: kwargs.pop(k) for k in sorted(adapter.litellm_params & kwargs.keys())
                        if kwargs[k] is not None}
     deployment = Deployment(provider=provider, model=provider_model, api_base=api_base,
                             api_key=api_key, timeout=timeout,

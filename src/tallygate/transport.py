@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
+from yarl import URL
 
 from tallygate.errors import UpstreamConnectionError, UpstreamTimeoutError
 from tallygate.providers.base import UpstreamRequest
@@ -85,6 +86,11 @@ async def close_session() -> None:
         await closer.aclose()  # type: ignore[attr-defined]
 
 
+def _url(request: UpstreamRequest) -> str | URL:
+    # aiohttp re-quotes a str URL (%3A becomes ':'), which breaks a signature over the path.
+    return URL(request.url, encoded=True) if request.encoded_url else request.url
+
+
 def _late(timeout: float | None) -> str:
     return f"upstream did not answer within {timeout or DEFAULT_TIMEOUT_S}s"
 
@@ -105,7 +111,7 @@ def _stream_timeout(total: float | None) -> aiohttp.ClientTimeout:
 async def post(request: UpstreamRequest, timeout: float | None) -> UpstreamResponse:
     """POST and read the whole answer; network failures become Upstream*Error."""
     try:
-        async with session().post(request.url, data=request.body, headers=request.headers,
+        async with session().post(_url(request), data=request.body, headers=request.headers,
                                   timeout=_timeout(timeout)) as resp:
             body = await resp.read()
             return UpstreamResponse(resp.status, resp.headers, body)
@@ -142,7 +148,7 @@ async def open_stream(request: UpstreamRequest,
                       timeout: float | None) -> AsyncIterator[UpstreamStream]:
     """POST and hand back the answer unread, for streaming; closes it on exit."""
     try:
-        resp = await session().post(request.url, data=request.body, headers=request.headers,
+        resp = await session().post(_url(request), data=request.body, headers=request.headers,
                                     timeout=_stream_timeout(timeout))
     except TimeoutError:
         raise UpstreamTimeoutError(_late(timeout)) from None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from tallygate.access import spend_rollup
 from tallygate.errors import ConfigError
 from tallygate.sqlite_connect import connect
 
@@ -113,6 +114,8 @@ def _migrations(d: Dialect) -> Steps:
         # A held (unattributed) call keeps its whole UsageEvent (JSON) in its ledger
         # row, so that `tallygate outbox assign` can bill it later.
         (2, ("ALTER TABLE access_ledger ADD COLUMN event TEXT",)),
+        # The hourly spend rollup the dashboard reads, kept by triggers (spend_rollup.py).
+        (3, spend_rollup.migration(d)),
     )
 
 

@@ -53,7 +53,7 @@ def blocks_of(content: object, where: str) -> list[dict[str, Any]]:
 
 def _content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     """A lone text part as a string (every OpenAI-compatible server takes that)."""
-    if len(parts) == 1 and parts[0]["type"] == "text":
+    if len(parts) == 1 and parts[0]["type"] == "text" and "cache_control" not in parts[0]:
         text: str = parts[0]["text"]
         return text
     return parts
@@ -65,8 +65,11 @@ class ChatTranslation:
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
         self.reasoning = deployment.provider == "openai" and is_reasoning_model(deployment)
-        # top_k goes to the providers that read it; an OpenAI-compatible server may refuse it.
-        self.reads_top_k = get_provider(deployment.provider).reads_top_k
+        # Bedrock turns cache_control breakpoints into cachePoints and reads top_k
+        self.caches = get_provider(deployment.provider).reads_cache_control
+        # top_k goes to the providers that read it (Bedrock, Cohere's k, Ollama's option);
+        # an OpenAI-compatible server may refuse it.
+        self.reads_top_k = self.caches or get_provider(deployment.provider).reads_top_k
         self.dropped: list[str] = []
 
     def drop(self, name: str) -> None:
@@ -81,17 +84,23 @@ class ChatTranslation:
     # -- blocks ---------------------------------------------------------------------
 
     def _block_extras(self, block: Mapping[str, Any], path: str) -> None:
-        if block.get("cache_control"):
+        if block.get("cache_control") and not self.caches:
             self.drop("cache_control")  # OpenAI-compatible servers cache by themselves
         if block.get("citations"):
             self.drop(f"{path}.citations")
+
+    def _cached(self, part: dict[str, Any], block: Mapping[str, Any]) -> dict[str, Any]:
+        """The part with the block's prompt-caching breakpoint, for a provider that reads it."""
+        if self.caches and block.get("cache_control"):
+            part["cache_control"] = block["cache_control"]
+        return part
 
     def text_part(self, block: Mapping[str, Any], where: str, path: str) -> dict[str, Any]:
         text = block.get("text")
         if not isinstance(text, str):
             raise bad(f"{where}.text must be a string", where)
         self._block_extras(block, path)
-        return {"type": "text", "text": text}
+        return self._cached({"type": "text", "text": text}, block)
 
     def image_part(self, block: Mapping[str, Any], where: str, path: str) -> dict[str, Any]:
         source = block.get("source")
@@ -108,7 +117,7 @@ class ChatTranslation:
         else:
             raise self.refuse(f"an image source of type {kind!r}", where)
         self._block_extras(block, path)
-        return {"type": "image_url", "image_url": {"url": url}}
+        return self._cached({"type": "image_url", "image_url": {"url": url}}, block)
 
     def document_parts(self, block: Mapping[str, Any], where: str,
                        path: str) -> list[dict[str, Any]]:
@@ -164,7 +173,9 @@ class ChatTranslation:
             for i, inner in enumerate(blocks_of(content, f"{where}.content")):
                 parts += self._parts(inner, f"{where}.content[{i}]", path)
         value: str | list[dict[str, Any]] = _content(parts) if parts else ""
-        return {"role": "tool", "tool_call_id": tool_use_id, "content": value}
+        # a breakpoint on the result itself: on the tool message, where Bedrock reads it
+        return self._cached({"role": "tool", "tool_call_id": tool_use_id, "content": value},
+                            block)
 
     # -- turns ----------------------------------------------------------------------
 
@@ -273,9 +284,13 @@ class ChatTranslation:
             for name in _TOOL_DROPPABLE:
                 if name in tool:
                     self.drop(f"tools.{name}")
+            entry: dict[str, Any] = {"type": "function", "function": function}
             if tool.get("cache_control"):
-                self.drop("cache_control")
-            out.append({"type": "function", "function": function})
+                if self.caches:
+                    entry["cache_control"] = tool["cache_control"]
+                else:
+                    self.drop("cache_control")
+            out.append(entry)
         return out
 
     @staticmethod
@@ -361,7 +376,7 @@ class ChatTranslation:
             elif not isinstance(top_k, int) or isinstance(top_k, bool):
                 raise bad("top_k must be an integer", "top_k")
             else:
-                params["top_k"] = top_k  # Cohere's k, Ollama's option
+                params["top_k"] = top_k
         stop = data.get("stop_sequences")
         if stop is not None:
             if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):

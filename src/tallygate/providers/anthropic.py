@@ -591,6 +591,7 @@ def _merge_beta(*values: str | None) -> str:
 class AnthropicProvider(Provider, NativeMessages):
     name = "anthropic"
     price_provider = "anthropic"
+    reads_cache_control = True
     default_api_base = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
     reads_top_k = True

@@ -3,7 +3,8 @@
 Adapters do no I/O; ``transport`` sends what they build. That keeps each adapter a pure
 translation, testable on bytes, and lets the proxy pass OpenAI-compatible bytes through
 untouched where no translation is needed. The one exception is ``authorize``: credentials
-that must be fetched (Vertex AI's OAuth tokens) are got there, off the event loop.
+that must be fetched (Vertex AI's OAuth tokens, AWS credentials) are got there, off the
+event loop, and a request signed over its final bytes (Bedrock's SigV4) is signed there.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ class UpstreamRequest:
     url: str
     headers: dict[str, str]
     body: bytes
+    #: the url is percent-encoded exactly as it must go on the wire (a signature covers
+    #: its path): the transport sends it without re-quoting (``%3A`` stays ``%3A``).
+    encoded_url: bool = False
 
 
 @dataclass(slots=True)
@@ -177,6 +181,9 @@ class StreamDecoder(ABC):
         #: the prompt's estimated size, for a provider that may leave its input count
         #: out (Ollama); the engine sets it, as it knows the prompt.
         self.estimate_prompt: Callable[[], int] = _no_estimate
+        #: an upstream failure read after the chunks ``feed`` returned with it: raised
+        #: once those chunks are delivered (what was generated is still billed).
+        self.failure: UpstreamError | None = None
         #: what the provider says the call cost, when it says (see ChatResult)
         self.provider_cost: Decimal | None = None
 
@@ -301,9 +308,26 @@ class Provider(ABC):
     #: True when the provider reads ``top_k`` (an extension the Messages door passes on
     #: only to providers that read it; an OpenAI-compatible server may refuse it).
     reads_top_k: ClassVar[bool] = False
-    #: True when credentials take I/O to obtain (OAuth access tokens): the engine then
-    #: awaits ``authorize`` on every request before sending it.
+    #: True when credentials take I/O to obtain (OAuth access tokens, AWS credentials)
+    #: or a request is signed over its final bytes (SigV4): the engine then awaits
+    #: ``authorize`` on every request before sending it.
     needs_authorize: ClassVar[bool] = False
+    #: True when the adapter reads Anthropic's ``cache_control`` breakpoints and ``top_k``
+    #: (doors keep them for it and strip them for the others).
+    reads_cache_control: ClassVar[bool] = False
+
+    def config_params(self, model: str, params: dict[str, Any],
+                      config_env: Mapping[str, str]) -> dict[str, Any]:
+        """The deployment's params with what the config's ``environment_variables`` block
+        supplies: LiteLLM puts that block into the process environment, where a provider
+        reading AWS_* or similar variables finds it; ours is not, so it is bound here, at
+        config load. By default the params are unchanged."""
+        return params
+
+    def price_names(self, model: str) -> tuple[str, ...]:
+        """The names genai-prices may know ``model`` by, best first (a cloud's model ids
+        carry regions or ARNs the library does not know as they are); () for none."""
+        return (model,)
 
     def check_deployment(self, deployment: Deployment) -> None:
         """Refuse a deployment the provider cannot serve, at config load (raise
@@ -344,6 +368,16 @@ class Provider(ABC):
     def embedding_response(self, deployment: Deployment, body: bytes) -> ChatResult:
         raise BadRequestError(f"provider {self.name!r} does not serve embeddings",
                               param="model", code="embeddings_not_supported")
+
+    def embedding_requests(self, deployment: Deployment,
+                           params: dict[str, Any]) -> list[UpstreamRequest]:
+        """The upstream requests of one embeddings call: one, unless the provider embeds
+        one input per request (Titan); ``embedding_responses`` reads their answers."""
+        return [self.embedding_request(deployment, params)]
+
+    def embedding_responses(self, deployment: Deployment, bodies: list[bytes]) -> ChatResult:
+        """The answers of ``embedding_requests``, in their order, as one result."""
+        return self.embedding_response(deployment, bodies[0])
 
     def responses_request(self, deployment: Deployment, body: bytes) -> UpstreamRequest:
         """For ``responses_api`` providers: the upstream request of a Responses API body

@@ -194,5 +194,8 @@ def create_app(settings: ProxySettings) -> web.Application:
     add_audio_routes(app, gw)  # per second / character / token
     add_rerank_routes(app, gw)  # per search unit or token
     add_moderation_routes(app, gw)
+    from tallygate.ui.routes import add_ui_routes
+
+    add_ui_routes(app, gw)  # the spend dashboard at /ui
     r.add_route("*", "/{tail:.*}", _no_route(gw))
     return app
