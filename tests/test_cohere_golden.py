@@ -37,6 +37,7 @@ from tests.proxy_harness import (
     lago_env,
     proxy_settings,
     run_proxy,
+    wait_for,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -347,3 +348,33 @@ def test_responses_door_reaches_cohere(world: World, client: openai.OpenAI) -> N
                                                        "content": "Be brief."}
     check_event(billed(world.lago, raw.headers[CALL_ID_HEADER], "acme"), "command", 21, 4,
                 command_a_cost(21, 4))
+
+
+# --- legacy completions and the Gemini door -----------------------------------------------
+
+def test_completions_and_gemini_doors_reach_cohere(world: World, client: openai.OpenAI) -> None:
+    from google import genai
+    from google.genai import types
+
+    world.cohere.input_tokens, world.cohere.output_tokens = 13, 3
+    raw = client.completions.with_raw_response.create(model="command", prompt="Say hi",
+                                                      user="acme", max_tokens=20)
+    assert raw.parse().choices[0].text == world.cohere.reply_text
+    assert world.cohere.requests[-1]["messages"] == [{"role": "user", "content": "Say hi"}]
+    ev = billed(world.lago, raw.headers[CALL_ID_HEADER], "acme")
+    assert ev.properties["kind"] == "completion"
+    assert Decimal(ev.properties["response_cost"]) == command_a_cost(13, 3)
+    gemini = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(
+        base_url=world.proxy.base_url, api_version="v1beta",
+        retry_options=types.HttpRetryOptions(attempts=1)))
+    config = types.GenerateContentConfig(system_instruction="Be brief.",
+                                         labels={"user": "gem-co"})
+    answer = gemini.models.generate_content(model="command", contents="Say hi", config=config)
+    assert answer.text == world.cohere.reply_text
+    assert answer.usage_metadata is not None
+    assert answer.usage_metadata.prompt_token_count == 13
+    assert world.cohere.requests[-1]["messages"][0] == {"role": "system",
+                                                       "content": "Be brief."}
+    [ev] = wait_for(lambda: [e for e in world.lago.stored
+                             if e.external_subscription_id == "gem-co"])
+    check_event(ev, "command", 13, 3, command_a_cost(13, 3))

@@ -33,6 +33,7 @@ from tests.proxy_harness import (
     lago_env,
     proxy_settings,
     run_proxy,
+    wait_for,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -365,3 +366,30 @@ def test_responses_door_reaches_ollama(world: World, client: openai.OpenAI) -> N
     assert response.usage is not None and response.usage.output_tokens == 5
     check_event(billed(world.lago, raw.headers[CALL_ID_HEADER], "lab"), "llama",
                 "ollama_chat", 17, 5, cost(17, 5))
+
+
+# --- legacy completions and the Gemini door -----------------------------------------------
+
+def test_completions_and_gemini_doors_reach_ollama(world: World, client: openai.OpenAI) -> None:
+    from google import genai
+    from google.genai import types
+
+    world.ollama.prompt_eval_count, world.ollama.eval_count = 9, 4
+    raw = client.completions.with_raw_response.create(model="llama-gen", prompt="Say hi",
+                                                      user="lab", max_tokens=20)
+    assert raw.parse().choices[0].text == world.ollama.reply_text
+    assert world.ollama.requests[-1]["prompt"] == "Say hi"
+    ev = billed(world.lago, raw.headers[CALL_ID_HEADER], "lab")
+    assert ev.properties["kind"] == "completion"
+    assert Decimal(ev.properties["response_cost"]) == cost(9, 4)
+    gemini = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(
+        base_url=world.proxy.base_url, api_version="v1beta",
+        retry_options=types.HttpRetryOptions(attempts=1)))
+    config = types.GenerateContentConfig(labels={"user": "gem-ol"})
+    text = "".join(c.text or "" for c in gemini.models.generate_content_stream(
+        model="llama", contents="Say hi", config=config))
+    assert text == world.ollama.reply_text
+    assert world.ollama.requests[-1]["stream"] is True
+    [ev] = wait_for(lambda: [e for e in world.lago.stored
+                             if e.external_subscription_id == "gem-ol"])
+    check_event(ev, "llama", "ollama_chat", 9, 4, cost(9, 4))
