@@ -137,6 +137,23 @@ def main() -> None:
           f"≤ 0.5 ms | {verdict(None if vk_added is None else vk_added <= 0.5)} |")
         w(f"| with a virtual key: calls billed in Lago under load | {vbs} | | 100% | "
           f"{verdict(None if vb is None else vb >= 1)} |")
+    # Issue 15: no stalls. Added p99 at c=1, at c=50 against the floor's, loop lag.
+    floor_p99_50 = added("floor-1w", 50, "p99_us")
+    for name in ("tallygate-1w", "tallygate-1w-key"):
+        if name not in T or "load" not in T[name]:
+            continue
+        what = "with a virtual key: " if name.endswith("-key") else ""
+        a1, a50 = added(name, 1, "p99_us"), added(name, 50, "p99_us")
+        w(f"| {what}added p99 latency at c=1 | {f(a1, 3, ' ms')} | | ≤ 1 ms | "
+          f"{verdict(None if a1 is None else a1 <= 1)} |")
+        lim = None if floor_p99_50 is None else 2 * max(floor_p99_50, 0.0)
+        w(f"| {what}added p99 latency at c=50 | {f(a50, 2, ' ms')} | | ≤ 2x the floor's "
+          f"({f(lim, 2, ' ms')}) | "
+          f"{verdict(None if a50 is None or lim is None else a50 <= lim)} |")
+        lag1 = get(name, "load", "1", "loop_lag", "max_ms")
+        w(f"| {what}longest event-loop stall at c=1 (sampled lag, max) | "
+          f"{f(lag1, 3, ' ms')} | | ≤ 0.5 ms | "
+          f"{verdict(None if lag1 is None else lag1 <= 0.5)} |")
     sdk = res.get("sdk", {})
     imp = sdk.get("tallygate", {}).get("import_s_median")
     imp_ok = verdict(None if imp is None else imp * 1000 <= 150)
@@ -173,6 +190,17 @@ def main() -> None:
         lambda c: f"{f(ttfc_added(c, 'p50_us'), 3)} / {f(ttfc_added(c, 'p99_us'), 3)}",
         f"{f(direct.get('ttfc', {}).get('p50_us', 0) / 1000, 3)} / "
         f"{f(direct.get('ttfc', {}).get('p99_us', 0) / 1000, 3)} (absolute)")
+    def lag(c: int) -> Any:
+        def one(name: str) -> str:
+            figs = get(name, "load", str(c), "loop_lag")
+            if not figs:
+                return "not sampled"
+            return (f"{f(figs.get('p99_ms'), 3)} / {f(figs.get('max_ms'), 3)} "
+                    f"({figs.get('over_0_5ms', 0)} of {figs.get('samples', 0)} > 0.5 ms)")
+        return one
+
+    row("event-loop lag p99 / max at c=1 (ms; 1 ms timer)", lag(1))
+    row("event-loop lag p99 / max at c=50 (ms; 1 ms timer)", lag(50))
     row(f"streams/s with 100 concurrent streams ({res['stream_chunks']} chunks each)",
         lambda c: f(get(c, "streams", "rps"), 0), f(get("direct", "streams", "rps"), 0))
     row("peak RSS per worker (MB, VmHWM)", lambda c: f(get(c, "peak_rss_mb"), 1))

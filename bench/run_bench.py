@@ -280,6 +280,20 @@ KEY_BUDGET_USD = 1_000_000   # a budget every call reserves against, never reach
 KEY_RPM = 100_000_000         # an rpm limit every call counts against, never reached here
 
 
+def loop_lag(url: str, reset: bool = False) -> dict[str, Any] | None:
+    """The gateway's sampled event-loop lag (TALLYGATE_LOOP_LAG_SAMPLE_MS is set for
+    the tallygate targets); with --workers N it is the answering worker's."""
+    req = urllib.request.Request(f"{url}/debug/loop-lag{'?reset=1' if reset else ''}",
+                                 headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            body: dict[str, Any] = json.loads(resp.read())
+            return body
+    except OSError as exc:
+        log(f"loop lag not read from {url}: {exc}")
+        return None
+
+
 def generate_key(url: str) -> str:
     """A virtual key with a budget and an rpm limit, made through the admin API."""
     body = json.dumps({"key_alias": "bench", "max_budget": KEY_BUDGET_USD,
@@ -325,13 +339,21 @@ def measure_target(t: Target, run_dir: Path, args: argparse.Namespace) -> dict[s
         warm = run_wrk(t.url, 50, min(2, d), key=key)
         ok_client += warm["ok"]
         res["load"] = {}
+        sampled = t.family == "tallygate"
         for c in args.concurrency:
+            if sampled:
+                loop_lag(t.url, reset=True)   # a window per concurrency level
             r = run_wrk(t.url, c, d, key=key)
+            if sampled:
+                r["loop_lag"] = loop_lag(t.url, reset=True)
             ok_client += r["ok"]
             res["load"][str(c)] = r
+            lag = r.get("loop_lag") or {}
             log(f"{t.name}: c={c:<3} {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:7.2f} ms  "
                 f"p99 {r['p99_us'] / 1000:7.2f} ms  non-2xx {r['status_errors']}  "
-                f"errors {r['read_errors'] + r['connect_errors'] + r['timeouts']}")
+                f"errors {r['read_errors'] + r['connect_errors'] + r['timeouts']}"
+                + (f"  loop lag p99 {lag.get('p99_ms')} ms max {lag.get('max_ms')} ms"
+                   if lag else ""))
         s = run_wrk(t.url, 100, d, stream=True, key=key)
         ok_client += s["ok"]
         res["streams"] = s
@@ -508,6 +530,8 @@ def main() -> None:
 
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LAGO_", "LITELLM"))}
     gw_env = {**base_env, **LAGO_ENV, "PYTHONUNBUFFERED": "1"}
+    # The tallygate targets sample their event loop's lag (issue 15: no stalls).
+    tg_env = {**gw_env, "TALLYGATE_LOOP_LAG_SAMPLE_MS": "1"}
     lt_env = {**gw_env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
               "LITELLM_TELEMETRY": "False", "LITELLM_DONT_SHOW_FEEDBACK_BOX": "True"}
     tallygate_bin = str(ROOT / ".venv/bin/tallygate")
@@ -521,11 +545,11 @@ def main() -> None:
         targets.append(Target(f"tallygate-{n}w", "tallygate", n, [
             tallygate_bin, "--config", str(cfg), "--host", HOST, "--port", str(GATEWAY_PORT),
             "--workers", str(n), "--db", str(run_dir / f"tallygate-{n}w" / "outbox.db"),
-            "--log-level", "WARNING"], gw_env))
+            "--log-level", "WARNING"], tg_env))
     targets.append(Target("tallygate-1w-key", "tallygate", 1, [
         tallygate_bin, "--config", str(cfg), "--host", HOST, "--port", str(GATEWAY_PORT),
         "--workers", "1", "--db", str(run_dir / "tallygate-1w-key" / "outbox.db"),
-        "--log-level", "WARNING"], gw_env, virtual_key=True))
+        "--log-level", "WARNING"], tg_env, virtual_key=True))
     if Path(litellm_bin).exists():
         for n in (1, 2):
             targets.append(Target(f"litellm-{n}w", "litellm", n, [

@@ -50,11 +50,12 @@ def chat_body(i: int, *, stream: bool = False) -> dict[str, Any]:
     return body
 
 
-async def one_call(session: aiohttp.ClientSession, base_url: str, i: int) -> Outcome:
+async def one_call(session: aiohttp.ClientSession, base_url: str, i: int,
+                   key: str = MASTER_KEY) -> Outcome:
     started = time.perf_counter()
     try:
         async with session.post(base_url + "/v1/chat/completions", json=chat_body(i),
-                                headers={"Authorization": f"Bearer {MASTER_KEY}"}) as resp:
+                                headers={"Authorization": f"Bearer {key}"}) as resp:
             await resp.read()
             return Outcome(resp.status, resp.headers.get(CALL_ID_HEADER),
                            time.perf_counter() - started)
@@ -64,7 +65,8 @@ async def one_call(session: aiohttp.ClientSession, base_url: str, i: int) -> Out
 
 async def load(base_url: str | list[str], calls: int, concurrency: int = 32, *,
                timeout_s: float = 30.0, pause_s: float = 0.0,
-               outcomes: list[Outcome] | None = None) -> list[Outcome]:
+               outcomes: list[Outcome] | None = None, key: str = MASTER_KEY
+               ) -> list[Outcome]:
     """``calls`` chat calls, ``concurrency`` at a time, spread over ``base_url``(s).
 
     ``pause_s`` spaces each worker's calls out, to stretch a load over a fault window;
@@ -85,7 +87,7 @@ async def load(base_url: str | list[str], calls: int, concurrency: int = 32, *,
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                outcomes.append(await one_call(session, urls[i % len(urls)], i))
+                outcomes.append(await one_call(session, urls[i % len(urls)], i, key))
                 if pause_s:
                     await asyncio.sleep(pause_s)
 

@@ -133,9 +133,10 @@ class RunningProxy:
         """Run a coroutine on the proxy's loop (e.g. outbox reads) and wait for it."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def outbox_stats(self) -> Any:
+    def outbox_stats(self, sink: str | None = None) -> Any:
+        """The outbox's rows (of ``sink``; every sink's, the ledger's too, by default)."""
         assert self.gateway.outbox is not None
-        return self.call(self.gateway.outbox.stats())
+        return self.call(self.gateway.outbox.stats(sink))
 
 
 @contextmanager

@@ -110,7 +110,7 @@ def test_held_calls_are_listed_then_assigned_and_billed_once(
             assert code == 0 and "1 held call(s) queued for lago" in out
             wait_for(lambda: second in lago.events)
             assert lago.events[second].external_subscription_id == "sub_globex_9"
-            wait_for(lambda: proxy.outbox_stats().delivered == 2)
+            wait_for(lambda: proxy.outbox_stats("lago").delivered == 2)
 
             code, out = cli(capsys, "outbox", "held", "--db", db_url)
             assert code == 0 and "no held calls" in out

@@ -90,7 +90,7 @@ def test_usage_and_reconcile_print_known_totals(tmp_path: Path,
             cost = Decimal(str(ledger_rows(base)["logs"][0]["spend"]))
             logs = ledger_rows(base)["logs"]
             wait_for(lambda: all(r["call_id"] in lago.events for r in logs))
-            wait_for(lambda: proxy.outbox_stats().delivered == 5)
+            wait_for(lambda: proxy.outbox_stats("lago").delivered == 5)
 
         for name, value in env.items():
             monkeypatch.setenv(name, value)
@@ -118,7 +118,8 @@ def test_usage_and_reconcile_print_known_totals(tmp_path: Path,
             SELECT 'tg-ghost', ts_ms, model, provider, provider_model, kind, 1, 0, 0, 1,
             cost, 'billed', 'A', 'A' FROM access_ledger LIMIT 1""")
         victim = logs[1]["call_id"]
-        conn.execute("UPDATE outbox SET state = 'dead' WHERE call_id = ?", (logs[2]["call_id"],))
+        conn.execute("UPDATE outbox SET state = 'dead' WHERE call_id = ? AND sink = 'lago'",
+                     (logs[2]["call_id"],))
         conn.commit()
         conn.close()
         with lago._lock:

@@ -75,9 +75,9 @@ async def test_lago_fault_window_during_500_calls(tmp_path: Path, lago: FakeLago
         assert [o for o in outcomes if o.status != 200] == [], "Lago's fault reached a client"
         call_ids = ok_call_ids(outcomes)
         await await_delivered(lago, call_ids, timeout=30)
-        await until(lambda: proxy.outbox_stats().delivered == CALLS, 10, "rows marked")
+        await until(lambda: proxy.outbox_stats("lago").delivered == CALLS, 10, "rows marked")
         assert_exactly_once(lago, call_ids)
-        stats = proxy.outbox_stats()
+        stats = proxy.outbox_stats("lago")
         assert (stats.delivered, stats.pending, stats.inflight, stats.dead) == (CALLS, 0, 0, 0)
 
 
@@ -91,11 +91,11 @@ async def test_lago_stores_then_drops_the_connection(tmp_path: Path, lago: FakeL
         call_ids = ok_call_ids(outcomes)
         assert len(call_ids) == 120
         await await_delivered(lago, call_ids, timeout=20)
-        await until(lambda: proxy.outbox_stats().delivered == 120, 20, "all rows delivered")
+        await until(lambda: proxy.outbox_stats("lago").delivered == 120, 20, "all rows delivered")
         assert lago.drop_after_store == 0, "Lago never dropped a connection: a weaker test"
 
         assert_exactly_once(lago, call_ids)
-        stats = proxy.outbox_stats()
+        stats = proxy.outbox_stats("lago")
         assert (stats.delivered, stats.pending, stats.inflight, stats.dead) == (120, 0, 0, 0)
         # The dropped batches really were sent again (and deduplicated by Lago).
         sent: dict[str, int] = {}

@@ -50,11 +50,22 @@ async def _states(pg_url: str) -> dict[str, int]:
     schema = pg_url.rsplit("schema=", 1)[1]
     conn = await asyncpg.connect(PG_DSN)
     try:
+        # The lago sink's rows (the ledger sink has one per billed call too).
         rows = await conn.fetch(f'SELECT state, count(*) AS n FROM "{schema}".outbox '
-                                "GROUP BY state")
+                                "WHERE sink = 'lago' GROUP BY state")
     finally:
         await conn.close()
     return {r["state"]: r["n"] for r in rows}
+
+
+async def _ledger_ids(pg_url: str) -> set[str]:
+    schema = pg_url.rsplit("schema=", 1)[1]
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        rows = await conn.fetch(f'SELECT call_id FROM "{schema}".access_ledger')
+    finally:
+        await conn.close()
+    return {r["call_id"] for r in rows}
 
 
 def states(pg_url: str) -> dict[str, int]:
@@ -97,6 +108,8 @@ def test_two_gateways_on_one_postgres_deliver_each_event_once(
     # No row was claimed by both: each gateway counts what it delivered, and the two
     # counts add up to the calls, with both gateways taking part.
     assert by_a + by_b == 500, (by_a, by_b)
+    # Both gateways delivered settlements too: one ledger row per call, none twice.
+    assert asyncio.run(_ledger_ids(pg_url)) == set(ok)
     assert by_a > 0 and by_b > 0, (by_a, by_b)
     # And no event reached Lago in two requests (Lago would dedupe a double send, so
     # its count alone could hide one). A refused connection records no request.
@@ -105,7 +118,7 @@ def test_two_gateways_on_one_postgres_deliver_each_event_once(
     assert set(sent) == set(ok)
     assert [tid for tid, n in sent.items() if n > 1] == []
 
-    status = outbox_cli(pg_url, "status")
+    status = outbox_cli(pg_url, "status", "--sink", "lago")
     assert status.returncode == 0, status.stderr
     counts = status_counts(status.stdout)
     assert (counts["delivered"], counts["pending"], counts["dead"]) == ("500", "0", "0")

@@ -51,9 +51,11 @@ pytestmark = pytest.mark.slow
 LEASE_S = "3"
 
 
-def outbox_states(db: Path) -> dict[str, int]:
+def outbox_states(db: Path, sink: str = "lago") -> dict[str, int]:
+    """The states of ``sink``'s rows (the ledger sink has one row per billed call too)."""
     with sqlite3.connect(db) as conn:
-        return dict(conn.execute("SELECT state, count(*) FROM outbox GROUP BY state"))
+        return dict(conn.execute("SELECT state, count(*) FROM outbox WHERE sink = ? "
+                                 "GROUP BY state", (sink,)))
 
 
 def readiness(base_url: str) -> dict[str, object]:
@@ -85,7 +87,8 @@ async def test_sigkill_mid_load_then_restart_bills_every_200_once(
     assert {o.status for o in outcomes} <= {200, None}
     # What the kill left behind (read straight from the file): every 200 has its row.
     with sqlite3.connect(db) as conn:
-        rows = {cid for (cid,) in conn.execute("SELECT call_id FROM outbox")}
+        rows = {cid for (cid,) in conn.execute("SELECT call_id FROM outbox "
+                                                "WHERE sink = 'lago'")}
     assert set(ok) <= rows, f"{len(set(ok) - rows)} calls answered 200 have no outbox row"
     left = outbox_states(db)
     assert left.get("pending", 0) + left.get("inflight", 0) > 0, left
@@ -175,7 +178,7 @@ def test_sigterm_with_lago_down_keeps_pending_for_the_next_start(
         assert proc.stop(timeout=20) == 0, proc.stderr
         assert time.monotonic() - started < 1 + 4
     assert outbox_states(db) == {"pending": 50}
-    status = outbox_cli(db, "status")
+    status = outbox_cli(db, "status", "--sink", "lago")
     assert status.returncode == 0, status.stderr
     counts = status_counts(status.stdout)
     assert (counts["pending"], counts["delivered"], counts["dead"]) == ("50", "0", "0")
@@ -204,13 +207,18 @@ def test_refused_key_pauses_delivery_until_fixed(tmp_path: Path, lago: FakeLago,
         ok = ok_call_ids(asyncio.run(load(proc.base_url, 60, concurrency=8)))
         assert len(ok) == 60   # the callers never notice
         wait_for(lambda: readiness(proc.base_url)["status"] == "degraded", timeout=10)
+        wait_for(lambda: readiness(proc.base_url)["sinks"]["ledger"]["delivered"] == 60,  # type: ignore[index]
+                 timeout=10)
         body = readiness(proc.base_url)
         sink = body["sinks"]["lago"]  # type: ignore[index]
         assert sink["paused"] is True, body
         assert str(refusal) in sink["last_error"], body
         assert "lago-wrong-key" not in str(body)
         outbox = body["outbox"]
-        assert outbox["dead"] == 0 and outbox["delivered"] == 0, body  # type: ignore[index]
+        # Only the ledger's rows are delivered (spend is counted while Lago refuses us).
+        ledger = body["sinks"]["ledger"]  # type: ignore[index]
+        assert ledger["delivered"] == 60 and not ledger["degraded"], body
+        assert outbox["dead"] == 0 and outbox["delivered"] == 60, body  # type: ignore[index]
         assert outbox["pending"] + outbox["inflight"] == 60, body  # type: ignore[index]
         assert proc.stop(timeout=20) == 0, proc.stderr
     assert lago.stored == []
@@ -254,7 +262,7 @@ def test_one_invalid_event_is_dead_lettered_the_rest_delivered(
     lines = [line for line in dead.stdout.splitlines() if bad in line]
     assert len(lines) == 1, dead.stdout
     assert "lago" in lines[0] and EXPRESSION_FAILURE in lines[0], dead.stdout
-    status = outbox_cli(db, "status")
+    status = outbox_cli(db, "status", "--sink", "lago")
     counts = status_counts(status.stdout)
     assert (counts["delivered"], counts["dead"], counts["pending"]) == ("99", "1", "0"), \
         status.stdout

@@ -67,6 +67,9 @@ class UsageEvent:
     #: what the provider itself says the call cost (OpenRouter's ``usage.cost``,
     #: Perplexity's ``usage.cost.total_cost``), beside ``cost``, tallygate's own price
     provider_cost: Decimal | None = None
+    #: what the gateway's spend ledger and budgets must record for this call (see
+    #: ``tallygate.access.settlement``); stored with the outbox row, never sent to a sink
+    settlement: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def timestamp(self) -> str:

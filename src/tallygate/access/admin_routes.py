@@ -131,6 +131,7 @@ class AdminRoutes:
             if await self.store.key(own, cached=False) is None:
                 raise AuthenticationError("invalid API key")
             asked = presented
+        await self.policy.flush_settlements()  # its spend includes this gateway's calls
         record = await self.store.key(await self._token(asked), cached=False)
         if record is None:
             raise NotFoundError("no such key", code="key_not_found", param="key")
@@ -184,6 +185,7 @@ class AdminRoutes:
         team_id = request.query.get("team_id")
         if not team_id:
             raise BadRequestError("team_id is required", param="team_id")
+        await self.policy.flush_settlements()  # its spend includes this gateway's calls
         team = await self.store.team(team_id, cached=False)
         if team is None:
             raise NotFoundError(f"no team {team_id!r}", code="team_not_found")
@@ -200,6 +202,7 @@ class AdminRoutes:
         if not customer_id:
             raise BadRequestError("customer_id (or end_user_id) is required",
                                   param="customer_id")
+        await self.policy.flush_settlements()
         customer = await self.store.customer(customer_id, cached=False)
         if customer is None:
             raise NotFoundError(f"no customer {customer_id!r}", code="customer_not_found")

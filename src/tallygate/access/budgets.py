@@ -5,7 +5,9 @@ is below its maximum, and its worst-case cost is added to ``reserved`` in the sa
 atomic step (SQLite: one ``BEGIN IMMEDIATE`` transaction; PostgreSQL: one statement
 whose ``FOR UPDATE`` locks the budget rows in a fixed order). So concurrent calls can
 pass a budget by at most one call's reservation. Settling moves the reservation to the
-real cost and writes the ledger row in the same transaction; a failed call releases it.
+real cost and writes the ledger row in the same transaction, once per call id (the
+ledger row is the proof: a second settlement of a call finds it and changes nothing);
+a failed call releases it.
 A budget whose ``reset_at_ms`` has passed starts again from zero on its next use.
 
 Reservations are also stored (``access_reservations``), so that a gateway killed
@@ -126,7 +128,7 @@ async def reserve_many(db: Database, items: Sequence[Reservation]) -> list[Excee
     commit), each under a savepoint so that a refused call rolls back alone."""
     now = wall_ms()
     if isinstance(db, SQLiteDatabase):
-        return db.transaction(lambda conn: [
+        return await db.write(lambda conn: [
             _reserve_sqlite(conn, call_id, scopes, amount, now) if scopes else None
             for call_id, scopes, amount in items])
     assert isinstance(db, PostgresDatabase)
@@ -178,22 +180,30 @@ _LEDGER_INSERT_SQLITE = (f"INSERT INTO access_ledger ({', '.join(LEDGER_COLUMNS)
                          f"({', '.join('?' for _ in LEDGER_COLUMNS)}) "
                          "ON CONFLICT (call_id) DO NOTHING")
 
+# The ledger row goes in first: only a call with no row yet moves its reservation to
+# its spend, so a settlement delivered twice (a redelivery after a crash) counts once.
 _PG_SETTLE = f"""
-WITH del AS (
-    DELETE FROM access_reservations WHERE call_id = $1 RETURNING amount_micros
+WITH ins AS (
+    INSERT INTO access_ledger ({', '.join(LEDGER_COLUMNS)})
+    SELECT {', '.join(f'${i}' for i in range(6, 6 + len(LEDGER_COLUMNS)))}
+    WHERE ${6 + len(LEDGER_COLUMNS)}::bool
+    ON CONFLICT (call_id) DO NOTHING
+    RETURNING 1
+), go AS (
+    SELECT (NOT ${6 + len(LEDGER_COLUMNS)}::bool OR EXISTS (SELECT 1 FROM ins)) AS ok
+), del AS (
+    DELETE FROM access_reservations WHERE call_id = $1 AND (SELECT ok FROM go)
+    RETURNING amount_micros
 ), upd AS (
     UPDATE access_budgets b SET
         spend_micros = b.spend_micros + $5,
         reserved_micros = greatest(b.reserved_micros - CASE WHEN t.held
             THEN coalesce((SELECT amount_micros FROM del), 0) ELSE 0 END, 0)
     FROM unnest($2::text[], $3::text[], $4::bool[]) AS t(scope, id, held)
-    WHERE b.scope = t.scope AND b.id = t.id
+    WHERE b.scope = t.scope AND b.id = t.id AND (SELECT ok FROM go)
     RETURNING 1
 )
-INSERT INTO access_ledger ({', '.join(LEDGER_COLUMNS)})
-SELECT {', '.join(f'${i}' for i in range(6, 6 + len(LEDGER_COLUMNS)))}
-WHERE ${6 + len(LEDGER_COLUMNS)}::bool
-ON CONFLICT (call_id) DO NOTHING"""
+SELECT ok FROM go"""
 
 
 async def settle(db: Database, call_id: str, scopes: Sequence[Scope],
@@ -201,15 +211,15 @@ async def settle(db: Database, call_id: str, scopes: Sequence[Scope],
                  ledger_row: Sequence[Any] | None) -> None:
     """Move the call's reservation to its real cost on every budget in ``scopes`` and
     write its ledger row, in one transaction. ``cost_micros`` 0 and no ledger row is a
-    release."""
+    release. A call whose ledger row is already there is left alone (settled once)."""
     held = set(reserved)
     if isinstance(db, SQLiteDatabase):
-        db.transaction(lambda conn: _settle_sqlite(conn, call_id, scopes, held, cost_micros,
+        await db.write(lambda conn: _settle_sqlite(conn, call_id, scopes, held, cost_micros,
                                                    ledger_row))
         return
     assert isinstance(db, PostgresDatabase)
-    await db.pool.execute(_PG_SETTLE, *_pg_settle_args(call_id, scopes, reserved,
-                                                       cost_micros, ledger_row))
+    await db.pool.fetchval(_PG_SETTLE, *_pg_settle_args(call_id, scopes, reserved,
+                                                        cost_micros, ledger_row))
 
 
 Settlement = tuple[str, Sequence[Scope], Sequence[Scope], int, Sequence[Any] | None]
@@ -223,7 +233,7 @@ async def settle_many(db: Database, items: Sequence[Settlement]) -> None:
             for call_id, scopes, reserved, cost, row in items:
                 _settle_sqlite(conn, call_id, scopes, set(reserved), cost, row)
 
-        db.transaction(run)
+        await db.write(run)
         return
     assert isinstance(db, PostgresDatabase)
     async with db.pool.acquire() as conn, conn.transaction():
@@ -244,6 +254,9 @@ def _pg_settle_args(call_id: str, scopes: Sequence[Scope], reserved: Sequence[Sc
 
 def _settle_sqlite(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Scope],
                    held: set[Scope], cost: int, ledger_row: Sequence[Any] | None) -> None:
+    if ledger_row is not None and conn.execute(_LEDGER_INSERT_SQLITE,
+                                               tuple(ledger_row)).rowcount == 0:
+        return  # settled before (a redelivery after a crash): nothing counts twice
     amount = 0
     if held:  # only calls that reserved have a reservation row
         deleted = conn.execute("DELETE FROM access_reservations WHERE call_id = ? "
@@ -255,8 +268,6 @@ def _settle_sqlite(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Scop
             conn.execute("""UPDATE access_budgets SET spend_micros = spend_micros + ?,
                 reserved_micros = max(reserved_micros - ?, 0) WHERE scope = ? AND id = ?""",
                          (cost, give_back, scope, ident))
-    if ledger_row is not None:
-        conn.execute(_LEDGER_INSERT_SQLITE, tuple(ledger_row))
 
 
 async def sweep_stale(db: Database, older_than_ms: int) -> int:

@@ -3,9 +3,10 @@
 SQL is written once with ``?`` placeholders; the Postgres backend renumbers them to
 ``$1, $2, ...``. Postgres connections set ``search_path`` to the outbox's schema
 (``tallygate`` unless the URL says ``?schema=name``), so table names are the same in
-both. SQLite calls run on the caller's thread with its own connection (WAL, like the
-outbox): a local statement costs less than a thread hop. The hot-path operations
-(reserve, settle) have a hand-written statement per dialect in ``budgets.py``.
+both. SQLite reads run on the caller's thread with its own connection (WAL, like the
+outbox: a read never waits on a writer); the hot-path writes (reserve, settle, with a
+hand-written statement per dialect in ``budgets.py``) run through ``write`` on the
+file's one writer thread (``tallygate.sqlite_writer``), off the event loop.
 
 Migrations are forward-only and recorded in ``tallygate_access_schema_version``,
 separate from the outbox's ``schema_version``. Other tables that live in this database
@@ -20,10 +21,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from tallygate import sqlite_writer
 from tallygate.access import spend_rollup
 from tallygate.errors import ConfigError
 from tallygate.sqlite_connect import connect
@@ -161,6 +164,7 @@ class SQLiteDatabase(Database):
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._writer: ThreadPoolExecutor | None = None
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -187,6 +191,12 @@ class SQLiteDatabase(Database):
             conn.execute("COMMIT")
         return result
 
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``transaction(fn)`` on the file's writer thread, awaited from the loop."""
+        if self._writer is None:
+            self._writer = sqlite_writer.acquire(self.path)
+        return await sqlite_writer.run(self._writer, self.transaction, fn)
+
     async def open(self, *, migrate: bool = True) -> None:
         if migrate:
             await self.migrate(VERSION_TABLE, _migrations("sqlite"))
@@ -196,6 +206,9 @@ class SQLiteDatabase(Database):
 
     async def close(self) -> None:
         self._closed = True
+        if self._writer is not None:
+            self._writer = None
+            sqlite_writer.release(self.path)
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:

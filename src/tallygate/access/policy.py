@@ -2,9 +2,10 @@
 
 Per call: ``authenticate`` (a cached key lookup), ``admit`` (model access, who pays,
 rate limits in memory or one Redis script, one atomic budget reservation when a budget
-applies), then ``settle`` (one transaction: reservation -> real cost, ledger row) or
-``release``. Without a master key and without virtual keys the proxy is open, as
-before; the master key may call and administer.
+applies), then ``settle`` (one transaction: reservation -> real cost, ledger row, written
+by the outbox's ``ledger`` sink for billed calls) or ``release``. Without a master key
+and without virtual keys the proxy is open, as before; the master key may call and
+administer.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hmac
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
@@ -27,6 +28,7 @@ from tallygate.access.db import Database, database_for, wall_ms
 from tallygate.access.keys import AccessStore, KeyRecord, TeamRecord, hash_key, iso
 from tallygate.access.lago_api import LagoReader, lago_base
 from tallygate.access.ratelimit import Decision, Limit, LocalLimiter, RedisLimiter
+from tallygate.access.settlement import settlement_data, settlement_of
 from tallygate.access.shared_limits import SharedCounters, SharedLimiter
 from tallygate.attribution import end_user_of, resolve_customer
 from tallygate.config import ProxySettings
@@ -40,7 +42,7 @@ from tallygate.errors import (
 )
 from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.event import FailureEvent, UsageEvent, format_decimal
-from tallygate.metering.group_commit import GroupCall, GroupCommitter
+from tallygate.metering.group_commit import GroupCall
 from tallygate.metering.rowcodec import encode_event
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
@@ -110,12 +112,11 @@ class VirtualKeyPolicy:
         self._calls: dict[str, _Call] = {}
         self._headers: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._cap_micros = to_micros(self.access.max_reservation_usd)
+        # Set by the gateway: delivers the outbox's ledger rows due now.
+        self.settlements_flusher: Callable[[], Awaitable[None]] | None = None
         # Reservations of one loop turn share a transaction (each still all-or-none).
         self._reserver: GroupCall[budgets.Reservation, budgets.Exceeded | None] = GroupCall(
             self._reserve_batch)
-        # Nobody waits on a settlement: gather 10 ms of them per transaction.
-        self._settler: GroupCommitter[budgets.Settlement] = GroupCommitter(
-            self._write_settlements, linger_s=0.01)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -138,7 +139,6 @@ class VirtualKeyPolicy:
             log.warning("gave back %d budget reservation(s) left by a stopped gateway", swept)
 
     async def stop(self) -> None:
-        await self.flush_settlements()
         await self.limiter.close()
         if self.lago is not None:
             await self.lago.close()
@@ -414,62 +414,56 @@ class VirtualKeyPolicy:
 
     # -- after the call ------------------------------------------------------------------
 
+    def settlement_for(self, event: UsageEvent) -> dict[str, Any] | None:
+        """What the outbox must carry to settle this billed call (its ledger row and
+        budgets; see ``tallygate.access.settlement``); None for a held call, whose
+        ledger row ``settle`` writes before the answer."""
+        if self.db is None or not event.customer:
+            return None
+        return self._settlement_data(event, self._calls.get(event.call_id))
+
+    @staticmethod
+    def _settlement_data(event: UsageEvent, call: _Call | None) -> dict[str, Any]:
+        key = call.key if call else None
+        return settlement_data(
+            key_token=key.token if key else None, key_alias=key.key_alias if key else None,
+            team_id=call.team_id if call else event.team_id,
+            customer_id=call.customer_id if call else event.customer,
+            scopes=call.scopes if call else (), reserved=call.reserved if call else ())
+
     async def settle(self, event: UsageEvent) -> None:
-        """Queue the call's settlement; it is written after the answer has gone, in one
-        transaction with the others of its turn (the event itself is already safe in
-        the outbox, so the answer need not wait for the ledger)."""
+        """The call is answered. A billed call whose event carries its settlement is
+        settled by the outbox's ledger sink (durable with the event; its reservation
+        holds until then); any other call is settled here, before the answer."""
         call = self._calls.pop(event.call_id, None)
         if self.db is None:
             return
-        cost = to_micros(event.cost) if event.cost is not None else 0
-        key = call.key if call else None
-        u = event.usage
-        row = (event.call_id, event.finished_at_ms, key.token if key else None,
-               key.key_alias if key else None, event.user_id,
-               call.team_id if call else event.team_id,
-               call.customer_id if call else event.customer, event.customer, event.end_user,
-               event.model, event.provider, event.provider_model, event.kind,
-               # The ledger keeps four columns: audio input counts as uncached input,
-               # every cache write as a write, audio output as output.
-               u.input_tokens + u.audio_input_tokens + u.image_input_tokens,
-               u.cache_read_tokens,
-               u.cache_write_all_tokens, u.completion_tokens,
-               None if event.cost is None else format_decimal(event.cost),
-               "billed" if event.customer else "unattributed", ",".join(sorted(event.flags)),
-               None if event.customer else encode_event(event).decode())
-        item = (event.call_id, call.scopes if call else [], call.reserved if call else [],
-                cost, row)
-        if event.customer:
-            self._settler.submit_nowait(item)
-        else:
-            # A held call: its ledger row (with the whole event) is the one durable copy
-            # that Lago can get later (`tallygate outbox assign`), so it is written before
-            # the answer, and a failure fails the call, as a failed outbox write does.
-            await budgets.settle_many(self.db, [item])
+        if event.settlement is None:
+            data = self._settlement_data(event, call)
+            if not event.customer:
+                # A held call: its ledger row (with the whole event) is the one durable
+                # copy that Lago can get later (`tallygate outbox assign`), so it is
+                # written before the answer, and a failure fails the call, as a failed
+                # outbox write does.
+                data["event"] = encode_event(event).decode()
+            await budgets.settle_many(self.db, [settlement_of(event, data)])
         if call is not None and call.token_limits:
             try:
                 await self.limiter.adjust(call.token_limits,
-                                          u.total_tokens - call.token_estimate)
+                                          event.usage.total_tokens - call.token_estimate)
             except Exception:
                 log.exception("could not adjust the token limits of call %s", event.call_id)
+
+    async def flush_settlements(self) -> None:
+        """Wait until the settlements of calls answered so far are written (spend
+        reads): the gateway's ledger sink delivers what is due now."""
+        if self.settlements_flusher is not None:
+            await self.settlements_flusher()
 
     async def _reserve_batch(self, items: Sequence[budgets.Reservation]
                              ) -> list[budgets.Exceeded | None]:
         assert self.db is not None
         return await budgets.reserve_many(self.db, items)
-
-    async def flush_settlements(self) -> None:
-        """Wait until every queued settlement is written (spend reads, shutdown)."""
-        await self._settler.wait_idle()
-
-    async def _write_settlements(self, items: Sequence[budgets.Settlement]) -> None:
-        assert self.db is not None
-        try:
-            await budgets.settle_many(self.db, items)
-        except Exception:
-            # The events are safe in the outbox; `tallygate reconcile` shows the gap.
-            log.exception("could not settle %d call(s) in the spend ledger: %s", len(items),
-                          ", ".join(item[0] for item in items))
 
     async def release(self, failure: FailureEvent) -> None:
         call = self._calls.pop(failure.call_id, None)

@@ -99,6 +99,9 @@ class _Lane:
     unblock: asyncio.Event = field(default_factory=asyncio.Event)   # resume() ends a wait
     held: list[int] = field(default_factory=list)   # claimed, not yet marked
     blocked_until: float = 0.0                       # loop time; pause or backoff
+    claims: int = 0                                  # claims begun
+    idle_claim: int = 0                              # the last claim that found nothing
+    idled: asyncio.Event = field(default_factory=asyncio.Event)
 
     def note_error(self, error: str) -> None:
         self.counters.last_error = clip_error(error)
@@ -241,6 +244,25 @@ class DeliveryWorker:
         self._loop = None
         self._loop_thread = None
 
+    async def flush_sink(self, sink: str, timeout_s: float = 5.0) -> bool:
+        """Wait until ``sink`` has delivered every row due when this was called (a claim
+        begun after the call found nothing); False when it did not in ``timeout_s``
+        (paused, backing off, or rows another process holds)."""
+        lane = self._lanes.get(sink)
+        if lane is None or not self._tasks or self._loop is None:
+            return False
+        target = lane.claims + 1
+        deadline = self._loop.time() + timeout_s
+        while lane.idle_claim < target:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return False
+            lane.idled.clear()
+            lane.wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lane.idled.wait(), remaining)
+        return True
+
     # -- state -------------------------------------------------------------------
 
     @property
@@ -327,9 +349,13 @@ class DeliveryWorker:
 
     async def _deliver_batch(self, lane: _Lane, *, flush: bool = False) -> int:
         """Claim, send and settle one batch; returns how many rows were claimed."""
+        lane.claims += 1
+        claim = lane.claims
         rows = await self.outbox.claim(lane.sink.name, lane.batch_size, self.lease_s,
                                        ignore_backoff=flush)
         if not rows:
+            lane.idle_claim = claim
+            lane.idled.set()
             return 0
         lane.held = [r.id for r in rows]
         result = await self._send(lane, rows)

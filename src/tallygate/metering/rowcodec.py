@@ -6,6 +6,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import replace
 
 import orjson
 
@@ -14,12 +15,26 @@ from tallygate.event import UsageEvent
 ERROR_MAX_CHARS = 1000  # a stored error is for an operator to read, not a full dump
 
 
+# The key of an outbox row's stored dict that carries the call's settlement: it rides
+# with the event in the same atomic insert, and sinks (which send ``to_dict()``) never
+# see it.
+SETTLEMENT_KEY = "_settlement"
+
+
 def encode_event(event: UsageEvent) -> bytes:
-    return orjson.dumps(event.to_dict())
+    data = event.to_dict()
+    if event.settlement is not None:
+        data[SETTLEMENT_KEY] = dict(event.settlement)
+    return orjson.dumps(data)
 
 
 def decode_event(data: bytes | str) -> UsageEvent:
-    return UsageEvent.from_dict(orjson.loads(data))
+    raw = orjson.loads(data)
+    event = UsageEvent.from_dict(raw)
+    settlement = raw.get(SETTLEMENT_KEY)
+    if isinstance(settlement, dict):
+        event = replace(event, settlement=settlement)
+    return event
 
 
 def wall_ms() -> int:

@@ -7,15 +7,19 @@ writes it out. Only an OS crash or power loss may lose the last few commits, bec
 NORMAL does not fsync on every commit; that is the price of a sub-millisecond enqueue.
 
 Concurrency: every thread gets its own connection (sqlite3 connections must not be
-used by two threads at once). ``enqueue`` runs its one INSERT synchronously on the
-caller's thread, with no thread hop. The slower calls (claim, marks, stats) run on one
-background thread owned by this object. Claims take the database write lock with
-BEGIN IMMEDIATE before reading, so two processes never claim the same row.
+used by two threads at once). Every write (``enqueue``'s one INSERT, claims, marks)
+runs on the file's one writer thread (``tallygate.sqlite_writer``, shared with the
+access tables' writes), so the event loop never waits on a statement or on another
+write of this process. Reads (stats, dead rows) and WAL checkpoints (which fsync) run
+on a background thread of this object, never in a writer's way. Claims take the
+database write lock with BEGIN IMMEDIATE before reading, so two processes never claim
+the same row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sqlite3
 import threading
@@ -27,6 +31,7 @@ from typing import TypeVar
 
 import orjson
 
+from tallygate import sqlite_writer
 from tallygate.errors import ConfigError
 from tallygate.event import UsageEvent
 from tallygate.metering.outbox import DeadRow, OutboxRow, OutboxStats
@@ -43,6 +48,7 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_S = 10.0
 REQUEST_PATH_CHECKPOINT_PAGES = 20_000  # ~80 MB of WAL
+CHECKPOINT_EVERY_S = 1.0  # a passive checkpoint on the background thread
 
 # Forward-only: a migration is never edited once released; add a new one instead.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
@@ -121,6 +127,8 @@ class SQLiteOutbox:
         self._conns: dict[threading.Thread, sqlite3.Connection] = {}
         self._conns_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._last_checkpoint = 0.0
         self._closed = False
 
     # -- connections -------------------------------------------------------------
@@ -128,9 +136,9 @@ class SQLiteOutbox:
     def _connect(self, background: bool) -> sqlite3.Connection:
         conn = connect(self.path, self._busy_timeout_s)
         if not background:
-            # A checkpoint fsyncs the database: keep it off the request path. The
-            # background connection checkpoints at the default 1000 pages; the request
-            # path only steps in if no worker does, so that the WAL stays bounded.
+            # A checkpoint fsyncs the database: keep it out of the writes' way. The
+            # background thread checkpoints (passive) every second after deliveries;
+            # a writer only steps in if nothing does, so that the WAL stays bounded.
             conn.execute(f"PRAGMA wal_autocheckpoint={REQUEST_PATH_CHECKPOINT_PAGES}")
         return conn
 
@@ -159,6 +167,24 @@ class SQLiteOutbox:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
+    async def _write(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn`` on the file's writer thread."""
+        if self._writer is None:
+            raise RuntimeError("SQLiteOutbox is not open")
+        return await sqlite_writer.run(self._writer, fn, *args)
+
+    def _maybe_checkpoint(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._executor is None or loop.time() - self._last_checkpoint < CHECKPOINT_EVERY_S:
+            return
+        self._last_checkpoint = loop.time()
+        loop.run_in_executor(self._executor, self._checkpoint_quietly)
+
+    def _checkpoint_quietly(self) -> None:
+        # A failed one is done by the next (or by a writer's autocheckpoint).
+        with contextlib.suppress(sqlite3.Error):
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def open(self) -> None:
@@ -166,7 +192,9 @@ class SQLiteOutbox:
             self._executor = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="tallygate-outbox",
                 initializer=self._mark_background)
-        await self._background(self._migrate)
+        if self._writer is None:
+            self._writer = sqlite_writer.acquire(self.path)
+        await self._write(self._migrate)
 
     def _migrate(self) -> None:
         conn = self._conn()
@@ -194,6 +222,9 @@ class SQLiteOutbox:
             executor, self._executor = self._executor, None
             await asyncio.get_running_loop().run_in_executor(executor, self._checkpoint)
             executor.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer = None
+            sqlite_writer.release(self.path)
         with self._conns_lock:
             conns, self._conns = list(self._conns.values()), {}
         for conn in conns:
@@ -227,17 +258,18 @@ class SQLiteOutbox:
         self._conn().execute(sql, params)
 
     async def enqueue(self, event: UsageEvent, sinks: Sequence[str]) -> None:
-        # Deliberately synchronous: a thread hop would cost more than the insert.
-        self.enqueue_many_sync([event], sinks)
+        await self.enqueue_many([event], sinks)
 
     async def enqueue_many(self, events: Sequence[UsageEvent], sinks: Sequence[str]) -> None:
-        self.enqueue_many_sync(events, sinks)
+        # On the writer thread: the insert may wait on the write lock (a claim of
+        # another process), and the loop must not wait with it.
+        await self._write(self.enqueue_many_sync, events, sinks)
 
     # -- worker side ---------------------------------------------------------------
 
     async def claim(self, sink: str, limit: int, lease_s: float, *,
                     ignore_backoff: bool = False) -> list[OutboxRow]:
-        return await self._background(self._claim, sink, limit, lease_s, ignore_backoff)
+        return await self._write(self._claim, sink, limit, lease_s, ignore_backoff)
 
     def _claim(self, sink: str, limit: int, lease_s: float,
                ignore_backoff: bool) -> list[OutboxRow]:
@@ -262,7 +294,8 @@ class SQLiteOutbox:
 
     async def mark_delivered(self, ids: Sequence[int]) -> None:
         if ids:
-            await self._background(self._mark_delivered, ids)
+            await self._write(self._mark_delivered, ids)
+            self._maybe_checkpoint()
 
     def _mark_delivered(self, ids: Sequence[int]) -> None:
         now = wall_ms()
@@ -273,7 +306,7 @@ class SQLiteOutbox:
 
     async def mark_retry(self, ids: Sequence[int], error: str, delay_s: float) -> None:
         if ids:
-            await self._background(self._mark_retry, ids, error, delay_s)
+            await self._write(self._mark_retry, ids, error, delay_s)
 
     def _mark_retry(self, ids: Sequence[int], error: str, delay_s: float) -> None:
         now = wall_ms()
@@ -285,7 +318,7 @@ class SQLiteOutbox:
 
     async def mark_dead(self, reasons: dict[int, str]) -> None:
         if reasons:
-            await self._background(self._mark_dead, reasons)
+            await self._write(self._mark_dead, reasons)
 
     def _mark_dead(self, reasons: dict[int, str]) -> None:
         conn = self._conn()
@@ -300,7 +333,7 @@ class SQLiteOutbox:
 
     async def release(self, ids: Sequence[int], delay_s: float = 0.0) -> None:
         if ids:
-            await self._background(self._release, ids, delay_s)
+            await self._write(self._release, ids, delay_s)
 
     def _release(self, ids: Sequence[int], delay_s: float) -> None:
         now = wall_ms()
@@ -348,7 +381,7 @@ class SQLiteOutbox:
         return [DeadRow(*row) for row in cursor]
 
     async def retry_dead(self, ids: Sequence[int] | None = None) -> int:
-        return await self._background(self._retry_dead, ids)
+        return await self._write(self._retry_dead, ids)
 
     def _retry_dead(self, ids: Sequence[int] | None) -> int:
         now = wall_ms()
@@ -360,7 +393,7 @@ class SQLiteOutbox:
         return cursor.rowcount
 
     async def replay(self, since_ms: int, sink: str | None = None) -> int:
-        return await self._background(self._replay, since_ms, sink)
+        return await self._write(self._replay, since_ms, sink)
 
     def _replay(self, since_ms: int, sink: str | None) -> int:
         now = wall_ms()
@@ -373,7 +406,7 @@ class SQLiteOutbox:
         return cursor.rowcount
 
     async def purge_delivered(self, before_ms: int) -> int:
-        return await self._background(self._purge_delivered, before_ms)
+        return await self._write(self._purge_delivered, before_ms)
 
     def _purge_delivered(self, before_ms: int) -> int:
         cursor = self._conn().execute(

@@ -20,6 +20,7 @@ from tallygate.errors import UpstreamError
 from tallygate.event import UsageEvent, format_decimal, new_call_id
 from tallygate.providers.base import Deployment
 from tallygate.providers.openai import DONE_FRAME
+from tallygate.proxy.auth import presented_key
 from tallygate.proxy.calls import (
     CALL_ID_HEADER,
     COST_HEADER,
@@ -128,6 +129,17 @@ class Routes:
                             charset="utf-8", headers={REQUEST_ID_HEADER: new_call_id()})
 
 
+    async def loop_lag(self, request: web.Request) -> web.StreamResponse:
+        """The event loop's sampled lag (only served when sampling is on)."""
+        if self.gw.settings.master_key is not None and not self.gw.keys.is_master(
+                presented_key(request)):
+            return web.json_response({"error": {"message": "the master key is required",
+                                                "type": "auth_error"}}, status=401)
+        assert self.gw.loop_lag is not None
+        return web.json_response(self.gw.loop_lag.figures(
+            reset=request.query.get("reset") == "1"))
+
+
 def _no_route(gw: Gateway) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def json_404(request: web.Request) -> web.StreamResponse:
         # Counted by method: a client calling a route we do not serve shows in /metrics.
@@ -167,6 +179,8 @@ def create_app(settings: ProxySettings) -> web.Application:
     r.add_get("/health/liveness", routes.liveness)
     r.add_get("/health/readiness", routes.readiness)
     r.add_get("/metrics", routes.metrics)
+    if gw.loop_lag is not None:
+        r.add_get("/debug/loop-lag", routes.loop_lag)
     from tallygate.access.admin_routes import add_admin_routes
 
     add_admin_routes(app, gw.keys)

@@ -7,15 +7,19 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tallygate.access.ledger_sink import LedgerSink
+from tallygate.access.settlement import LEDGER_SINK
 from tallygate.config import ProxySettings
 from tallygate.event import FailureEvent, UsageEvent
 from tallygate.metering.delivery import DeliveryWorker
 from tallygate.metering.group_commit import GroupCommitter
 from tallygate.metering.outbox import Outbox
 from tallygate.pricing import PriceBook
+from tallygate.proxy import loop_lag
 from tallygate.proxy.access import AccessPolicy
 from tallygate.proxy.metrics import CustomerLabels, Labels, Metrics
 from tallygate.proxy.metrics_share import MetricsShare
@@ -46,6 +50,9 @@ class Gateway:
         self.outbox: Outbox | None = None
         self._writer: GroupCommitter[tuple[UsageEvent, tuple[str, ...]]] | None = None
         self.worker: DeliveryWorker | None = None
+        self.ledger_sink: LedgerSink | None = None
+        interval = loop_lag.interval_from_env(settings.extra.get("environ") or os.environ)
+        self.loop_lag = loop_lag.LoopLagSampler(interval) if interval else None
         self.started_at = time.time()
         self._queue_gauge_cache: list[tuple[Labels, float]] = []
         self._queue_age_cache: list[tuple[Labels, float]] = []
@@ -93,14 +100,26 @@ class Gateway:
         from tallygate.metering.factory import open_outbox
 
         self.prices.warm()
+        if self.loop_lag is not None:
+            self.loop_lag.start()
         url = self.settings.database_url or self.settings.default_database_path()
         self.outbox = await open_outbox(url)
         self._writer = GroupCommitter(self._write_outbox)
         await self.keys.start(url)
-        self.worker = DeliveryWorker(self.outbox, self.sinks,
+        assert self.keys.db is not None
+        # The spend ledger is a sink of the outbox: a billed call's settlement is as
+        # durable as its usage event (see tallygate.access.settlement).
+        self.ledger_sink = LedgerSink(self.keys.db)
+        self.worker = DeliveryWorker(self.outbox, [*self.sinks, self.ledger_sink],
                                      batch_size=self.settings.outbox_batch_size,
                                      on_delivered=self._observe_delivery)
         self.worker.start()
+        worker = self.worker
+
+        async def flush_ledger() -> None:
+            await worker.flush_sink(LEDGER_SINK)
+
+        self.keys.settlements_flusher = flush_ledger
         if self.metrics_share is not None:
             self.metrics_share.start()
         self._register_delivery_gauges(self.worker)
@@ -156,6 +175,8 @@ class Gateway:
     async def stop(self) -> None:
         from tallygate import transport
 
+        if self.loop_lag is not None:
+            self.loop_lag.stop()
         if self._writer is not None:
             await self._writer.wait_idle()
         if self.metrics_share is not None:
@@ -174,6 +195,11 @@ class Gateway:
     # -- the Recorder the engine writes to ------------------------------------------
     async def record(self, event: UsageEvent) -> None:
         sinks = [n for n in self._sink_names if sink_accepts(n, event.customer is not None)]
+        settlement = self.keys.settlement_for(event) if self.access is self.keys else None
+        if settlement is not None:
+            # The settlement rides in the same outbox insert as the event.
+            event = replace(event, settlement=settlement)
+            sinks.append(LEDGER_SINK)
         if event.customer is None:
             self.metrics.inc("tallygate_unattributed_total", (("model", event.model),))
             log.warning("call %s is unattributed: no customer to bill; held, not sent to "
@@ -182,7 +208,8 @@ class Gateway:
         if sinks:
             assert self._writer is not None, "gateway not started"
             await self._writer.submit((event, tuple(sinks)))
-            self.metrics.inc("tallygate_outbox_enqueued_total", (), len(sinks))
+            self.metrics.inc("tallygate_outbox_enqueued_total", (),
+                             len(sinks) - (settlement is not None))
         self._count(event)
         await self.access.settle(event)
 

@@ -120,6 +120,8 @@ class UiRoutes:
                     "<p>A virtual key sees its own spend only.</p>"), path=request.path,
                     who=self._who(session), csrf=self.sessions.csrf_token(session)), 403)
             view = View(request, self.gw, session, self.sessions.csrf_token(session))
+            # Spend pages read the ledger: this gateway's due settlements first.
+            await self.policy.flush_settlements()
             result = await fn(view)
             return self._render(view, result)
         return handler

@@ -1,0 +1,35 @@
+"""Issue 15 part 4: the loop-lag sampler the benchmark turns on sees a stalled loop."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tallygate.proxy.loop_lag import ENV
+from tests.fault_support import mock_config
+from tests.proxy_harness import MASTER_KEY, http, proxy_settings, run_proxy, wait_for
+
+
+async def _stall(seconds: float) -> None:
+    time.sleep(seconds)  # noqa: ASYNC251  (holding the loop is the point of this test)
+
+
+def test_sampler_measures_a_stall_and_resets(tmp_path: Path) -> None:
+    cfg = mock_config(tmp_path, lago=False)
+    with run_proxy(proxy_settings(tmp_path, cfg, {ENV: "1"})) as proxy:
+        url = proxy.base_url + "/debug/loop-lag"
+        wait_for(lambda: http("GET", url).json()["samples"] > 20)
+        quiet = http("GET", url + "?reset=1").json()
+        assert quiet["max_ms"] < 20, quiet
+        proxy.call(_stall(0.05))
+        wait_for(lambda: http("GET", url).json()["samples"] > 5)
+        stalled = http("GET", url + "?reset=1").json()
+        assert stalled["max_ms"] >= 30 and stalled["over_0_5ms"] >= 1, stalled
+        assert http("GET", url, key=None).status == 401   # the master key only
+        assert http("GET", url).json()["samples"] < stalled["samples"] + 50
+
+
+def test_no_sampler_unless_asked(tmp_path: Path) -> None:
+    with run_proxy(proxy_settings(tmp_path, mock_config(tmp_path, lago=False))) as proxy:
+        assert proxy.gateway.loop_lag is None
+        assert http("GET", proxy.base_url + "/debug/loop-lag", key=MASTER_KEY).status == 404
