@@ -280,6 +280,8 @@ def test_thinking(proxy: RunningProxy, lago: FakeLago, target: Target) -> None:
     assert body is not None
     if target.gemini is not None:
         assert body["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 2048}
+    else:  # Claude: extended thinking, as LiteLLM maps reasoning_effort
+        assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
 
 
 def test_tool_call(proxy: RunningProxy, lago: FakeLago, target: Target) -> None:

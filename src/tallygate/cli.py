@@ -32,6 +32,9 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         settings = load_config(args.config)
+        if settings.set_verbose or settings.json_logs:
+            configure_logging(args.log_level, verbose=settings.set_verbose,
+                              json_logs=settings.json_logs)
         if args.db:
             settings = replace(settings, database_url=args.db)
         # Build the gateway once here so that a missing LAGO_* variable or a bad sink

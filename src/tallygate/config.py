@@ -38,6 +38,9 @@ DEFAULT_RESPONSES_RETENTION_S = 30 * 86_400
 _PARAM_KEYS = {"model", "api_base", "api_key", "timeout", "stream_timeout", "mock_response",
                "extra_headers", "rpm", "tpm", "max_retries", *PRICE_KEYS,
                PER_REQUEST_PRICE_KEY}
+# Accepted for LiteLLM configs, not acted on (each call goes to its deployment once,
+# under its one ``timeout``): warned about, never silently ignored.
+_NOT_APPLIED_PARAMS = ("stream_timeout", "max_retries")
 _ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info"}
 _SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "request_timeout",
                   "drop_params", "set_verbose", "json_logs"}
@@ -66,6 +69,12 @@ class ProxySettings:
     access: AccessSettings = field(default_factory=AccessSettings)
     #: how long the Responses API's stored responses are kept
     responses_retention_s: float = DEFAULT_RESPONSES_RETENTION_S
+    #: litellm_settings.drop_params: leave out (and name) OpenAI params a provider
+    #: does not take, instead of refusing the call
+    drop_params: bool = False
+    #: litellm_settings.set_verbose / json_logs: DEBUG logging; one JSON object a line
+    set_verbose: bool = False
+    json_logs: bool = False
 
     def default_database_path(self) -> str:
         """The outbox lives next to the config file unless told otherwise."""
@@ -84,6 +93,8 @@ class _Reader:
         self.environ = environ
         self.config_env: dict[str, str] = {}  # the config's environment_variables block
         self.unknown: list[str] = []
+        # Keys LiteLLM acts on that are read but not acted on here: said in one warning.
+        self.not_applied: list[str] = []
 
     def env(self, value: Any, path: str) -> Any:
         if isinstance(value, str) and value.startswith(ENV_PREFIX):
@@ -145,6 +156,16 @@ class _Reader:
             raise ConfigError(f"{path}: must be a non-negative number")
         return number
 
+    def flag(self, value: Any, path: str) -> bool:
+        value = self.env(value, path)
+        if value is None:
+            return False
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"  # os.environ/NAME gives a string
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: must be true or false")
+        return value
+
     def names(self, value: Any, path: str) -> list[str]:
         if value is None:
             return []
@@ -182,6 +203,8 @@ def _deployment(r: _Reader, entry: dict[str, Any], path: str) -> tuple[str, Depl
                           f"(known: {', '.join(provider_names())})")
     adapter = get_provider(provider)
     params = r.mapping(raw_params, ppath, _PARAM_KEYS | adapter.litellm_params)
+    r.not_applied.extend(f"{ppath}.{k}" for k in _NOT_APPLIED_PARAMS
+                         if params.get(k) is not None)
     model_info = r.mapping(entry.get("model_info"), f"{path}.model_info",
                            set(entry.get("model_info") or {}))
     prices: dict[str, Any] = {k: r.decimal(params.get(k), f"{ppath}.{k}") for k in PRICE_KEYS}
@@ -311,7 +334,11 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         for name in r.names(s.get(key), f"{settings_key}.{key}"):
             if name not in sinks:
                 sinks.append(name)
-    r.names(s.get("failure_callback"), f"{settings_key}.failure_callback")
+    if r.names(s.get("failure_callback"), f"{settings_key}.failure_callback"):
+        # LiteLLM sends failed calls to these; ours are metered sinks of billed calls.
+        r.not_applied.append(f"{settings_key}.failure_callback")
+    flags = {key: r.flag(s.get(key), f"{settings_key}.{key}")
+             for key in ("drop_params", "set_verbose", "json_logs")}
 
     g = r.mapping(top.get("general_settings"), "general_settings", _GENERAL_KEYS)
     size_mb = r.number(g.get("max_request_size_mb"), "general_settings.max_request_size_mb")
@@ -330,6 +357,9 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
 
     if r.unknown:
         log.warning("config: ignoring unknown keys: %s", ", ".join(r.unknown))
+    if r.not_applied:
+        log.warning("config: these keys are accepted but have no effect in tallygate: %s",
+                    ", ".join(r.not_applied))
     return ProxySettings(
         models={k: tuple(v) for k, v in models.items()},
         sinks=tuple(sinks),
@@ -347,6 +377,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         extra={"environ": r.environ, "jsonl_path": g.get("jsonl_path")},
         access=access,
         responses_retention_s=retention,
+        **flags,
     )
 
 

@@ -60,17 +60,6 @@ OPENAI_CHAT_PARAMS: tuple[str, ...] = (
 _REASONING_REFUSED = frozenset({"temperature", "top_p", "presence_penalty",
                                 "frequency_penalty", "logprobs", "top_logprobs",
                                 "logit_bias", "max_tokens"})
-# What the Anthropic adapter translates (providers/anthropic.build_body).
-_ANTHROPIC_PARAMS: tuple[str, ...] = (
-    "stream", "stream_options", "stop", "temperature", "top_p", "max_tokens",
-    "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls",
-    "response_format", "user", "safety_identifier", "n", "extra_headers", "metadata")
-# What the Bedrock adapter translates (providers/bedrock_converse.build_body); ``thinking``
-# and ``top_k`` are not OpenAI parameters and pass as they are.
-_BEDROCK_PARAMS: tuple[str, ...] = (
-    "stream", "stream_options", "stop", "temperature", "top_p", "max_tokens",
-    "max_completion_tokens", "tools", "tool_choice", "reasoning_effort", "user", "n",
-    "extra_headers", "metadata")
 _OPENAI_REASONING = re.compile(r"(o[1-9]|gpt-5)([-.].*)?")
 
 
@@ -136,10 +125,10 @@ def get_supported_openai_params(model: str, custom_llm_provider: str | None = No
     provider, name = _bare(model)
     if request_type == "embeddings":
         return ["input", "encoding_format", "dimensions", "user"]
-    if provider == "anthropic":
-        return list(_ANTHROPIC_PARAMS)
-    if provider == "bedrock":
-        return list(_BEDROCK_PARAMS)
+    # The adapter's own list (the one the proxy checks too); None: it passes every one.
+    supported = get_provider(provider).openai_params_for(name)
+    if supported is not None:
+        return [p for p in OPENAI_CHAT_PARAMS if p in supported]
     if provider == "openai" and _OPENAI_REASONING.fullmatch(name):
         return [p for p in OPENAI_CHAT_PARAMS if p not in _REASONING_REFUSED]
     return list(OPENAI_CHAT_PARAMS)

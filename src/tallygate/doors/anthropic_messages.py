@@ -50,6 +50,7 @@ from tallygate.proxy.calls import (
     serve_stream,
 )
 from tallygate.proxy.gateway import Gateway
+from tallygate.proxy.param_support import pop_unsupported
 from tallygate.proxy.validation import parse_json_object, require_model
 
 log = logging.getLogger("tallygate.proxy")
@@ -320,6 +321,8 @@ class MessagesRoute:
             raise
         if params.get("user"):
             chat["user"] = params["user"]
+        # What the provider has no field for: left out and named, as the door's own drops.
+        translation.dropped.extend(pop_unsupported(deployment, chat))
         headers = self._headers(ctx.call_id)
         if translation.dropped:
             headers[DROPPED_HEADER] = ",".join(translation.dropped)

@@ -16,7 +16,7 @@ from tallygate.providers.base import Deployment
 from tallygate.usage import Usage
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for a text completion
-GATEWAY_KEYS = ("metadata", "mock_response")  # read here, never sent upstream
+GATEWAY_KEYS = ("metadata", "mock_response", "drop_params")  # read here, never sent upstream
 # Completion params a chat call takes under the same name.
 _CHAT_KEYS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty",
               "seed", "n", "logit_bias", "user", "safety_identifier")

@@ -56,6 +56,7 @@ from tallygate.proxy.calls import (
     serve_stream,
 )
 from tallygate.proxy.gateway import Gateway
+from tallygate.proxy.param_support import pop_unsupported
 from tallygate.proxy.validation import parse_json_object
 
 log = logging.getLogger("tallygate.proxy")
@@ -229,6 +230,8 @@ class GeminiRoute:
                          stream: bool) -> web.StreamResponse:
         chat = {k: v for k, v in params.items() if k not in ("body", "dropped", "metadata")}
         chat["model"] = deployment.model
+        # What the provider has no field for: left out and named, as the door's own drops.
+        params["dropped"] = [*params["dropped"], *pop_unsupported(deployment, chat)]
         headers = self._headers(ctx.call_id)
         if params["dropped"]:
             headers[DROPPED_HEADER] = ",".join(params["dropped"])

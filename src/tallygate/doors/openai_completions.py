@@ -42,6 +42,7 @@ from tallygate.proxy.calls import (
     serve_stream,
 )
 from tallygate.proxy.gateway import Gateway
+from tallygate.proxy.param_support import apply_drop_params
 
 # --- the route ----------------------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class CompletionsRoute:
         except TallygateError as exc:
             await self.gw.record_failure(engine.failure_event(ctx, deployment, exc))
             raise
+        dropped += await apply_drop_params(self.gw, data, chat, deployment, ctx)
         echo = chat["messages"][0]["content"] if data.get("echo") else ""
         headers = self._headers(ctx.call_id)
         if dropped:

@@ -52,6 +52,7 @@ from tallygate.proxy.calls import (
     serve_stream,
 )
 from tallygate.proxy.gateway import Gateway
+from tallygate.proxy.param_support import pop_unsupported
 
 DROPPED_HEADER = "x-tallygate-dropped-params"
 RESPONSE_STORE = web.AppKey("response_store", ResponseStore)
@@ -193,6 +194,8 @@ class ResponsesRoute:
                           ctx: CallContext, owner: str) -> web.StreamResponse:
         history = [item for record in chain for item in record.conversation()]
         call = to_chat(rq, history, deployment)
+        # What the provider has no field for: left out and named, as the door's own drops.
+        call.dropped.extend(pop_unsupported(deployment, call.params))
         response_id = "resp_" + ctx.call_id.removeprefix("tg-")
         if not rq.stream:
             result, event = await engine.chat(deployment, call.params, ctx, self.gw,

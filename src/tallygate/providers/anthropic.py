@@ -221,6 +221,16 @@ def translate_tools(tools: object) -> list[dict[str, Any]]:
     return out
 
 
+# The OpenAI chat parameters ``build_body`` translates (get_supported_openai_params).
+OPENAI_PARAMS = frozenset({
+    "stream", "stream_options", "stop", "temperature", "top_p", "max_tokens",
+    "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls",
+    "response_format", "user", "safety_identifier", "n", "extra_headers", "metadata",
+    "reasoning_effort"})
+# reasoning_effort -> thinking.budget_tokens (LiteLLM's, and Bedrock's for Claude)
+THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096}
+
+
 def translate_tool_choice(choice: object, parallel: object) -> dict[str, Any] | None:
     result: dict[str, Any]
     if choice is None:
@@ -296,6 +306,13 @@ def build_body(model: str, params: dict[str, Any], stream: bool) -> dict[str, An
     user = params.get("user") or params.get("safety_identifier")
     if user:
         body["metadata"] = {"user_id": str(user)}
+    effort = params.get("reasoning_effort")
+    if effort not in (None, "none"):
+        # LiteLLM's mapping: extended thinking with a budget by effort.
+        if effort not in THINKING_BUDGETS:
+            raise BadRequestError(f"reasoning_effort {effort!r} is not one of minimal, low, "
+                                  "medium, high", param="reasoning_effort")
+        body["thinking"] = {"type": "enabled", "budget_tokens": THINKING_BUDGETS[effort]}
     if stream:
         body["stream"] = True
     return body
@@ -592,6 +609,7 @@ class AnthropicProvider(Provider, NativeMessages):
     name = "anthropic"
     price_provider = "anthropic"
     reads_cache_control = True
+    supported_openai_params = OPENAI_PARAMS
     default_api_base = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
     reads_top_k = True

@@ -315,6 +315,16 @@ class Provider(ABC):
     #: True when the adapter reads Anthropic's ``cache_control`` breakpoints and ``top_k``
     #: (doors keep them for it and strip them for the others).
     reads_cache_control: ClassVar[bool] = False
+    #: The OpenAI chat parameters this adapter translates (LiteLLM's
+    #: ``get_supported_openai_params``); the rest would be left out, so the proxy and the
+    #: SDK refuse them (or drop and name them, with ``drop_params``). None: the body is
+    #: passed through and every parameter reaches the provider; the check is skipped.
+    supported_openai_params: ClassVar[frozenset[str] | None] = None
+
+    def openai_params_for(self, model: str) -> frozenset[str] | None:
+        """``supported_openai_params`` for one model (a provider serving several model
+        families overrides it)."""
+        return self.supported_openai_params
 
     def config_params(self, model: str, params: dict[str, Any],
                       config_env: Mapping[str, str]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from tallygate.providers.bedrock_auth import (
     with_environment,
 )
 from tallygate.providers.bedrock_converse import (
+    OPENAI_PARAMS,
     bad_request,
     base_model_id,
     build_body,
@@ -197,6 +198,7 @@ class BedrockProvider(Provider):
     api_key_env = BEARER_ENV  # a Bedrock API key is a bearer token
     needs_authorize = True  # SigV4 over the final bytes, credentials off the loop
     reads_cache_control = True
+    supported_openai_params = OPENAI_PARAMS
     litellm_params = frozenset({*CREDENTIAL_PARAMS, "aws_region_name",
                                 "aws_bedrock_runtime_endpoint", "aws_web_identity_token",
                                 "aws_session_tags"})

@@ -314,6 +314,14 @@ def reasoning_fields(family: str, params: Mapping[str, Any]) -> dict[str, Any]:
                       "application inference profile)", "reasoning_effort")
 
 
+# The OpenAI chat parameters ``build_body`` translates (get_supported_openai_params);
+# ``thinking`` and ``top_k`` are not OpenAI parameters and pass as they are.
+OPENAI_PARAMS = frozenset({
+    "stream", "stream_options", "stop", "temperature", "top_p", "max_tokens",
+    "max_completion_tokens", "tools", "tool_choice", "reasoning_effort", "user", "n",
+    "extra_headers", "metadata"})
+
+
 def build_body(deployment: Deployment, params: Mapping[str, Any]) -> dict[str, Any]:
     """The Converse (or ConverseStream) request body for OpenAI chat ``params``."""
     n = params.get("n")

@@ -31,7 +31,11 @@ from tallygate.providers.gemini_answer import (
     google_error,
     translate_answer,
 )
-from tallygate.providers.gemini_request import embed_body, generate_content_body
+from tallygate.providers.gemini_request import (
+    OPENAI_PARAMS,
+    embed_body,
+    generate_content_body,
+)
 from tallygate.providers.registry import register
 
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -47,6 +51,7 @@ def read_json_object(body: bytes) -> dict[str, Any]:
 class GeminiProvider(Provider, NativeGemini):
     name = "gemini"
     price_provider = "google"
+    supported_openai_params = OPENAI_PARAMS
     default_api_base = "https://generativelanguage.googleapis.com/v1beta"
     api_key_env = "GEMINI_API_KEY"
 

@@ -275,6 +275,13 @@ def _thinking(effort: object) -> dict[str, Any]:
     return {"thinkingBudget": THINKING_BUDGETS[effort]}
 
 
+# The OpenAI chat parameters ``generate_content_body`` translates
+# (get_supported_openai_params).
+OPENAI_PARAMS = frozenset({
+    "stream", "stream_options", "stop", "temperature", "top_p", "max_tokens",
+    "max_completion_tokens", "seed", "presence_penalty", "frequency_penalty", "n",
+    "response_format", "reasoning_effort", "tools", "tool_choice", "user", "extra_headers",
+    "metadata"})
 _CONFIG_NAMES = {"temperature": "temperature", "top_p": "topP", "top_k": "topK",
                  "seed": "seed", "presence_penalty": "presencePenalty",
                  "frequency_penalty": "frequencyPenalty"}

@@ -51,7 +51,7 @@ from tallygate.providers.gemini_answer import (
     google_error,
     translate_answer,
 )
-from tallygate.providers.gemini_request import generate_content_body
+from tallygate.providers.gemini_request import OPENAI_PARAMS, generate_content_body
 from tallygate.providers.google_auth import (
     ServiceAccount,
     TokenSource,
@@ -145,7 +145,11 @@ class VertexAIProvider(Provider, NativeMessages, NativeGemini):
     # genai-prices' "google" prices Gemini and, for Vertex, the Claude models too.
     price_provider = "google"
     needs_authorize = True
+    supported_openai_params = OPENAI_PARAMS  # Gemini's; Claude models take Anthropic's
     litellm_params = frozenset({*_ALIASES, *_ALIASES.values()})
+
+    def openai_params_for(self, model: str) -> frozenset[str] | None:
+        return anthropic.OPENAI_PARAMS if is_claude(model) else OPENAI_PARAMS
 
     def __init__(self) -> None:
         self._targets: dict[tuple[str, ...], VertexTarget] = {}

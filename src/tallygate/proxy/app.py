@@ -24,17 +24,19 @@ from tallygate.proxy.auth import presented_key
 from tallygate.proxy.calls import (
     CALL_ID_HEADER,
     COST_HEADER,
+    DROPPED_HEADER,
     REQUEST_ID_HEADER,
     CallFrame,
     serve_stream,
 )
 from tallygate.proxy.gateway import Gateway
+from tallygate.proxy.param_support import DROP_PARAMS_FIELD, apply_drop_params
 from tallygate.proxy.validation import check_chat, check_embedding
 
 log = logging.getLogger("tallygate.proxy")
 
 GATEWAY = web.AppKey("gateway", Gateway)
-_GATEWAY_PARAMS = ("metadata",)  # read by the gateway, never sent upstream
+_GATEWAY_PARAMS = ("metadata", DROP_PARAMS_FIELD)  # read by the gateway, never sent upstream
 
 
 def _upstream_params(data: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
@@ -66,9 +68,12 @@ class Routes:
         self.gw = gw
         self.calls = CallFrame(gw)
 
-    def _billed_response(self, body: bytes, event: UsageEvent) -> web.Response:
+    def _billed_response(self, body: bytes, event: UsageEvent,
+                         dropped: tuple[str, ...] = ()) -> web.Response:
         headers = {CALL_ID_HEADER: event.call_id, REQUEST_ID_HEADER: event.call_id,
                    **self.gw.access.response_headers(event.call_id)}
+        if dropped:
+            headers[DROPPED_HEADER] = ",".join(dropped)
         if event.cost is not None:
             headers[COST_HEADER] = format_decimal(event.cost)
         return web.Response(body=body, headers=headers, content_type="application/json")
@@ -79,14 +84,17 @@ class Routes:
     async def _chat(self, request: web.Request, data: dict[str, Any], deployment: Deployment,
                     ctx: CallContext) -> web.StreamResponse:
         params = _upstream_params(data, deployment)
+        dropped = await apply_drop_params(self.gw, data, params, deployment, ctx)
         if data.get("stream"):
-            return await self._stream(request, deployment, params, ctx)
+            return await self._stream(request, deployment, params, ctx, dropped)
         result, event = await engine.chat(deployment, params, ctx, self.gw, self.gw.prices)
         return self._billed_response(
-            result.raw if result.raw is not None else orjson.dumps(result.body), event)
+            result.raw if result.raw is not None else orjson.dumps(result.body), event,
+            dropped)
 
     async def _stream(self, request: web.Request, deployment: Deployment,
-                      params: dict[str, Any], ctx: CallContext) -> web.StreamResponse:
+                      params: dict[str, Any], ctx: CallContext,
+                      dropped: tuple[str, ...]) -> web.StreamResponse:
         options = params.pop("stream_options", None) or {}
         params.pop("stream", None)
         stream = ChatStream(deployment, params, ctx, self.gw, self.gw.prices,
@@ -100,6 +108,8 @@ class Routes:
 
         headers = {CALL_ID_HEADER: ctx.call_id, REQUEST_ID_HEADER: ctx.call_id,
                    **self.gw.access.response_headers(ctx.call_id)}
+        if dropped:
+            headers[DROPPED_HEADER] = ",".join(dropped)
         return await serve_stream(request, stream, headers, write, _openai_error_frame)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -107,6 +117,9 @@ class Routes:
 
     async def _embed(self, request: web.Request, data: dict[str, Any], deployment: Deployment,
                      ctx: CallContext) -> web.StreamResponse:
+        # drop_params is never sent; every translating provider takes the OpenAI
+        # embedding params (encoding_format aside: the answer is floats, which the openai
+        # SDK's default base64 reading accepts as they are), so there is nothing to drop.
         result, event = await engine.embedding(deployment, _upstream_params(data, deployment),
                                                ctx, self.gw, self.gw.prices)
         return self._billed_response(

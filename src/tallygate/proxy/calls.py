@@ -111,6 +111,8 @@ class CallFrame:
             params = prepare(body)
             group = model_group(gw, model)
             ctx, deployment = await gw.access.admit(identity, params, model, call_id, group)
+            log.debug("call %s: %s %s -> %s/%s", call_id, route, model, deployment.provider,
+                      deployment.model)
             return await handle(request, params, deployment, ctx)
         except TallygateError as exc:
             answer = on_error(exc, call_id)

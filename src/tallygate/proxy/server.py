@@ -108,6 +108,14 @@ def serve(settings: ProxySettings, host: str, port: int, workers: int = 1) -> in
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else 1
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str = "INFO", *, verbose: bool = False,
+                      json_logs: bool = False) -> None:
+    """Logs to stderr at ``level``; ``verbose`` (``litellm_settings.set_verbose``) puts
+    tallygate's own loggers at DEBUG, ``json_logs`` writes one JSON object a line.
+    Called again once the config is read (``force``: the handler is replaced)."""
+    from tallygate.log_format import TEXT_FORMAT, JsonFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.getLogger("tallygate").setLevel(logging.DEBUG if verbose else logging.NOTSET)
