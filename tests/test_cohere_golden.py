@@ -292,6 +292,11 @@ def test_errors_keep_status_and_bill_nothing(world: World, client: openai.OpenAI
     with pytest.raises(openai.BadRequestError) as untranslatable:
         client.chat.completions.create(model="command", messages=MESSAGES, user="acme", n=2)
     assert untranslatable.value.body["param"] == "n"  # type: ignore[index]
+    # Cohere cannot be held to one tool call at a time: refused, as LiteLLM refuses it.
+    with pytest.raises(openai.BadRequestError) as parallel:
+        client.chat.completions.create(model="command", messages=MESSAGES, user="acme",
+                                       tools=[WEATHER_TOOL], parallel_tool_calls=False)
+    assert parallel.value.body["param"] == "parallel_tool_calls"  # type: ignore[index]
     assert len(world.lago.stored) == before
 
 

@@ -307,10 +307,18 @@ def test_errors_keep_status_and_bill_nothing(world: World, client: openai.OpenAI
         client.chat.completions.create(model="llama", messages=MESSAGES, user="lab",
                                        tools=[WEATHER_TOOL], tool_choice="required")
     assert refused.value.body["param"] == "tool_choice"  # type: ignore[index]
-    with pytest.raises(openai.BadRequestError, match="ollama_chat"):
+    # /api/generate takes no tools: refused as LiteLLM refuses them (or dropped on request).
+    with pytest.raises(openai.BadRequestError) as no_tools:
         client.chat.completions.create(model="llama-gen", messages=MESSAGES, user="lab",
                                        tools=[WEATHER_TOOL])
+    assert no_tools.value.body["param"] == "tools"  # type: ignore[index]
     assert len(world.lago.stored) == before
+    raw = client.chat.completions.with_raw_response.create(
+        model="llama-gen", messages=MESSAGES, user="lab", tools=[WEATHER_TOOL],
+        extra_body={"drop_params": True})
+    assert raw.headers["x-tallygate-dropped-params"] == "tools"
+    assert "tools" not in world.ollama.requests[-1]
+    billed(world.lago, raw.headers[CALL_ID_HEADER], "lab")
 
 
 async def test_error_line_mid_stream_is_in_band_and_billed(world: World) -> None:

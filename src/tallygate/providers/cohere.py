@@ -448,6 +448,9 @@ class CohereProvider(Provider):
     api_key_env = "COHERE_API_KEY"
     litellm_params = frozenset({"input_type", "truncate", "safety_mode"})
     reads_top_k = True
+    # Cohere cannot be told to make one tool call at a time: parallel_tool_calls is
+    # refused (or dropped and named, with drop_params).
+    supported_openai_params = tr.CHAT_PARAMS
 
     def check_deployment(self, deployment: Deployment) -> None:
         if deployment.model.startswith("v1/"):

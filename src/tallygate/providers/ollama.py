@@ -402,6 +402,7 @@ class _OllamaBase(Provider):
     api_key_env = "OLLAMA_API_KEY"  # Ollama's cloud, or a proxy in front of a server
     litellm_params = OPTION_NAMES | {"keep_alive", "truncate"}
     reads_top_k = True
+    supported_openai_params = tr.CHAT_PARAMS
     route: str = "/api/chat"
 
     def check_deployment(self, deployment: Deployment) -> None:
@@ -503,6 +504,8 @@ class OllamaGenerateProvider(_OllamaBase):
 
     name = "ollama"
     route = "/api/generate"
+    # One prompt, no tools (LiteLLM's list for ollama/ has none either).
+    supported_openai_params = tr.CHAT_PARAMS - {"tools", "tool_choice"}
 
     def body(self, deployment: Deployment, params: Mapping[str, Any],
              stream: bool) -> dict[str, Any]:

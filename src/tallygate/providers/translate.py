@@ -26,6 +26,16 @@ UNTRANSLATABLE = ("logprobs", "top_logprobs", "logit_bias", "audio", "modalities
                   "prediction", "functions", "function_call")
 
 
+# The OpenAI chat params the translating adapters here read (LiteLLM's
+# get_supported_openai_params); ``user``, ``safety_identifier`` and ``metadata`` name who
+# pays and go no further, ``n`` is served when it is 1.
+CHAT_PARAMS = frozenset({
+    "stream", "stream_options", "stop", "temperature", "top_p", "max_tokens",
+    "max_completion_tokens", "tools", "tool_choice", "response_format", "user",
+    "safety_identifier", "metadata", "n", "reasoning_effort", "seed", "frequency_penalty",
+    "presence_penalty"})
+
+
 def refuse_untranslatable(params: Mapping[str, Any], label: str) -> None:
     """400 for a param in UNTRANSLATABLE that is set, and for ``n`` other than 1."""
     for name in UNTRANSLATABLE:
