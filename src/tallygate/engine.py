@@ -41,6 +41,7 @@ from tallygate.providers.base import (
     UpstreamRequest,
 )
 from tallygate.providers.registry import get_provider
+from tallygate.providers.translate import pack_base64
 from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.engine")
@@ -144,6 +145,16 @@ def _estimated_usage(params: Mapping[str, Any], output_text: str,
                  output_tokens=out, source="estimated")
 
 
+def _with_prompt(params: Mapping[str, Any], usage: Usage) -> Usage:
+    """A call always has input: usage that reports none (Ollama leaves out
+    ``prompt_eval_count`` when its prompt cache served the whole prompt) gets an
+    estimate, flagged, rather than billing the prompt as zero."""
+    if usage.prompt_tokens:
+        return usage
+    return replace(usage, input_tokens=estimate_prompt_tokens(params.get("messages") or ()),
+                   source="estimated")
+
+
 def _with_estimated_requests(usage: Usage, provider: Provider, deployment: Deployment,
                              params: Mapping[str, Any]) -> Usage:
     """An estimate keeps the per-request fees the provider charges whatever the answer
@@ -154,11 +165,18 @@ def _with_estimated_requests(usage: Usage, provider: Provider, deployment: Deplo
     return replace(usage, requests=items) if items else usage
 
 
-def _estimated_embedding_usage(params: Mapping[str, Any]) -> Usage:
-    """Input tokens estimated from the texts, for a provider that reports no usage."""
+def _embedding_usage(params: Mapping[str, Any], usage: Usage | None) -> Usage:
+    """The provider's count, or an estimate from the input texts when it reports none."""
+    if usage is not None and usage.prompt_tokens:
+        return usage
     value = params.get("input")
-    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-    tokens = sum(estimate_text_tokens(t) for t in texts if isinstance(t, str))
+    items = value if isinstance(value, list) else [value]
+    tokens = 0
+    for item in items:
+        if isinstance(item, str):
+            tokens += estimate_text_tokens(item)
+        elif isinstance(item, list):  # a token array counts its tokens
+            tokens += len(item)
     return Usage(input_tokens=tokens, source="estimated")
 
 
@@ -250,6 +268,10 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
             usage = _with_estimated_requests(
                 _estimated_usage(params, _answer_text(result.body), None),
                 provider, deployment, params)
+        if not usage.prompt_tokens:
+            usage = _with_prompt(params, usage)
+            if result.raw is None:  # a translated answer tells the client what is billed
+                result.body["usage"] = usage.to_openai()
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
@@ -296,10 +318,13 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
         bodies = await _send_embeddings(provider, deployment, params)
         result = _read_answer(lambda: provider.embedding_responses(deployment, bodies),
                               "data", "an embeddings list")
+        if result.raw is None and params.get("encoding_format") == "base64":
+            # A translated answer holds floats; OpenAI clients asked for packed vectors.
+            result = replace(result, body=pack_base64(result.body))
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    usage = result.usage or _estimated_embedding_usage(params)
+    usage = _embedding_usage(params, result.usage)
     event = make_event(ctx, deployment, usage, prices, kind="embedding",
                        answered_model=result.answered_model)
     await recorder.record(event)
@@ -385,6 +410,8 @@ class ChatStream:
         self._provider = get_provider(deployment.provider)
         self._decoder: StreamDecoder = (decoder if decoder is not None else
                                         self._provider.chat_stream(deployment, include_usage))
+        self._decoder.estimate_prompt = lambda: estimate_prompt_tokens(
+            params.get("messages") or ())
         self._upstream: Any = None  # the open transport stream's context manager
         self._source: AsyncIterator[bytes] | None = None
         self._first: list[StreamItem] | None = None  # read by open(), not yet handed on
@@ -479,6 +506,7 @@ class ChatStream:
                 usage = _with_estimated_requests(
                     _estimated_usage(self._params, dec.output_text(), dec.usage),
                     self._provider, self.deployment, self._params)
+            usage = _with_prompt(self._params, usage)
             flags = {FLAG_STREAM}
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)
