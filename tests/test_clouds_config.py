@@ -20,7 +20,7 @@ from tests.proxy_harness import cli_env, http, run_cli
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "clouds.yaml"
 PREFIXES = ("azure", "azure_ai", "mistral", "deepseek", "groq", "together_ai",
             "fireworks_ai", "xai", "openrouter", "perplexity", "cerebras", "nvidia_nim",
-            "hosted_vllm", "lm_studio", "openai")
+            "hosted_vllm", "lm_studio", "cohere", "ollama_chat", "ollama", "openai")
 
 
 def test_the_example_names_every_provider_and_the_registry_has_them() -> None:
@@ -43,7 +43,7 @@ def test_the_example_config_starts_and_serves(tmp_path: Path) -> None:
         with run_cli(tmp_path, EXAMPLE.read_text(), env) as proc:
             models = http("GET", proc.base_url + "/v1/models").json()
             names = {m["id"] for m in models["data"]}
-            assert len(names) == 15 and "azure-gpt-4o" in names
+            assert len(names) == 18 and "azure-gpt-4o" in names
             reply = http("POST", proc.base_url + "/v1/chat/completions", {
                 "model": "azure-gpt-4o", "user": "ex",
                 "messages": [{"role": "user", "content": "Hi"}]})

@@ -42,6 +42,7 @@ from tallygate.providers.base import (
     UpstreamRequest,
 )
 from tallygate.providers.registry import get_provider
+from tallygate.providers.translate import pack_base64
 from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.engine")
@@ -157,6 +158,14 @@ def _counted(usage: Usage | None) -> Usage | None:
     """The provider's usage if it can be the count of a real call: a prompt is never zero
     tokens, so a usage that says so is missing numbers, to be estimated."""
     return usage if usage is not None and usage.prompt_tokens > 0 else None
+def _with_prompt(params: Mapping[str, Any], usage: Usage) -> Usage:
+    """A call always has input: usage that reports none (Ollama leaves out
+    ``prompt_eval_count`` when its prompt cache served the whole prompt) gets an
+    estimate, flagged, rather than billing the prompt as zero."""
+    if usage.prompt_tokens:
+        return usage
+    return replace(usage, input_tokens=estimate_prompt_tokens(params.get("messages") or ()),
+                   source="estimated")
 
 
 def _with_estimated_requests(usage: Usage, provider: Provider, deployment: Deployment,
@@ -169,15 +178,20 @@ def _with_estimated_requests(usage: Usage, provider: Provider, deployment: Deplo
     return replace(usage, requests=items) if items else usage
 
 
-def _estimated_embedding_usage(params: Mapping[str, Any]) -> Usage:
-    """Input tokens estimated from the input (texts, or token ids counted as they are),
-    for a provider that reports no usage or no valid one."""
+def _embedding_usage(params: Mapping[str, Any], usage: Usage | None) -> Usage:
+    """The provider's count, or an estimate from the input texts when it reports none."""
+    if usage is not None and usage.prompt_tokens:
+        return usage
     value = params.get("input")
-    items = [value] if isinstance(value, str) else list(value or ())
-    if items and all(isinstance(i, int) for i in items):
-        items = [items]  # one list of token ids
-    tokens = sum(len(i) if isinstance(i, list) else estimate_text_tokens(str(i))
-                 for i in items)
+    items = value if isinstance(value, list) else [value]
+    tokens = 0
+    for item in items:
+        if isinstance(item, str):
+            tokens += estimate_text_tokens(item)
+        elif isinstance(item, list):  # a token array counts its tokens
+            tokens += len(item)
+        elif isinstance(item, int):  # one token array given flat
+            tokens += 1
     return Usage(input_tokens=max(tokens, 1), source="estimated")
 
 
@@ -269,6 +283,10 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
             usage = _with_estimated_requests(
                 _estimated_usage(params, _answer_text(result.body), result.usage),
                 provider, deployment, params)
+        if not usage.prompt_tokens:
+            usage = _with_prompt(params, usage)
+            if result.raw is None:  # a translated answer tells the client what is billed
+                result.body["usage"] = usage.to_openai()
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
@@ -315,10 +333,13 @@ async def embedding(deployment: Deployment, params: dict[str, Any], ctx: CallCon
         bodies = await _send_embeddings(provider, deployment, params)
         result = _read_answer(lambda: provider.embedding_responses(deployment, bodies),
                               "data", "an embeddings list")
+        if result.raw is None and params.get("encoding_format") == "base64":
+            # A translated answer holds floats; OpenAI clients asked for packed vectors.
+            result = replace(result, body=pack_base64(result.body))
     except BaseException as exc:
         await recorder.record_failure(failure_event(ctx, deployment, exc))
         raise
-    usage = _counted(result.usage) or _estimated_embedding_usage(params)
+    usage = _embedding_usage(params, result.usage)
     event = make_event(ctx, deployment, usage, prices, kind="embedding",
                        answered_model=result.answered_model)
     await recorder.record(event)
@@ -421,6 +442,8 @@ class ChatStream:
         self._provider = get_provider(deployment.provider)
         self._decoder: StreamDecoder = (decoder if decoder is not None else
                                         self._provider.chat_stream(deployment, include_usage))
+        self._decoder.estimate_prompt = lambda: estimate_prompt_tokens(
+            params.get("messages") or ())
         self._upstream: Any = None  # the open transport stream's context manager
         self._source: AsyncIterator[bytes] | None = None
         self._first: list[StreamItem] | None = None  # read by open(), not yet handed on
@@ -561,6 +584,7 @@ class ChatStream:
                 usage = _with_estimated_requests(
                     _estimated_usage(self._params, dec.output_text(), dec.usage),
                     self._provider, self.deployment, self._params)
+            usage = _with_prompt(self._params, usage)
             flags = {FLAG_STREAM}
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)

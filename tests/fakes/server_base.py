@@ -222,9 +222,11 @@ class FakeServer:
         self._drop(request)
         return response
 
-    async def send_stream(self, request: web.Request, frames: list[bytes]) -> web.StreamResponse:
-        """Send SSE frames with ``chunk_delay`` between them; honours ``drop_connection``."""
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+    async def send_stream(self, request: web.Request, frames: list[bytes],
+                          content_type: str = "text/event-stream") -> web.StreamResponse:
+        """Send stream frames (SSE by default) with ``chunk_delay`` between them; honours
+        ``drop_connection``."""
+        response = web.StreamResponse(headers={"Content-Type": content_type,
                                                "Cache-Control": "no-cache"})
         if self.drop_connection == "before":
             self._drop(request)

@@ -67,6 +67,9 @@ class ChatTranslation:
         self.reasoning = deployment.provider == "openai" and is_reasoning_model(deployment)
         # Bedrock turns cache_control breakpoints into cachePoints and reads top_k
         self.caches = get_provider(deployment.provider).reads_cache_control
+        # top_k goes to the providers that read it (Bedrock, Cohere's k, Ollama's option);
+        # an OpenAI-compatible server may refuse it.
+        self.reads_top_k = self.caches or get_provider(deployment.provider).reads_top_k
         self.dropped: list[str] = []
 
     def drop(self, name: str) -> None:
@@ -366,11 +369,14 @@ class ChatTranslation:
                 self.drop(name)  # only the default is accepted
             else:
                 params[name] = value
-        if data.get("top_k") is not None:
-            if self.caches:
-                params["top_k"] = data["top_k"]
-            else:
+        top_k = data.get("top_k")
+        if top_k is not None:
+            if not self.reads_top_k:
                 self.drop("top_k")
+            elif not isinstance(top_k, int) or isinstance(top_k, bool):
+                raise bad("top_k must be an integer", "top_k")
+            else:
+                params["top_k"] = top_k
         stop = data.get("stop_sequences")
         if stop is not None:
             if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):

@@ -655,6 +655,7 @@ class AnthropicProvider(Provider, NativeMessages):
     supported_openai_params = OPENAI_PARAMS
     default_api_base = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
+    reads_top_k = True
 
     def _url(self, deployment: Deployment, path: str = "/messages") -> str:
         base = (deployment.api_base or self.default_api_base or "").rstrip("/")

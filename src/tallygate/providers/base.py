@@ -10,7 +10,7 @@ event loop, and a request signed over its final bytes (Bedrock's SigV4) is signe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
@@ -175,6 +175,10 @@ class StreamItem:
         return f"StreamItem({self.frame!r})"
 
 
+def _no_estimate() -> int:
+    return 0
+
+
 class StreamDecoder(ABC):
     """Turns upstream stream bytes into OpenAI chunks, and remembers usage and text."""
 
@@ -185,6 +189,9 @@ class StreamDecoder(ABC):
         self.usage_final = False
         self.output_parts: list[str] = []
         self.done = False
+        #: the prompt's estimated size, for a provider that may leave its input count
+        #: out (Ollama); the engine sets it, as it knows the prompt.
+        self.estimate_prompt: Callable[[], int] = _no_estimate
         #: an upstream failure read after the chunks ``feed`` returned with it: raised
         #: once those chunks are delivered (what was generated is still billed).
         self.failure: UpstreamError | None = None
@@ -309,6 +316,9 @@ class Provider(ABC):
     #: litellm_params keys this provider reads besides the common ones (model, api_base,
     #: api_key, timeout, prices...); they reach it in ``Deployment.params``.
     litellm_params: ClassVar[frozenset[str]] = frozenset()
+    #: True when the provider reads ``top_k`` (an extension the Messages door passes on
+    #: only to providers that read it; an OpenAI-compatible server may refuse it).
+    reads_top_k: ClassVar[bool] = False
     #: True when credentials take I/O to obtain (OAuth access tokens, AWS credentials)
     #: or a request is signed over its final bytes (SigV4): the engine then awaits
     #: ``authorize`` on every request before sending it.
