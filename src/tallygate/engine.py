@@ -154,10 +154,6 @@ def _estimated_usage(params: Mapping[str, Any], output_text: str,
                  output_tokens=out, source="estimated")
 
 
-def _counted(usage: Usage | None) -> Usage | None:
-    """The provider's usage if it can be the count of a real call: a prompt is never zero
-    tokens, so a usage that says so is missing numbers, to be estimated."""
-    return usage if usage is not None and usage.prompt_tokens > 0 else None
 def _with_prompt(params: Mapping[str, Any], usage: Usage) -> Usage:
     """A call always has input: usage that reports none (Ollama leaves out
     ``prompt_eval_count`` when its prompt cache served the whole prompt) gets an
@@ -278,7 +274,7 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
         body = await _send(provider, deployment, params)
         result = _read_answer(lambda: provider.chat_response(deployment, body),
                               "choices", "a chat completion")
-        usage = _counted(result.usage)
+        usage = result.usage  # None when missing or not counts (Usage.from_*)
         if usage is None:
             usage = _with_estimated_requests(
                 _estimated_usage(params, _answer_text(result.body), result.usage),
@@ -579,7 +575,7 @@ class ChatStream:
             await self._close_upstream()
             dec = self._decoder
             final = dec.done or dec.usage_final
-            usage = _counted(dec.usage) if final else None
+            usage = dec.usage if final else None
             if usage is None:
                 usage = _with_estimated_requests(
                     _estimated_usage(self._params, dec.output_text(), dec.usage),
