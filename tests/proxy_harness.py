@@ -35,6 +35,7 @@ from aiohttp import web
 from tallygate.config import ProxySettings, parse_config
 from tallygate.proxy.app import CALL_ID_HEADER, COST_HEADER, GATEWAY, create_app
 from tallygate.proxy.gateway import Gateway
+from tallygate.proxy.server import GatewayRunner
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.lago_server import TEST_API_KEY, FakeLago
 from tests.fakes.openai_server import FakeOpenAI
@@ -147,7 +148,7 @@ def run_proxy(settings: ProxySettings) -> Iterator[RunningProxy]:
     thread = threading.Thread(target=loop.run_forever, name="tallygate-proxy", daemon=True)
     thread.start()
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+    runner = GatewayRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
 
     async def start() -> int:
         await runner.setup()

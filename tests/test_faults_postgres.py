@@ -73,7 +73,7 @@ def states(pg_url: str) -> dict[str, int]:
 
 
 def lago_delivered(base_url: str) -> int:
-    body: Any = http("GET", base_url + "/health/readiness", key=None).json()
+    body: Any = http("GET", base_url + "/health/readiness").json()
     return int(body["sinks"]["lago"]["delivered"])
 
 

@@ -59,7 +59,7 @@ def outbox_states(db: Path, sink: str = "lago") -> dict[str, int]:
 
 
 def readiness(base_url: str) -> dict[str, object]:
-    reply = http("GET", base_url + "/health/readiness", key=None)
+    reply = http("GET", base_url + "/health/readiness")
     assert reply.status == 200, reply.text
     body: dict[str, object] = reply.json()
     return body

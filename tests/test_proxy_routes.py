@@ -99,7 +99,7 @@ def test_readiness_reports_outbox(proxy: RunningProxy, lago: FakeLago) -> None:
     billed(lago, reply.headers[CALL_ID_HEADER], "c-ready")
 
     def delivered() -> object:
-        r = http("GET", proxy.base_url + "/health/readiness", key=None)
+        r = http("GET", proxy.base_url + "/health/readiness")
         assert r.status == 200, r.text
         body = r.json()
         # Two rows: the event for Lago and the call's settlement for the ledger sink.
@@ -133,8 +133,10 @@ def test_model_routes_need_the_master_key(proxy: RunningProxy) -> None:
     client = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
-    for path in ("/health/liveliness", "/health/liveness", "/health/readiness", "/metrics"):
+    for path in ("/health/liveliness", "/health/liveness"):
         assert http("GET", proxy.base_url + path, key=None).status == 200, path
+    for path in ("/health/readiness", "/metrics"):  # the master key's, when one is set
+        assert http("GET", proxy.base_url + path, key=None).status == 401, path
 
 
 def test_metrics(proxy: RunningProxy, lago: FakeLago) -> None:
@@ -145,7 +147,7 @@ def test_metrics(proxy: RunningProxy, lago: FakeLago) -> None:
     cost = reply.headers[COST_HEADER]
 
     def scrape() -> str | None:
-        r = http("GET", proxy.base_url + "/metrics", key=None)
+        r = http("GET", proxy.base_url + "/metrics")
         assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
         ok = 'tallygate_delivery_events{sink="lago",outcome="delivered"} 1.0' in r.text
         return r.text if ok else None

@@ -104,7 +104,7 @@ def test_sigterm_with_lago_down_keeps_events_for_next_start(
     lago.start()  # Lago is back, same port; the next start delivers what was kept
     with run_cli(tmp_path, cfg, env) as proc:
         billed(lago, call_id, "kept", timeout=10)
-        ready = http("GET", proc.base_url + "/health/readiness", key=None).json()
-        wait_for(lambda: http("GET", proc.base_url + "/health/readiness",
-                              key=None).json()["outbox"]["pending"] == 0)
+        ready = http("GET", proc.base_url + "/health/readiness").json()
+        wait_for(lambda: http("GET", proc.base_url + "/health/readiness"
+                              ).json()["outbox"]["pending"] == 0)
         assert ready["status"] in ("healthy", "degraded")

@@ -45,7 +45,8 @@ def test_anthropic_cache_writes_split_by_lifetime_and_web_searches_counted() -> 
     assert u.requests == (("web_searches", 2),) and u.request_count("web_searches") == 2
     assert u.prompt_tokens == 12 + 3000 + 900
     # An answer without the split counts every write as a 5-minute one.
-    old = Usage.from_anthropic({"input_tokens": 1, "cache_creation_input_tokens": 50})
+    old = Usage.from_anthropic({"input_tokens": 1, "cache_creation_input_tokens": 50,
+                                "output_tokens": 2})  # (without output_tokens: no usage)
     assert old is not None and (old.cache_write_tokens, old.cache_write_1h_tokens) == (50, 0)
 
 

@@ -48,11 +48,14 @@ _PARAM_KEYS = {"model", "api_base", "api_key", "mock_response", "extra_headers",
 # LiteLLM also takes a deployment's rpm/tpm beside its litellm_params.
 _ENTRY_KEYS = {"model_name", "litellm_params", "tallygate_params", "model_info", "rpm", "tpm"}
 _SETTINGS_KEYS = {"callbacks", "success_callback", "failure_callback", "drop_params",
-                  "set_verbose", "json_logs", *LITELLM_SETTINGS_KEYS}
+                  "set_verbose", "json_logs", "require_auth_for_metrics_endpoint",
+                  *LITELLM_SETTINGS_KEYS}
 _GENERAL_KEYS = {"master_key", "database_url", "max_request_size_mb", "drain_timeout_s",
                  "metrics_customer_labels", "responses_retention_period",
                  "outbox_batch_size", "charge_by", "jsonl_path", "background_health_checks",
-                 "health_check_interval", "health_check_details"}
+                 "health_check_interval", "health_check_details",
+                 "require_auth_for_health_readiness", "body_read_timeout_s"}
+DEFAULT_BODY_READ_TIMEOUT_S = 30.0
 _TOP_KEYS = {"model_list", "litellm_settings", "tallygate_settings", "general_settings",
              "environment_variables", "router_settings", "access_settings"}
 
@@ -73,6 +76,11 @@ class ProxySettings:
     config_path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     access: AccessSettings = field(default_factory=AccessSettings)
+    # Whether /metrics and /health/readiness need the master key (on when one is set).
+    metrics_auth: bool = False
+    readiness_auth: bool = False
+    # How long a request body may take to arrive (one shorter than its Content-Length).
+    body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S
     #: how long the Responses API's stored responses are kept
     responses_retention_s: float = DEFAULT_RESPONSES_RETENTION_S
     #: litellm_settings.drop_params: leave out (and name) OpenAI params a provider
@@ -166,10 +174,10 @@ class _Reader:
             raise ConfigError(f"{path}: must be a non-negative number")
         return number
 
-    def flag(self, value: Any, path: str) -> bool:
+    def flag(self, value: Any, path: str, default: bool = False) -> bool:
         value = self.env(value, path)
         if value is None:
-            return False
+            return default
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"  # os.environ/NAME gives a string
         if not isinstance(value, bool):
@@ -379,13 +387,15 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
 
     if r.unknown:
         log.warning("config: ignoring unknown keys: %s", ", ".join(r.unknown))
+    master_key = r.text(g.get("master_key"), "general_settings.master_key")
+    body_timeout = r.number(g.get("body_read_timeout_s"), "general_settings.body_read_timeout_s")
     if r.not_applied:
         log.warning("config: these keys are accepted but have no effect in tallygate: %s",
                     ", ".join(r.not_applied))
     return ProxySettings(
         models={k: tuple(v) for k, v in models.items()},
         sinks=tuple(sinks),
-        master_key=r.text(g.get("master_key"), "general_settings.master_key"),
+        master_key=master_key,
         database_url=(r.text(g.get("database_url"), "general_settings.database_url")
                       or r.environ.get("TALLYGATE_DATABASE_URL")),
         max_request_bytes=(int(size_mb * 1024 * 1024) if size_mb is not None
@@ -398,6 +408,13 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         config_path=config_path,
         extra={"environ": r.environ, "jsonl_path": g.get("jsonl_path")},
         access=access,
+        metrics_auth=r.flag(s.get("require_auth_for_metrics_endpoint"),
+                            f"{settings_key}.require_auth_for_metrics_endpoint",
+                            master_key is not None),
+        readiness_auth=r.flag(g.get("require_auth_for_health_readiness"),
+                              "general_settings.require_auth_for_health_readiness",
+                              master_key is not None),
+        body_read_timeout_s=body_timeout or DEFAULT_BODY_READ_TIMEOUT_S,
         responses_retention_s=retention,
         **flags,
         router=router,

@@ -21,6 +21,7 @@ from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.event import (
     FLAG_CLIENT_DISCONNECTED,
     FLAG_ESTIMATED_USAGE,
+    FLAG_INCOMPLETE,
     FLAG_STREAM,
     FLAG_UNATTRIBUTED,
     FLAG_UNKNOWN_PRICE,
@@ -46,6 +47,12 @@ from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.engine")
 
+# What a stream request answered 200 with that is no stream (a proxy's HTML error page,
+# a plain JSON answer): a 502, not billed. Streams come as text/event-stream, or in a
+# provider's own framing (Bedrock's application/vnd.amazon.eventstream).
+NOT_A_STREAM = frozenset({"text/html", "application/json", "text/plain", "application/xml",
+                          "text/xml"})
+
 
 class Recorder(Protocol):
     """Takes finished calls. ``record`` returns once the event is safe (durable)."""
@@ -68,6 +75,8 @@ class CallContext:
     team_id: str | None = None
     key_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # Selects a price variant, e.g. {"service_tier": "priority"} (tallygate.price_fields).
+    price_context: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: the deployment the router chose for this attempt (the proxy sets it per attempt)
     routing: Routing | None = None
 
@@ -75,7 +84,7 @@ class CallContext:
         """This context for one attempt of a routed call (cheaper than ``replace``)."""
         return CallContext(self.model, self.customer, self.call_id, self.started_at_ms,
                            self.end_user, self.user_id, self.team_id, self.key_id,
-                           self.metadata, routing)
+                           self.metadata, self.price_context, routing)
 
 
 def priced_model(deployment: Deployment, answered_model: str | None) -> str | None:
@@ -100,7 +109,7 @@ def make_event(ctx: CallContext, deployment: Deployment, usage: Usage, prices: P
         price = prices.unknown_model(deployment.provider, deployment.model)
     else:
         price = prices.price(deployment.provider, model or deployment.model, usage,
-                             deployment.price, variant=variant)
+                             deployment.price, variant=variant, context=ctx.price_context)
     flags = set(extra_flags)
     if price.cost is None:
         flags.add(FLAG_UNKNOWN_PRICE)
@@ -138,7 +147,7 @@ def _estimated_usage(params: Mapping[str, Any], output_text: str,
     """Usage for a stream that ended before the provider's numbers: keep what the
     provider reported (e.g. Anthropic's input counts) and estimate the rest."""
     out = estimate_text_tokens(output_text)
-    if partial is not None:
+    if partial is not None and partial.prompt_tokens > 0:
         return replace(partial, output_tokens=max(partial.output_tokens, out),
                        source="estimated")
     return Usage(input_tokens=estimate_prompt_tokens(params.get("messages") or ()),
@@ -177,7 +186,9 @@ def _embedding_usage(params: Mapping[str, Any], usage: Usage | None) -> Usage:
             tokens += estimate_text_tokens(item)
         elif isinstance(item, list):  # a token array counts its tokens
             tokens += len(item)
-    return Usage(input_tokens=tokens, source="estimated")
+        elif isinstance(item, int):  # one token array given flat
+            tokens += 1
+    return Usage(input_tokens=max(tokens, 1), source="estimated")
 
 
 async def _send(provider: Provider, deployment: Deployment, params: dict[str, Any]) -> bytes:
@@ -263,10 +274,10 @@ async def chat(deployment: Deployment, params: dict[str, Any], ctx: CallContext,
         body = await _send(provider, deployment, params)
         result = _read_answer(lambda: provider.chat_response(deployment, body),
                               "choices", "a chat completion")
-        usage = result.usage
+        usage = result.usage  # None when missing or not counts (Usage.from_*)
         if usage is None:
             usage = _with_estimated_requests(
-                _estimated_usage(params, _answer_text(result.body), None),
+                _estimated_usage(params, _answer_text(result.body), result.usage),
                 provider, deployment, params)
         if not usage.prompt_tokens:
             usage = _with_prompt(params, usage)
@@ -369,7 +380,24 @@ def _read_answer(read: Callable[[], ChatResult], key: str, what: str) -> ChatRes
     if not isinstance(result.body, Mapping) or not isinstance(result.body.get(key), list):
         raise UpstreamError(f"upstream answered 200 with a body that is not {what} "
                             f"(no {key!r} list)")
+    if key == "choices":
+        _check_choices(result.body["choices"])
     return result
+
+
+def _check_choices(choices: list[Any]) -> None:
+    """Each choice must be one a client can read: a message object whose content is text
+    (or parts, or null) and whose tool calls are objects. Anything else is the upstream's
+    failure, answered 502 and not billed, rather than billed and then failing."""
+    for i, choice in enumerate(choices):
+        message = choice.get("message") if isinstance(choice, Mapping) else None
+        content = message.get("content") if isinstance(message, Mapping) else None
+        calls = message.get("tool_calls") if isinstance(message, Mapping) else None
+        if (not isinstance(message, Mapping) or not isinstance(content, str | list | None)
+                or not isinstance(calls, list | None)
+                or any(not isinstance(c, Mapping) for c in calls or ())):
+            raise UpstreamError(f"upstream answered 200 with a malformed choices[{i}] "
+                                "(its message is not a chat message)")
 
 
 def _answer_text(body: Mapping[str, Any]) -> str:
@@ -416,7 +444,7 @@ class ChatStream:
         self._source: AsyncIterator[bytes] | None = None
         self._first: list[StreamItem] | None = None  # read by open(), not yet handed on
         self.event: UsageEvent | None = None
-        self._finishing: asyncio.Future[UsageEvent] | None = None
+        self._finishing: asyncio.Future[UsageEvent | None] | None = None
         self._first_chunk_ms: int | None = None  # for the time-to-first-token metric
 
     async def open(self) -> ChatStream:
@@ -437,6 +465,9 @@ class ChatStream:
                     body = await stream.read()
                     raise self._provider.error_from_response(stream.status, body,
                                                              stream.headers)
+                kind = stream.headers.get("Content-Type", "")
+                if kind.split(";", 1)[0].strip().lower() in NOT_A_STREAM:
+                    raise self._not_a_stream(kind, await stream.read())
                 self._source = stream.chunks()
             await self._read_first()
         except BaseException as exc:
@@ -444,6 +475,16 @@ class ChatStream:
             await self._recorder.record_failure(failure_event(self.ctx, self.deployment, exc))
             raise
         return self
+
+    def _not_a_stream(self, kind: str, body: bytes) -> UpstreamError:
+        """A stream request answered 200 with something else (an HTML page, a plain JSON
+        answer or error): a 502, not billed."""
+        media = kind.split(";", 1)[0].strip() or "no content type"
+        exc = self._provider.error_from_response(502, body, {})
+        if exc.message == "upstream answered 502":  # no error message of its own in it
+            exc = UpstreamError(f"upstream answered a stream request with {media}, not an "
+                                "event stream")
+        return exc
 
     async def _read_first(self) -> None:
         assert self._source is not None
@@ -468,7 +509,11 @@ class ChatStream:
 
     async def pieces(self) -> AsyncIterator[list[StreamItem]]:
         """The chunks of each upstream read together, so that a proxy can forward them
-        in one write (one syscall) rather than one write per chunk."""
+        in one write (one syscall) rather than one write per chunk.
+
+        A stream that breaks (the provider fails, sends a chunk that is not one, or ends
+        without its end marker) raises an UpstreamError after ``fail`` billed what was
+        produced: the caller reports it in-band, never as a stream that ended well."""
         assert self._source is not None, "open() the stream first"
         try:
             first, self._first = self._first, None
@@ -485,23 +530,52 @@ class ChatStream:
                         raise self._decoder.failure
                     if self._decoder.done:
                         break
+                else:
+                    tail = self._decoder.feed(b"\n\n")  # an event without its blank line
+                    if tail:
+                        yield tail
+                    if self._decoder.failure is not None:
+                        raise self._decoder.failure
+                    if not self._decoder.done:
+                        raise UpstreamError("the upstream stream ended before its end "
+                                            "marker (the answer may be cut short)")
         except UpstreamError as exc:
-            # The provider failed mid-stream: bill what was generated, then re-raise.
-            log.warning("call %s: upstream stream failed after output began: %s",
-                        self.ctx.call_id, exc.message)
-            await self.finish()
+            await self.fail(exc)
             raise
+        except Exception as exc:
+            failure = UpstreamError(f"the upstream sent a malformed stream "
+                                    f"({type(exc).__name__})")
+            await self.fail(failure)
+            raise failure from None
         await self.finish()
 
-    async def finish(self, *, disconnected: bool = False) -> UsageEvent:
-        """Close upstream and record the event; safe to call more than once."""
+    async def fail(self, exc: BaseException) -> UsageEvent | None:
+        """The stream broke (``exc``): bill what the client was sent, flagged incomplete;
+        if nothing was, it is a failed call: nothing billed, the reservation released."""
+        if self._finishing is not None:  # already billed, or already failed
+            return await asyncio.shield(self._finishing)
+        if self._decoder.output_text():
+            log.warning("call %s: upstream stream failed after output began: %s",
+                        self.ctx.call_id, getattr(exc, "message", type(exc).__name__))
+            return await self.finish(incomplete=True)
+        self._finishing = asyncio.get_running_loop().create_future()
+        self._finishing.set_result(None)
+        await self._close_upstream()
+        await self._recorder.record_failure(failure_event(self.ctx, self.deployment, exc))
+        return None
+
+    async def finish(self, *, disconnected: bool = False,
+                     incomplete: bool = False) -> UsageEvent | None:
+        """Close upstream and record the event; safe to call more than once. None when
+        the stream failed before producing anything (``fail``): nothing was billed."""
         if self._finishing is not None:
             return await asyncio.shield(self._finishing)
         self._finishing = asyncio.get_running_loop().create_future()
         try:
             await self._close_upstream()
             dec = self._decoder
-            usage = dec.usage if (dec.done and dec.usage is not None) else None
+            final = dec.done or dec.usage_final
+            usage = dec.usage if final else None
             if usage is None:
                 usage = _with_estimated_requests(
                     _estimated_usage(self._params, dec.output_text(), dec.usage),
@@ -510,6 +584,8 @@ class ChatStream:
             flags = {FLAG_STREAM}
             if disconnected:
                 flags.add(FLAG_CLIENT_DISCONNECTED)
+            if incomplete:
+                flags.add(FLAG_INCOMPLETE)
             event = make_event(self.ctx, self.deployment, usage, self._prices,
                                kind=self._kind, extra_flags=frozenset(flags),
                                first_chunk_ms=self._first_chunk_ms,

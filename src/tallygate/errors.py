@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from tallygate.scrub import scrub
+
 
 class TallygateError(Exception):
     """Base of every error tallygate raises on purpose."""
@@ -14,6 +16,9 @@ class TallygateError(Exception):
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
+        # Every error message is scrubbed here, so that no credential (an upstream key an
+        # upstream quoted back, the master key, a virtual key) reaches a caller or a log.
+        message = scrub(message)
         super().__init__(message)
         self.message = message
         self.param = param
@@ -62,6 +67,20 @@ class NotFoundError(TallygateError):
 
 class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
+
+
+class RequestTimeoutError(TallygateError):
+    """The request body did not arrive in time (e.g. shorter than its Content-Length)."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class MethodNotAllowedError(TallygateError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
 
 
 class RequestTooLargeError(TallygateError):

@@ -26,6 +26,9 @@ FLAG_ESTIMATED_USAGE = "estimated_usage"
 FLAG_CLIENT_DISCONNECTED = "client_disconnected"
 FLAG_UNATTRIBUTED = "unattributed"
 FLAG_STREAM = "stream"
+# The upstream cut the answer short (a stream that broke or ended without its end marker):
+# billed for what was produced, the client told in-band.
+FLAG_INCOMPLETE = "incomplete"
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.metadata import version
 from typing import Any
@@ -230,8 +231,11 @@ class PriceBook:
         self._lib()
 
     def price(self, provider: str, model: str, usage: Usage,
-              override: PriceOverride | None = None, *, variant: str | None = None) -> Price:
-        """``variant``: what else the price depends on (an image's ``quality/size``)."""
+              override: PriceOverride | None = None, *, variant: str | None = None,
+              context: Mapping[str, str] | None = None) -> Price:
+        """``variant``: what else the price depends on (an image's ``quality/size``);
+        ``context`` selects a library price variant (``{"service_tier": "priority"}``),
+        which the caller checked exists (``knows_context``)."""
         if override is not None:
             if not override.is_empty():
                 cost = cost_from_override(usage, override)
@@ -244,6 +248,8 @@ class PriceBook:
                 return self._with_request_prices(provider, model, usage, override)
         if usage.request_count("images"):
             return self._image_price((provider, model), usage, variant)
+        if context:
+            return self._priced_in_context(provider, model, usage, context)
         return self._library_price(provider, model, usage)
 
     def unknown_model(self, provider: str, deployment_model: str) -> Price:
@@ -312,6 +318,47 @@ class PriceBook:
         calc = lib.calc_price(library_usage(lib, usage), name, provider_id=provider_id)
         return Price(Decimal(calc.total_price), self._source)
 
+    def knows_context(self, provider: str, model: str, override: PriceOverride | None,
+                      context: Mapping[str, str]) -> bool:
+        """Whether the price library has this model's price under ``context`` (e.g. a
+        service tier): a variant that names every key of it and is in force today. Config
+        prices (``input_cost_per_token``...) have no variants."""
+        if override is not None and not override.is_empty():
+            return False
+        provider_id = self._price_provider(provider)
+        if provider_id is None:
+            return False
+        lib = self._lib()
+        try:
+            _, info = lib.data_snapshot.get_snapshot().find_provider_model(
+                model, None, provider_id, None)
+        except LookupError:
+            return False
+        now = datetime.now(tz=UTC)
+        for variant in info.price_variants or ():
+            if variant.constraint is not None and not variant.constraint.active(now):
+                continue
+            if dict(variant.when) == dict(context):
+                return True
+        return False
+
+    def _priced_in_context(self, provider: str, model: str, usage: Usage,
+                           context: Mapping[str, str]) -> Price:
+        """The library's price under ``context`` (not cached: variants are rare)."""
+        key = (provider, model)
+        provider_id = self._price_provider(provider)
+        if provider_id is None:
+            return self._mark_unknown(key)
+        lib = self._lib()
+        try:
+            calc = lib.calc_price(library_usage(lib, usage), key[1], provider_id=provider_id,
+                                  price_context=context)
+        except LookupError:
+            return self._mark_unknown(key)
+        missing = _missing_prices(calc.model_price, usage)
+        if missing:
+            return self._unpriced(key, missing, self._source)
+        return Price(Decimal(calc.total_price), self._source)
     def _find(self, provider_id: str, key: tuple[str, str]) -> tuple[str, Any, bool]:
         """(the library's name for the model, its price now, whether that depends on the
         time of day); LookupError if none of the provider's names for it is priced."""

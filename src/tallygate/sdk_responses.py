@@ -151,6 +151,7 @@ async def aresponses(input: Any = None, model: str = "", *, stream: bool = False
                 for frame in encoder.feed(item.data):
                     yield frame
         event = await chat_stream.finish()
+        assert event is not None  # the stream ended well: it billed itself
         yield encoder.end(event.usage)
 
     return ResponseEventStream(chat_stream, rendered())

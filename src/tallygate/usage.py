@@ -102,8 +102,15 @@ class Usage:
         audio tokens and whose ``completion_tokens`` include audio and reasoning."""
         if not raw:
             return None
-        prompt = _int(raw.get("prompt_tokens"))
-        output = _int(raw.get("completion_tokens"))
+        # The two totals must be counts; anything else is no usage at all (the call is
+        # then estimated and flagged, never billed as zero).
+        prompt = _count(raw.get("prompt_tokens"))
+        output = _count(raw.get("completion_tokens"))
+        if output is None and prompt is not None:
+            total = _count(raw.get("total_tokens"))
+            output = total - prompt if total is not None and total >= prompt else None
+        if prompt is None or output is None:
+            return None
         p_details = raw.get("prompt_tokens_details")
         c_details = raw.get("completion_tokens_details")
         p = p_details if isinstance(p_details, dict) else {}
@@ -136,6 +143,9 @@ class Usage:
         """
         if not raw:
             return None
+        uncached, output = _count(raw.get("input_tokens")), _count(raw.get("output_tokens"))
+        if uncached is None or output is None:
+            return None  # not a usage: estimated and flagged, never billed as zero
         written = _int(raw.get("cache_creation_input_tokens"))
         split = raw.get("cache_creation")
         w5m = w1h = 0
@@ -147,11 +157,11 @@ class Usage:
         tools = raw.get("server_tool_use")
         searches = _int(tools.get("web_search_requests")) if isinstance(tools, dict) else 0
         return cls(
-            input_tokens=_int(raw.get("input_tokens")),
+            input_tokens=uncached,
             cache_read_tokens=_int(raw.get("cache_read_input_tokens")),
             cache_write_tokens=w5m,
             cache_write_1h_tokens=w1h,
-            output_tokens=_int(raw.get("output_tokens")),
+            output_tokens=output,
             requests=request_counts({"web_searches": searches}),
         )
 
@@ -192,3 +202,15 @@ def _int(value: object) -> int:
     if isinstance(value, float):
         return max(int(value), 0)
     return 0
+
+
+def _count(value: object) -> int | None:
+    """A token count as providers send it (an integer, or an integral float), else None:
+    a string, a negative, a fraction or a boolean is not a count."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes import malformed
 from tests.fakes.server_base import (
     FakeServer,
     FakeToolCall,
@@ -72,6 +73,7 @@ class FakeAnthropic(FakeServer):
         self.full_delta_usage = False
         # An ``error`` event of this type after the first text delta (then the stream ends).
         self.stream_error_type: str | None = None
+        self.stream_error_message = "fake stream error"
         self._ids = itertools.count(1)
 
     @property
@@ -142,6 +144,9 @@ class FakeAnthropic(FakeServer):
         refusal = self.take_error()
         if refusal is not None:
             return refusal
+        raw = self.take_raw()
+        if raw is not None:
+            return await self.send_raw(request, raw)
         body = got.body or {}
         for name in ("model", "messages", "max_tokens"):
             if name not in body:
@@ -159,14 +164,19 @@ class FakeAnthropic(FakeServer):
             turn = FakeTurn(self.reply_text, self.tool_call)
         stop_reason = "tool_use" if turn.tool_call is not None else self.stop_reason
         blocks = self._blocks(turn)
-        if body.get("stream"):
-            return await self.send_stream(request,
-                                          self._frames(mid, body["model"], stop_reason, blocks))
-        return await self.send_json(request, {
+        message = {
             "id": mid, "type": "message", "role": "assistant", "model": body["model"],
             "content": blocks, "stop_reason": stop_reason, "stop_sequence": None,
             "usage": self.usage(),
-        })
+        }
+        if self.malformed:
+            return await self.send_raw(request, malformed.anthropic_messages(
+                self.malformed, bool(body.get("stream")),
+                self._frames(mid, body["model"], stop_reason, blocks), message))
+        if body.get("stream"):
+            return await self.send_stream(request,
+                                          self._frames(mid, body["model"], stop_reason, blocks))
+        return await self.send_json(request, message)
 
     async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
         got = await self.record(request)
@@ -230,7 +240,8 @@ class FakeAnthropic(FakeServer):
                 events.append({"type": "content_block_delta", "index": index, "delta": delta})
                 if self.stream_error_type and delta["type"] == "text_delta":
                     events.append({"type": "error", "error": {
-                        "type": self.stream_error_type, "message": "fake stream error"}})
+                        "type": self.stream_error_type,
+                        "message": self.stream_error_message}})
                     return [_event(e) for e in events]
             events.append({"type": "content_block_stop", "index": index})
         if self.full_delta_usage:

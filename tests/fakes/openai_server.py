@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes import malformed
 from tests.fakes.openai_media import MediaAPI
 from tests.fakes.openai_responses import ResponsesAPI
 from tests.fakes.server_base import (
@@ -47,6 +48,24 @@ _ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit
 _REASONING = re.compile(r"(o[1-9]|gpt-5)([-.].*)?")
 
 
+def billed_prompt_tokens(body: dict[str, Any]) -> int:
+    """The prompt tokens of a request as the fake bills them (``bill_request``)."""
+    chars, images = 0, 0
+    for message in body.get("messages") or ():
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"text": content or ""}]
+        for part in parts:
+            if part.get("type") == "image_url":
+                images += 85 if part["image_url"].get("detail") == "low" else 765
+            else:
+                chars += len(str(part.get("text") or ""))
+        chars += len(orjson.dumps(message.get("tool_calls") or []))
+    for name in ("tools", "functions", "response_format"):
+        if body.get(name):
+            chars += len(orjson.dumps(body[name]))
+    return 4 * len(body.get("messages") or ()) + 3 + -(-chars // 4) + images
+
+
 class FakeOpenAI(FakeServer):
     def __init__(self) -> None:
         super().__init__()
@@ -61,6 +80,11 @@ class FakeOpenAI(FakeServer):
         self.stream_chunks = 3        # content pieces in a stream
         self.models = ["gpt-4o-mini", "text-embedding-3-small"]
         self.embedding_dim = 8
+        # Bill what the request carries, as OpenAI does: every message, tool definition
+        # and response_format (about 4 characters a token), each image (85 tokens at
+        # "low" detail, 765 otherwise: a 1024x1024 image at "high"), and n choices of
+        # completion_tokens each. Off: the fixed prompt_tokens above.
+        self.bill_request = False
         self._ids = itertools.count(1)
         # The Responses API: built-in tool calls and a reasoning item in its answers.
         self.responses_enabled = True
@@ -86,11 +110,15 @@ class FakeOpenAI(FakeServer):
                           "type": error_type or _ERROR_TYPES.get(status, "server_error"),
                           "param": None, "code": _ERROR_CODES.get(status)}}
 
-    def usage(self) -> dict[str, Any]:
+    def usage(self, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        if self.bill_request and body is not None:
+            prompt = billed_prompt_tokens(body)
+            completion *= int(body.get("n") or 1)
         return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens,
                                           "audio_tokens": 0,
@@ -110,6 +138,9 @@ class FakeOpenAI(FakeServer):
         body, refusal = await self._gate(request)
         if refusal is not None:
             return refusal
+        raw = self.take_raw()
+        if raw is not None:
+            return await self.send_raw(request, raw)
         if not body.get("messages"):
             return self.error(400, "'messages' is a required property")
         model = str(body.get("model") or "gpt-4o-mini")
@@ -118,10 +149,19 @@ class FakeOpenAI(FakeServer):
             return refusal
         cid = f"chatcmpl-fake{next(self._ids)}"
         turn = self.turns.pop(0) if self.turns else FakeTurn(self.reply_text, self.tool_call)
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        stream = bool(body.get("stream"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if self.malformed:
+            return await self.send_raw(request, malformed.openai_chat(
+                self.malformed, stream, self._frames(cid, model, include_usage, turn),
+                self._completion(cid, model, turn, body)))
+        if stream:
             return await self.send_stream(request, self._frames(cid, model, include_usage,
                                                                 turn))
+        return await self.send_json(request, self._completion(cid, model, turn, body))
+
+    def _completion(self, cid: str, model: str, turn: FakeTurn,
+                    request: dict[str, Any] | None = None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": turn.reply_text,
                                    "refusal": None, "annotations": []}
         finish = self.finish_reason
@@ -132,13 +172,14 @@ class FakeOpenAI(FakeServer):
                 "function": {"name": turn.tool_call.name,
                              "arguments": orjson.dumps(turn.tool_call.arguments).decode()}}]
             finish = "tool_calls"
-        return await self.send_json(request, {
+        n = int((request or {}).get("n") or 1) if self.bill_request else 1
+        return {
             "id": cid, "object": "chat.completion", "created": int(time.time()),
             "model": model, "system_fingerprint": "fp_fake",
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": finish}],
-            "usage": self.usage(),
-        })
+            "choices": [{"index": i, "message": message, "logprobs": None,
+                         "finish_reason": finish} for i in range(n)],
+            "usage": self.usage(request),
+        }
 
     def _frames(self, cid: str, model: str, include_usage: bool,
                 turn: FakeTurn) -> list[bytes]:
@@ -242,6 +283,9 @@ class FakeOpenAI(FakeServer):
         body, refusal = await self._gate(request)
         if refusal is not None:
             return refusal
+        raw = self.take_raw()
+        if raw is not None:
+            return await self.send_raw(request, raw)
         inputs = body.get("input")
         if inputs is None or inputs == []:
             return self.error(400, "'input' is a required property")
@@ -257,10 +301,13 @@ class FakeOpenAI(FakeServer):
                 packed = struct.pack(f"<{len(vector)}f", *vector)
                 embedding = base64.b64encode(packed).decode()
             data.append({"object": "embedding", "index": i, "embedding": embedding})
-        return await self.send_json(request, {
-            "object": "list", "data": data, "model": str(body.get("model") or ""),
-            "usage": {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens},
-        })
+        answer = {"object": "list", "data": data, "model": str(body.get("model") or ""),
+                  "usage": {"prompt_tokens": self.prompt_tokens,
+                            "total_tokens": self.prompt_tokens}}
+        if self.malformed:
+            return await self.send_raw(request, malformed.openai_embedding(self.malformed,
+                                                                           answer))
+        return await self.send_json(request, answer)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         _, refusal = await self._gate(request)

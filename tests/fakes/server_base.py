@@ -81,6 +81,10 @@ class FakeServer:
         self.chunk_delay = 0.0                      # seconds between stream frames
         self.drop_connection: DropMode | None = None  # close before / in the middle
         self.require_api_key: str | None = None
+        # Broken answers (tests.fakes.malformed): a named mode for every request until
+        # set back to None, or verbatim answers for the next requests (FIFO).
+        self.malformed: str | None = None
+        self.raw_answers: list[Any] = []
         # Per request (numbered from 0, as they arrive): an error to answer instead, or
         # None to answer normally. After ``errors``, which come first.
         self.fault: Callable[[int], FakeError | None] | None = None
@@ -176,6 +180,26 @@ class FakeServer:
         data = err.body if isinstance(err.body, bytes) else orjson.dumps(err.body)
         return web.Response(status=err.status, body=data, headers=err.headers,
                             content_type="application/json")
+
+    def take_raw(self) -> Any:
+        return self.raw_answers.pop(0) if self.raw_answers else None
+
+    async def send_raw(self, request: web.Request, raw: Any) -> web.StreamResponse:
+        """Send a ``malformed.RawAnswer`` as it is (frames one write each)."""
+        headers = {"Content-Type": raw.content_type, **raw.headers}
+        if isinstance(raw.body, bytes):
+            return web.Response(status=raw.status, body=raw.body, headers=headers)
+        response = web.StreamResponse(status=raw.status, headers=headers)
+        await response.prepare(request)
+        try:
+            for frame in raw.body:
+                await response.write(frame)
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the gateway stopped reading (it does after an error event): fine
+        return response
 
     def error(self, status: int, message: str, error_type: str | None = None) -> web.Response:
         return web.Response(status=status, body=orjson.dumps(

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from tallygate.access import ledger
-from tallygate.access.keys import AccessStore, token_of
+from tallygate.access.keys import AccessStore, hash_key, token_of
 from tallygate.access.policy import VirtualKeyPolicy
 from tallygate.errors import (
     AuthenticationError,
@@ -30,6 +30,8 @@ from tallygate.errors import (
 )
 from tallygate.event import new_call_id
 from tallygate.proxy.auth import presented_key
+from tallygate.proxy.validation import close_after, read_in_time
+from tallygate.storable import check_storable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_HEADER = "x-request-id"  # on every answer of the gateway, as the proxy's
@@ -45,8 +47,8 @@ def _error(exc: TallygateError) -> web.Response:
                         headers=exc.headers, content_type="application/json")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+async def _body(request: web.Request, timeout_s: float) -> dict[str, Any]:
+    raw = await read_in_time(request, timeout_s)
     if not raw:
         return {}
     try:
@@ -55,6 +57,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise BadRequestError("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequestError("the body must be a JSON object")
+    for name, value in data.items():  # stored in the access tables: must be storable
+        check_storable(name, "body")
+        check_storable(value, name)
     return data
 
 
@@ -94,14 +99,19 @@ class AdminRoutes:
         if not self.policy.is_master(key):
             raise PermissionDeniedError("this route needs the master key")
 
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        return await _body(request, self.policy.settings.body_read_timeout_s)
+
     def route(self, fn: Handler, *, admin: bool = True) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             try:
                 if admin:
                     self._master(request)
+                for name, value in request.query.items():  # they reach the access tables
+                    check_storable(value, name)
                 answer = await fn(request)
             except TallygateError as exc:
-                answer = _error(exc)
+                answer = close_after(_error(exc), exc)
             answer.headers[REQUEST_ID_HEADER] = new_call_id()
             return answer
         return handler
@@ -109,7 +119,7 @@ class AdminRoutes:
     # -- keys ------------------------------------------------------------------------
 
     async def key_generate(self, request: web.Request) -> web.StreamResponse:
-        plain, record = await self.store.create_key(await _body(request))
+        plain, record = await self.store.create_key(await self._body(request))
         return _json({"key": plain, **record.as_json()})
 
     async def _token(self, value: Any) -> str:
@@ -125,11 +135,12 @@ class AdminRoutes:
             if presented is None:
                 self._master(request)
             assert presented is not None
-            own = token_of(presented)
-            if asked is not None and token_of(asked) != own:
-                raise PermissionDeniedError("a key may only read its own /key/info")
+            # Always hashed: the stored hash (what /key/list shows) is not a credential.
+            own = hash_key(presented)
             if await self.store.key(own, cached=False) is None:
                 raise AuthenticationError("invalid API key")
+            if asked is not None and token_of(asked) != own:
+                raise PermissionDeniedError("a key may only read its own /key/info")
             asked = presented
         await self.policy.flush_settlements()  # its spend includes this gateway's calls
         record = await self.store.key(await self._token(asked), cached=False)
@@ -138,13 +149,13 @@ class AdminRoutes:
         return _json({"key": record.token, "info": record.as_json()})
 
     async def key_update(self, request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
+        body = await self._body(request)
         record = await self.store.update_key(await self._token(body.get("key")),
                                              {k: v for k, v in body.items() if k != "key"})
         return _json({"key": record.token, **record.as_json()})
 
     async def key_delete(self, request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
+        body = await self._body(request)
         keys = body.get("keys") or []
         aliases = body.get("key_aliases") or []
         if not isinstance(keys, list) or not isinstance(aliases, list) or not (keys or aliases):
@@ -179,7 +190,7 @@ class AdminRoutes:
     # -- teams and customers ---------------------------------------------------------
 
     async def team_new(self, request: web.Request) -> web.StreamResponse:
-        return _json((await self.store.create_team(await _body(request))).as_json())
+        return _json((await self.store.create_team(await self._body(request))).as_json())
 
     async def team_info(self, request: web.Request) -> web.StreamResponse:
         team_id = request.query.get("team_id")
@@ -194,7 +205,7 @@ class AdminRoutes:
                       "keys": [k.as_json() for k in keys]})
 
     async def customer_new(self, request: web.Request) -> web.StreamResponse:
-        return _json((await self.store.create_customer(await _body(request))).as_json())
+        return _json((await self.store.create_customer(await self._body(request))).as_json())
 
     async def customer_info(self, request: web.Request) -> web.StreamResponse:
         q = request.query

@@ -121,20 +121,25 @@ SELECT scope, id, max_micros, spend, reserved_micros FROM bad"""
 Reservation = tuple[str, Sequence[Scope], int]  # (call_id, scopes, amount_micros)
 
 
-async def reserve_many(db: Database, items: Sequence[Reservation]) -> list[Exceeded | None]:
+async def reserve_many(db: Database, items: Sequence[Reservation]
+                       ) -> list[Exceeded | Exception | None]:
     """Reserve each call's amount on every budget of its scopes, all or none per call,
     as if one call after the other; a call's result is the first budget that is used up
-    (nothing reserved for it), else None. On SQLite they share one transaction (one
-    commit), each under a savepoint so that a refused call rolls back alone."""
+    (nothing reserved for it), else None, or the exception that failed that call alone.
+    On SQLite they share one transaction (one commit), each under a savepoint so that a
+    refused or failed call rolls back alone."""
     now = wall_ms()
     if isinstance(db, SQLiteDatabase):
         return await db.write(lambda conn: [
             _reserve_sqlite(conn, call_id, scopes, amount, now) if scopes else None
             for call_id, scopes, amount in items])
     assert isinstance(db, PostgresDatabase)
-    out: list[Exceeded | None] = []
+    out: list[Exceeded | Exception | None] = []
     for call_id, scopes, amount in items:
-        out.append(await _reserve_pg(db, call_id, scopes, amount, now) if scopes else None)
+        try:  # each call is one statement: a failure fails that call only
+            out.append(await _reserve_pg(db, call_id, scopes, amount, now) if scopes else None)
+        except Exception as exc:
+            out.append(exc)
     return out
 
 
@@ -150,9 +155,20 @@ async def _reserve_pg(db: PostgresDatabase, call_id: str, scopes: Sequence[Scope
 
 
 def _reserve_sqlite(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Scope],
-                    amount: int, now: int) -> Exceeded | None:
-    """One call's reservation inside the caller's transaction, under its own savepoint."""
+                    amount: int, now: int) -> Exceeded | Exception | None:
+    """One call's reservation inside the caller's transaction, under its own savepoint
+    (a call that fails rolls back alone, its exception its result)."""
     conn.execute("SAVEPOINT reserve")
+    try:
+        return _reserve_sqlite_step(conn, call_id, scopes, amount, now)
+    except sqlite3.Error as exc:
+        conn.execute("ROLLBACK TO reserve")
+        conn.execute("RELEASE reserve")
+        return exc
+
+
+def _reserve_sqlite_step(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Scope],
+                         amount: int, now: int) -> Exceeded | None:
     for scope, ident in sorted(scopes):
         row = conn.execute(_SQLITE_RESERVE, (now, amount, scope, ident)).fetchone()
         if row is None:

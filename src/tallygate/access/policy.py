@@ -29,9 +29,10 @@ from tallygate.access.lago_api import LagoReader, lago_base
 from tallygate.access.ratelimit import Decision, Limit, LocalLimiter, RedisLimiter
 from tallygate.access.settlement import settlement_data, settlement_of
 from tallygate.access.shared_limits import SharedCounters, SharedLimiter
+from tallygate.access.worst_case import worst_case_cost
 from tallygate.attribution import end_user_of, resolve_customer
 from tallygate.config import ProxySettings
-from tallygate.engine import CallContext, priced_model
+from tallygate.engine import CallContext
 from tallygate.errors import (
     AuthenticationError,
     BadRequestError,
@@ -46,7 +47,6 @@ from tallygate.metering.rowcodec import encode_event
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
 from tallygate.proxy.auth import presented_key
-from tallygate.usage import Usage
 
 log = logging.getLogger("tallygate.access")
 
@@ -177,6 +177,12 @@ class VirtualKeyPolicy:
             raise AuthenticationError("this API key's team is blocked", code="team_blocked")
         return Caller("key", record, team)
 
+    def visible_models(self, identity: Any, names: Sequence[str]) -> list[str]:
+        caller: Caller = identity
+        return [name for name in names
+                if (caller.key is None or _models_allow(caller.key.models, name))
+                and (caller.team is None or _models_allow(caller.team.models, name))]
+
     # -- admission -----------------------------------------------------------------------
 
     def check_model(self, identity: Any, model: str) -> None:
@@ -239,7 +245,11 @@ class VirtualKeyPolicy:
                 reserved.append((scope, ident))
         amount = 0
         if reserved:
-            amount = self._worst_case_micros(data, deployments)
+            caps = [b.max_micros for b in (key.budget if key else None,
+                                           team.budget if team else None,
+                                           customer_rec.budget if customer_rec else None)
+                    if b is not None and b.max_micros is not None]
+            amount = self._worst_case_micros(data, deployments, caps)
             exceeded = await self._reserver.call((call_id, reserved, amount))
             if exceeded is not None:
                 token_limits = [lim for lim in limits if lim.kind == "tokens"]
@@ -373,27 +383,19 @@ class VirtualKeyPolicy:
     def _token_estimate(self, data: Mapping[str, Any]) -> int:
         return self._prompt_tokens(data) + (self._max_output(data) or 0)
 
-    def _worst_case_micros(self, data: Mapping[str, Any],
-                           deployments: Sequence[Deployment]) -> int:
-        """The most this call can cost: the prompt estimate plus ``max_tokens`` of
-        output at the dearest of ``deployments``; without a bound, ``max_reservation_usd``."""
-        is_chat = "messages" in data
-        if not is_chat and ("input" not in data or "voice" in data):
+    def _worst_case_micros(self, data: Mapping[str, Any], deployments: Sequence[Deployment],
+                           budget_caps: Sequence[int] = ()) -> int:
+        """What the call reserves: its worst case at the dearest of ``deployments``
+        (``tallygate.access.worst_case``), or ``max_reservation_usd`` when a price is
+        unknown; never more than the largest budget it is held against (holding all of
+        a budget keeps every other call out of it while this one runs, which is what
+        bounds the overrun to one call)."""
+        if "messages" not in data and ("input" not in data or "voice" in data):
             # Images, audio, rerank: no token bound to price; reserve the cap.
             return self._cap_micros
-        max_out = self._max_output(data) if is_chat else 0
-        if max_out is None:
-            return self._cap_micros
-        usage = Usage(input_tokens=self._prompt_tokens(data), output_tokens=max_out)
-        worst = Decimal(0)
-        for deployment in deployments:
-            # The model a call is priced as (Azure: base_model; none known: the cap).
-            priced = priced_model(deployment, None) or deployment.model
-            price = self.prices.price(deployment.provider, priced, usage, deployment.price)
-            if price.cost is None:
-                return self._cap_micros
-            worst = max(worst, price.cost)
-        return to_micros(worst)
+        cost = worst_case_cost(data, deployments, self.prices)
+        amount = self._cap_micros if cost is None else to_micros(cost)
+        return min(amount, max(budget_caps)) if budget_caps else amount
 
     # -- after the call ------------------------------------------------------------------
 
@@ -403,7 +405,13 @@ class VirtualKeyPolicy:
         ledger row ``settle`` writes before the answer."""
         if self.db is None or not event.customer:
             return None
-        return self._settlement_data(event, self._calls.get(event.call_id))
+        call = self._calls.get(event.call_id)
+        if call is not None and call.reserved and event.cost is not None and to_micros(
+                event.cost) > call.amount:
+            # It cost more than it reserved: ``settle`` writes it before the answer, so
+            # the next calls see that spend at once (the ledger sink would be later).
+            return None
+        return self._settlement_data(event, call)
 
     @staticmethod
     def _settlement_data(event: UsageEvent, call: _Call | None) -> dict[str, Any]:
@@ -444,23 +452,31 @@ class VirtualKeyPolicy:
             await self.settlements_flusher()
 
     async def _reserve_batch(self, items: Sequence[budgets.Reservation]
-                             ) -> list[budgets.Exceeded | None]:
+                             ) -> list[budgets.Exceeded | Exception | None]:
         assert self.db is not None
         return await budgets.reserve_many(self.db, items)
 
     async def release(self, failure: FailureEvent) -> None:
-        call = self._calls.pop(failure.call_id, None)
-        self._headers.pop(failure.call_id, None)
+        await self._give_back(failure.call_id)
+
+    async def abandon(self, call_id: str) -> None:
+        if call_id in self._calls:
+            log.warning("call %s ended without being billed or released; its reservation "
+                        "is given back", call_id)
+            await self._give_back(call_id)
+
+    async def _give_back(self, call_id: str) -> None:
+        call = self._calls.pop(call_id, None)
+        self._headers.pop(call_id, None)
         if call is None or self.db is None:
             return
         try:
             if call.reserved:
-                await budgets.settle(self.db, failure.call_id, call.reserved, call.reserved,
-                                     0, None)
+                await budgets.settle(self.db, call_id, call.reserved, call.reserved, 0, None)
             if call.token_limits:
                 await self.limiter.adjust(call.token_limits, -call.token_estimate)
         except Exception:
-            log.exception("could not release the reservation of call %s", failure.call_id)
+            log.exception("could not release the reservation of call %s", call_id)
 
     def response_headers(self, call_id: str) -> Mapping[str, str]:
         return self._headers.pop(call_id, None) or {}

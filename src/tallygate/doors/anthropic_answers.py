@@ -96,7 +96,9 @@ def to_message(body: Mapping[str, Any], usage: Usage, message_id: str,
         blocks.append({"type": "text", "text": text})
     calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict)]
     for call in calls:
-        function = call.get("function") or {}
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
         blocks.append({"type": "tool_use", "id": call.get("id") or _tool_use_id(),
                        "name": function.get("name") or "",
                        "input": _tool_input(function.get("arguments"))})
@@ -153,10 +155,14 @@ class MessageStreamEncoder:
 
     def feed(self, chunk: Mapping[str, Any]) -> list[bytes]:
         out: list[bytes] = []
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        # Parts not in the chunk shape (a string delta, a list as content) are skipped.
+        for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") or {}
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
             thought = _reasoning_of(delta)
             if thought:
                 if self._open_kind != "thinking":
@@ -169,11 +175,14 @@ class MessageStreamEncoder:
                 if self._open_kind != "text":
                     out += self._begin("text", {"type": "text", "text": ""})
                 out.append(frame({"type": "content_block_delta", "index": self._open,
-                                   "delta": {"type": "text_delta", "text": text}}))
-            for call in delta.get("tool_calls") or ():
-                if not isinstance(call, dict):
+                                  "delta": {"type": "text_delta", "text": text}}))
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
                     continue
-                function = call.get("function") or {}
+                function = call.get("function")
+                if not isinstance(function, dict):
+                    function = {}
                 key = call.get("index", 0)
                 index = self._tools.get(key)
                 if index is None:
@@ -184,8 +193,8 @@ class MessageStreamEncoder:
                 arguments = function.get("arguments")
                 if isinstance(arguments, str) and arguments:
                     out.append(frame({"type": "content_block_delta", "index": index,
-                                       "delta": {"type": "input_json_delta",
-                                                 "partial_json": arguments}}))
+                                      "delta": {"type": "input_json_delta",
+                                                "partial_json": arguments}}))
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
         return out

@@ -31,6 +31,7 @@ from aiohttp import web
 from tallygate import engine
 from tallygate.attribution import stable_user_id
 from tallygate.doors.anthropic_answers import MessageStreamEncoder, frame, to_message
+from tallygate.doors.anthropic_request import check_fields
 from tallygate.doors.anthropic_to_chat import ChatTranslation, bad
 from tallygate.engine import CallContext, ChatStream
 from tallygate.errors import BadRequestError, InternalError, TallygateError
@@ -45,6 +46,7 @@ from tallygate.proxy.calls import (
     DROPPED_HEADER,
     REQUEST_ID_HEADER,
     CallFrame,
+    dropped_header,
     model_group,
     read_body,
     serve_stream,
@@ -68,6 +70,7 @@ ERROR_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
     504: "timeout_error",
@@ -146,6 +149,7 @@ def check_messages(data: Mapping[str, Any]) -> None:
             raise bad("metadata must be an object", "metadata")
         if metadata.get("user_id") is not None and not isinstance(metadata["user_id"], str):
             raise bad("metadata.user_id must be a string", "metadata.user_id")
+    check_fields(data)  # ranges, tool_use inputs, storable metadata
 
 
 def admission_params(data: dict[str, Any]) -> dict[str, Any]:
@@ -325,7 +329,7 @@ class MessagesRoute:
         translation.dropped.extend(pop_unsupported(deployment, chat))
         headers = self._headers(ctx.call_id)
         if translation.dropped:
-            headers[DROPPED_HEADER] = ",".join(translation.dropped)
+            headers[DROPPED_HEADER] = dropped_header(translation.dropped)
         message_id = "msg_" + ctx.call_id.replace("-", "_")
         if params["stream"]:
             return await self._stream(request, deployment, chat, ctx, message_id, headers)
@@ -356,6 +360,7 @@ class MessagesRoute:
             # The iteration ended with the bill written (finish); its usage closes the
             # message, so the client reads the billed numbers.
             event = await stream.finish()
+            assert event is not None  # the stream ended well: it billed itself
             await resp.write_eof(encoder.end(event.usage))
 
         return await serve_stream(request, stream, headers, write, _error_frame)
@@ -400,6 +405,11 @@ class MessagesRoute:
         body = {"input_tokens": estimate_input_tokens(data)}
         return web.Response(body=orjson.dumps(body), headers=headers,
                             content_type="application/json")
+
+
+def is_messages_path(path: str) -> bool:
+    """Whether ``path`` is this door's (its errors then take Anthropic's shape)."""
+    return path.startswith(("/v1/messages", "/messages"))
 
 
 def add_messages_routes(app: web.Application, gw: Gateway) -> None:

@@ -51,6 +51,7 @@ from tallygate.proxy.calls import (
     DROPPED_HEADER,
     REQUEST_ID_HEADER,
     CallFrame,
+    dropped_header,
     model_group,
     read_body,
     serve_stream,
@@ -234,7 +235,7 @@ class GeminiRoute:
         params["dropped"] = [*params["dropped"], *pop_unsupported(deployment, chat)]
         headers = self._headers(ctx.call_id)
         if params["dropped"]:
-            headers[DROPPED_HEADER] = ",".join(params["dropped"])
+            headers[DROPPED_HEADER] = dropped_header(params["dropped"])
         response_id = "tg-" + ctx.call_id
         if not stream:
             result, event = await engine.chat(deployment, chat, ctx, self.gw, self.gw.prices)
@@ -256,6 +257,7 @@ class GeminiRoute:
                     await resp.write(b"".join(frames))
             # The bill is written (finish) before the last chunk, which carries its usage.
             event = await chat_stream.finish()
+            assert event is not None  # the stream ended well: it billed itself
             await resp.write_eof(framer.frame(encoder.end(event.usage)) + framer.close())
 
         return await serve_stream(request, chat_stream, self._content_type(headers, array),

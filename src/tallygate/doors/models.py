@@ -60,8 +60,9 @@ class ModelsRoute:
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         request_id = new_call_id()
         try:
-            await self.gw.access.authenticate(request)
-            names = list(self.gw.model_names())
+            identity = await self.gw.access.authenticate(request)
+            # A key restricted to some model groups sees only those.
+            names = self.gw.access.visible_models(identity, list(self.gw.model_names()))
             if _is_anthropic(request):
                 return self._answer(self._anthropic_page(request, names), request_id)
         except TallygateError as exc:
@@ -94,8 +95,9 @@ class ModelsRoute:
         request_id = new_call_id()
         model = request.match_info["model_id"]
         try:
-            await self.gw.access.authenticate(request)
-            if model not in self.gw.model_names():
+            identity = await self.gw.access.authenticate(request)
+            if model not in self.gw.model_names() or (
+                    model not in self.gw.access.visible_models(identity, [model])):
                 raise ModelNotFoundError(f"The model {model!r} does not exist on this "
                                          "gateway; GET /v1/models lists the models",
                                          param="model")

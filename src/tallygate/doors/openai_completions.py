@@ -39,6 +39,7 @@ from tallygate.proxy.calls import (
     DROPPED_HEADER,
     REQUEST_ID_HEADER,
     CallFrame,
+    dropped_header,
     serve_stream,
 )
 from tallygate.proxy.gateway import Gateway
@@ -107,7 +108,7 @@ class CompletionsRoute:
         echo = chat["messages"][0]["content"] if data.get("echo") else ""
         headers = self._headers(ctx.call_id)
         if dropped:
-            headers[DROPPED_HEADER] = ",".join(dropped)
+            headers[DROPPED_HEADER] = dropped_header(dropped)
         if not params["stream"]:
             result, event = await engine.chat(deployment, chat, ctx, self.gw, self.gw.prices,
                                               kind="completion")

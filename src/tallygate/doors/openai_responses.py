@@ -48,6 +48,7 @@ from tallygate.proxy.calls import (
     CALL_ID_HEADER,
     COST_HEADER,
     CallFrame,
+    dropped_header,
     openai_error_response,
     serve_stream,
 )
@@ -108,7 +109,7 @@ class ResponsesRoute:
     def _headers(self, call_id: str, dropped: Sequence[str] = ()) -> dict[str, str]:
         headers = {CALL_ID_HEADER: call_id, **self.gw.access.response_headers(call_id)}
         if dropped:
-            headers[DROPPED_HEADER] = ", ".join(dropped)
+            headers[DROPPED_HEADER] = dropped_header(dropped, ", ")
         return headers
 
     def _billed(self, body: bytes, event: UsageEvent,
@@ -218,6 +219,7 @@ class ResponsesRoute:
                 if frames:
                     await resp.write(b"".join(frames))
             event = await stream.finish()  # billed before the last event goes out
+            assert event is not None  # the stream ended well: it billed itself
             tail = encoder.end(event.usage)
             if encoder.final is not None:
                 await self._save(rq, encoder.final, owner, ctx, None)

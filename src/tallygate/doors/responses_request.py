@@ -20,6 +20,7 @@ import orjson
 from tallygate.attribution import END_USER_FIELDS
 from tallygate.errors import BadRequestError
 from tallygate.providers.base import Deployment
+from tallygate.storable import check_storable
 
 # The key under which the parsed request rides in the call frame's params.
 REQUEST_KEY = "tallygate.responses_request"
@@ -139,6 +140,9 @@ def parse(body: dict[str, Any]) -> ResponsesRequest:
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise _bad(f"'tools[{i}]' must be an object with a type", f"tools[{i}]",
                        "invalid_type")
+    for name in ("user", "safety_identifier", "metadata"):  # kept on the event and stored
+        if body.get(name) is not None:
+            check_storable(body[name], name)
     items = _input_items(body["input"]) if body.get("input") is not None else ()
     return ResponsesRequest(body=body, stream=bool(body.get("stream")),
                             store=body.get("store") is not False, items=items,
@@ -173,8 +177,9 @@ def estimate_messages(rq: ResponsesRequest) -> list[dict[str, Any]]:
 def admission_params(body: dict[str, Any]) -> dict[str, Any]:
     """What the call frame admits the call on, with the parsed request riding along."""
     rq = parse(body)
+    # ``body``: the request as it came, which the budget's worst case reads in full.
     params: dict[str, Any] = {"model": rq.model, "messages": estimate_messages(rq),
-                              "stream": rq.stream, REQUEST_KEY: rq}
+                              "stream": rq.stream, REQUEST_KEY: rq, "body": body}
     for name in END_USER_FIELDS:  # the access policy picks the end user (attribution)
         if body.get(name):
             params[name] = body[name]

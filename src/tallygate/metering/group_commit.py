@@ -3,13 +3,21 @@
 Each caller waits for its own item to be written; items that arrive while the loop is
 busy with other handlers are written together, so under load one commit serves many
 calls and a lone call pays for exactly one.
+
+One bad item never fails the others: when a batch's write raises, each item is written
+again alone and only those that fail alone fail (so ``run`` must be all-or-nothing for
+a batch, as one transaction is). ``run`` may also fail a single item by returning an
+exception as that item's result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+log = logging.getLogger("tallygate.metering")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -19,12 +27,15 @@ class GroupCall(Generic[T, R]):
     """Runs ``run`` once for every item submitted in one loop turn; ``run`` returns one
     result per item, in order, and each caller gets its own."""
 
-    def __init__(self, run: Callable[[Sequence[T]], Awaitable[Sequence[R]]], *,
-                 linger_s: float = 0.0) -> None:
+    def __init__(self, run: Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]],
+                 *, linger_s: float = 0.0,
+                 on_error: Callable[[T, BaseException], None] | None = None) -> None:
         """``linger_s`` > 0 waits that long for more items before running: for work
-        nobody waits on (``call_nowait``), bigger batches for the same commit."""
+        nobody waits on (``call_nowait``), bigger batches for the same commit.
+        ``on_error`` hears of a ``call_nowait`` item that could not be written."""
         self._run_batch = run
         self._linger_s = linger_s
+        self._on_error = on_error
         self._pending: list[tuple[T, asyncio.Future[R] | None]] = []
         self._scheduled = False
         self._running: set[asyncio.Task[None]] = set()
@@ -61,20 +72,47 @@ class GroupCall(Generic[T, R]):
             task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R] | None]]) -> None:
+        results: list[R | BaseException]
         try:
-            results = await self._run_batch([item for item, _ in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"{len(results)} results for {len(batch)} items")
-        except BaseException as exc:
+            results = list(await self._write([item for item, _ in batch]))
+        except Exception as exc:
+            results = [exc] if len(batch) == 1 else await self._each_alone(batch)
+        except BaseException as exc:  # cancelled: the callers hear of it, then it goes on
             for _, future in batch:
                 if future is not None and not future.done():
                     future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future is not None and not future.done():
+            raise
+        for (item, future), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                if future is None:
+                    self._report(item, result)
+                elif not future.done():
+                    future.set_exception(result)
+            elif future is not None and not future.done():
                 future.set_result(result)
+
+    async def _each_alone(self, batch: list[tuple[T, asyncio.Future[R] | None]]
+                          ) -> list[R | BaseException]:
+        """One bad item must not fail the others: each is written again on its own."""
+        results: list[R | BaseException] = []
+        for item, _ in batch:
+            try:
+                results.extend(await self._write([item]))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    async def _write(self, items: Sequence[T]) -> Sequence[R | BaseException]:
+        results = await self._run_batch(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"{len(results)} results for {len(items)} items")
+        return results
+
+    def _report(self, item: T, exc: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error(item, exc)
+        else:
+            log.error("a queued write failed: %s", exc, exc_info=exc)
 
     async def wait_idle(self) -> None:
         """Wait for the batches under way (shutdown)."""
@@ -89,12 +127,13 @@ class GroupCommitter(GroupCall[T, None]):
     """A GroupCall whose write has no per-item result."""
 
     def __init__(self, write: Callable[[Sequence[T]], Awaitable[None]], *,
-                 linger_s: float = 0.0) -> None:
+                 linger_s: float = 0.0,
+                 on_error: Callable[[T, BaseException], None] | None = None) -> None:
         async def run(items: Sequence[T]) -> Sequence[None]:
             await write(items)
             return [None] * len(items)
 
-        super().__init__(run, linger_s=linger_s)
+        super().__init__(run, linger_s=linger_s, on_error=on_error)
 
     async def submit(self, item: T) -> None:
         """Return once ``item`` is written (raise what the write raised)."""
@@ -102,3 +141,4 @@ class GroupCommitter(GroupCall[T, None]):
 
     def submit_nowait(self, item: T) -> None:
         self.call_nowait(item)
+

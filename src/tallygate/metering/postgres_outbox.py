@@ -199,13 +199,21 @@ class PostgresOutbox:
             try:
                 await self._insert_group(group)
             except Exception as exc:
-                for item in group:
-                    if not item.done.done():
-                        item.done.set_exception(exc)
+                if len(group) == 1:
+                    _fail(group[0], exc)
+                else:
+                    # One event jsonb refuses must not fail the others: one insert each
+                    # (each is one atomic statement; a row already there is left alone).
+                    for item in group:
+                        try:
+                            await self._insert_group([item])
+                        except Exception as alone:
+                            _fail(item, alone)
+                        else:
+                            _done(item)
             else:
                 for item in group:
-                    if not item.done.done():
-                        item.done.set_result(None)
+                    _done(item)
             finally:
                 for _ in group:
                     queue.task_done()
@@ -357,6 +365,16 @@ class PostgresOutbox:
             f"DELETE FROM {self._t} WHERE state = 'delivered' AND delivered_at_ms < $1",
             before_ms))
         return _count(status)
+
+
+def _done(item: _PendingInsert) -> None:
+    if not item.done.done():
+        item.done.set_result(None)
+
+
+def _fail(item: _PendingInsert, exc: BaseException) -> None:
+    if not item.done.done():
+        item.done.set_exception(exc)
 
 
 async def _as_coroutine(fn: Callable[[], Awaitable[T]]) -> T:

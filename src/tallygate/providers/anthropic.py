@@ -329,6 +329,20 @@ def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_message(parsed: dict[str, Any]) -> None:
+    """An answer whose content is not a list of well-formed blocks is the upstream's
+    failure (a 502, nothing billed), not something to translate into an empty reply."""
+    content = parsed.get("content")
+    if not isinstance(content, list):
+        raise UpstreamError("upstream answered 200 with a message whose content is not a "
+                            "list of blocks")
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if (not isinstance(kind, str) or (kind == "text" and not isinstance(block.get("text"), str))
+                or (kind == "tool_use" and not isinstance(block.get("input"), dict))):
+            raise UpstreamError("upstream answered 200 with a malformed content block")
+
+
 def translate_response(parsed: dict[str, Any], usage: Usage | None) -> dict[str, Any]:
     blocks = [b for b in parsed.get("content") or () if isinstance(b, dict)]
     text = "".join(str(b.get("text") or "") for b in blocks if b.get("type") == "text")
@@ -382,6 +396,15 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upst
 
 # --- stream: Anthropic SSE events -> OpenAI chat.completion.chunk ----------------------
 
+def _object(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _index(event: dict[str, Any]) -> int:
+    index = event.get("index")
+    return index if isinstance(index, int) and not isinstance(index, bool) else -1
+
+
 class AnthropicStreamDecoder(StreamDecoder):
     """Reads Anthropic stream events and builds the OpenAI chunks for them."""
 
@@ -405,7 +428,7 @@ class AnthropicStreamDecoder(StreamDecoder):
             try:
                 event = orjson.loads(ev.data)
             except orjson.JSONDecodeError:
-                continue
+                continue  # a line that is not an event (a proxy's noise) is skipped
             if isinstance(event, dict):
                 out.extend(self._on_event(event))
         return out
@@ -421,16 +444,18 @@ class AnthropicStreamDecoder(StreamDecoder):
         }
         return StreamItem(chunk, b"data: " + orjson.dumps(chunk) + b"\n\n")
 
-    def _merge_usage(self, raw: object) -> None:
+    def _merge_usage(self, raw: object, *, final: bool = False) -> None:
         # message_delta usage is cumulative: a later value replaces an earlier one.
         if isinstance(raw, dict):
             self._raw_usage.update({k: v for k, v in raw.items() if v is not None})
-            self.usage = anthropic_usage(self._raw_usage)
+            self.usage = anthropic_usage(self._raw_usage)  # None when invalid: estimated
+            self.usage_final = final and self.usage is not None
 
     def _on_event(self, event: dict[str, Any]) -> list[StreamItem]:
+        # Parts not in the event's documented shape are skipped, never a crash.
         kind = event.get("type")
         if kind == "message_start":
-            message = event.get("message") or {}
+            message = _object(event.get("message"))
             self._id = str(message.get("id") or "")
             self._model = str(message.get("model") or self._model)
             self._merge_usage(message.get("usage"))
@@ -440,8 +465,8 @@ class AnthropicStreamDecoder(StreamDecoder):
         if kind == "content_block_delta":
             return self._on_block_delta(event)
         if kind == "message_delta":
-            self._merge_usage(event.get("usage"))
-            stop_reason = (event.get("delta") or {}).get("stop_reason")
+            self._merge_usage(event.get("usage"), final=True)
+            stop_reason = _object(event.get("delta")).get("stop_reason")
             if stop_reason and not self._finished:
                 self._finished = True
                 finish = finish_reason(stop_reason)
@@ -461,42 +486,38 @@ class AnthropicStreamDecoder(StreamDecoder):
                 out.append(StreamItem(chunk, b"data: " + orjson.dumps(chunk) + b"\n\n"))
             return out
         if kind == "error":
-            err = event.get("error") or {}
-            err_type = str(err.get("type") or "api_error")
-            status = ERROR_STATUS.get(err_type, 500)
-            raise UpstreamError(str(err.get("message") or "upstream stream error"),
-                                status_code=status if status < 500 else 502,
-                                error_type=err_type)
+            raise _error_event(event)
         return []  # ping, content_block_stop and event types added later
 
     def _on_block_start(self, event: dict[str, Any]) -> list[StreamItem]:
-        block = event.get("content_block") or {}
-        if block.get("type") == "text" and block.get("text"):
+        block = _object(event.get("content_block"))
+        if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
             self.output_parts.append(block["text"])
             return [self._chunk({"content": block["text"]})]
         if block.get("type") == "tool_use" and block.get("name") == JSON_TOOL:
-            self._json_block = int(event.get("index") or 0)
+            self._json_block = _index(event)
             return []
         if block.get("type") == "tool_use":
             tool_index = len(self._tool_index)
-            self._tool_index[int(event.get("index") or 0)] = tool_index
+            self._tool_index[_index(event)] = tool_index
             call = {"index": tool_index, "id": block.get("id"), "type": "function",
                     "function": {"name": block.get("name"), "arguments": ""}}
             return [self._chunk({"tool_calls": [call]})]
         return []  # thinking and server tool blocks have no OpenAI chunk
 
     def _on_block_delta(self, event: dict[str, Any]) -> list[StreamItem]:
-        delta = event.get("delta") or {}
+        delta = _object(event.get("delta"))
         kind = delta.get("type")
-        if kind == "text_delta" and delta.get("text"):
+        if kind == "text_delta" and isinstance(delta.get("text"), str) and delta["text"]:
             self.output_parts.append(delta["text"])
             return [self._chunk({"content": delta["text"]})]
-        if (kind == "input_json_delta" and delta.get("partial_json")
-                and self._json_block == int(event.get("index") or 0)):
-            self.output_parts.append(delta["partial_json"])
-            return [self._chunk({"content": delta["partial_json"]})]
-        if kind == "input_json_delta" and delta.get("partial_json"):
-            tool_index = self._tool_index.get(int(event.get("index") or 0))
+        partial = delta.get("partial_json")
+        if (kind == "input_json_delta" and isinstance(partial, str) and partial
+                and self._json_block == _index(event)):
+            self.output_parts.append(partial)
+            return [self._chunk({"content": partial})]
+        if kind == "input_json_delta" and isinstance(partial, str) and partial:
+            tool_index = self._tool_index.get(_index(event))
             if tool_index is None:
                 return []
             self.output_parts.append(delta["partial_json"])
@@ -506,6 +527,23 @@ class AnthropicStreamDecoder(StreamDecoder):
 
 
 # --- native: the Messages API passed through ------------------------------------------
+
+def _error_event(event: dict[str, Any]) -> UpstreamError:
+    """An in-stream ``error`` event as the UpstreamError its HTTP answer would have been."""
+    err = _object(event.get("error"))
+    err_type = str(err.get("type") or "api_error")
+    status = ERROR_STATUS.get(err_type, 500)
+    return UpstreamError(str(err.get("message") or "upstream stream error"),
+                         status_code=status if status < 500 else 502, error_type=err_type)
+
+
+def _stream_error(payload: bytes) -> UpstreamError:
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        event = None
+    return _error_event(event if isinstance(event, dict) else {})
+
 
 def _frame_parts(frame: bytes) -> tuple[str | None, bytes]:
     """(event name, data) of one raw SSE frame."""
@@ -545,10 +583,11 @@ class AnthropicPassThrough(PassThroughDecoder):
         self._buf = buf[start:]
         return frames
 
-    def _merge_usage(self, raw: object) -> None:
+    def _merge_usage(self, raw: object, *, final: bool = False) -> None:
         if isinstance(raw, dict):
             self._raw_usage.update({k: v for k, v in raw.items() if v is not None})
-            self.usage = anthropic_usage(self._raw_usage)
+            self.usage = anthropic_usage(self._raw_usage)  # None when invalid: estimated
+            self.usage_final = final and self.usage is not None
 
     def feed(self, data: bytes) -> list[StreamItem]:
         self._buf += data
@@ -562,6 +601,10 @@ class AnthropicPassThrough(PassThroughDecoder):
                 self.done = True
                 self.tail = frame
                 continue
+            if kind == "error":
+                # Not forwarded as it came: its message may quote a credential. The door
+                # reports it in-band in its own (scrubbed) error event.
+                raise _stream_error(payload)
             if kind in ("message_start", "message_delta"):
                 try:
                     event = orjson.loads(payload)
@@ -570,7 +613,7 @@ class AnthropicPassThrough(PassThroughDecoder):
                 if isinstance(event, dict):
                     message = event.get("message")
                     self._merge_usage(message.get("usage") if isinstance(message, dict)
-                                      else event.get("usage"))
+                                      else event.get("usage"), final=kind == "message_delta")
             elif kind == "content_block_delta":
                 self._deltas.append(payload)
             out.append(StreamItem(None, frame, payload or b"{}"))
@@ -651,6 +694,7 @@ class AnthropicProvider(Provider, NativeMessages):
         parsed = orjson.loads(body)
         if not isinstance(parsed, dict) or parsed.get("type") != "message":
             raise UpstreamError("upstream answered 200 with a body that is not a message")
+        check_message(parsed)  # passed on as it is: it must be a message a client reads
         return ChatResult(body=parsed, usage=anthropic_usage(parsed.get("usage")), raw=body)
 
     def messages_stream(self, deployment: Deployment) -> PassThroughDecoder:
@@ -679,6 +723,7 @@ class AnthropicProvider(Provider, NativeMessages):
         parsed = orjson.loads(body)
         if not isinstance(parsed, dict):
             raise UpstreamError("upstream answered with a non-object body")
+        check_message(parsed)
         usage = anthropic_usage(parsed.get("usage"))
         return ChatResult(body=translate_response(parsed, usage), usage=usage, raw=None)
 

@@ -157,9 +157,17 @@ class StreamItem:
 
     @property
     def data(self) -> dict[str, Any]:
+        """The chunk as a dict; a payload that is not a JSON object is the upstream's
+        failure (an UpstreamError), never an internal one."""
         if self._data is None:
             assert self._payload is not None
-            parsed: dict[str, Any] = orjson.loads(self._payload)
+            try:
+                parsed = orjson.loads(self._payload)
+            except orjson.JSONDecodeError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise UpstreamError("the upstream sent a stream chunk that is not a JSON "
+                                    "object")
             self._data = parsed
         return self._data
 
@@ -176,6 +184,9 @@ class StreamDecoder(ABC):
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
+        # The usage is the provider's final count (OpenAI's usage chunk, Anthropic's
+        # message_delta), good to bill even if the stream then breaks.
+        self.usage_final = False
         self.output_parts: list[str] = []
         self.done = False
         #: the prompt's estimated size, for a provider that may leave its input count

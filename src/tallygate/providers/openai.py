@@ -113,6 +113,11 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue
             if not payload:
                 continue
+            body = payload.strip()
+            if not (body.startswith(b"{") and body.endswith(b"}")):
+                # Forwarded chunks are not parsed, but one that cannot be a JSON object
+                # (an HTML line, a number, a cut line) is noise: it is not forwarded.
+                continue
             if not _has_usage(payload):
                 self._payloads.append(payload)
                 out.append(StreamItem(None, b"data: " + payload + b"\n\n", payload))
@@ -125,7 +130,9 @@ class OpenAIStreamDecoder(StreamDecoder):
                 continue
             usage = self.usage_field(chunk)
             if isinstance(usage, dict):
+                # An invalid usage object reads as None: the call is then estimated.
                 self.usage = self.read_usage(chunk, usage)
+                self.usage_final = self.usage is not None
             choices = chunk.get("choices") or ()
             if choices:
                 self._payloads.append(payload)
@@ -148,19 +155,27 @@ class OpenAIStreamDecoder(StreamDecoder):
         return Usage.from_openai(usage)
 
     def output_text(self) -> str:
+        """The text and tool arguments streamed so far; parts of chunks that are not in
+        the chunk shape (a string delta, content that is not text) are skipped."""
         parts: list[str] = []
         for payload in self._payloads:
             try:
                 chunk = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 continue
-            for choice in (chunk.get("choices") or ()) if isinstance(chunk, dict) else ():
-                delta = choice.get("delta") or {}
-                if delta.get("content"):
-                    parts.append(delta["content"])
-                for call in delta.get("tool_calls") or ():
-                    args = (call.get("function") or {}).get("arguments")
-                    if args:
+            choices = chunk.get("choices") if isinstance(chunk, dict) else None
+            for choice in choices if isinstance(choices, list) else ():
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if not isinstance(delta, dict):
+                    continue
+                content = delta.get("content")
+                if isinstance(content, str):
+                    parts.append(content)
+                calls = delta.get("tool_calls")
+                for call in calls if isinstance(calls, list) else ():
+                    function = call.get("function") if isinstance(call, dict) else None
+                    args = function.get("arguments") if isinstance(function, dict) else None
+                    if isinstance(args, str):
                         parts.append(args)
         return "".join(parts)
 
@@ -195,6 +210,18 @@ def completion_body(params: dict[str, Any], model: str, stream: bool) -> dict[st
         body.pop("stream", None)
         body.pop("stream_options", None)
     return body
+
+
+def embedding_usage(raw: object) -> Usage | None:
+    """An embeddings ``usage`` (input tokens only); None when missing or not a count, so
+    that the call is estimated rather than billed as zero."""
+    if not isinstance(raw, dict):
+        return None
+    for name in ("prompt_tokens", "total_tokens"):
+        value = raw.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return Usage(input_tokens=value)
+    return None
 
 
 class OpenAIProvider(Provider, NativeCompletions):
@@ -280,10 +307,7 @@ class OpenAIProvider(Provider, NativeCompletions):
         parsed = orjson.loads(body)
         if not isinstance(parsed, dict):
             raise UpstreamError("upstream answered with a non-object body")
-        raw_usage = parsed.get("usage") or {}
-        prompt = raw_usage.get("prompt_tokens") or raw_usage.get("total_tokens") or 0
-        usage = Usage(input_tokens=int(prompt))
-        return ChatResult(body=parsed, usage=usage, raw=body)
+        return ChatResult(body=parsed, usage=embedding_usage(parsed.get("usage")), raw=body)
 
 
 register(OpenAIProvider())

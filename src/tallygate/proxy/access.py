@@ -52,6 +52,15 @@ class AccessPolicy(Protocol):
         for a call already settled or released."""
         ...
 
+    async def abandon(self, call_id: str) -> None:
+        """The call's handling is over: if it was neither settled nor released (a bug, a
+        failed outbox write), give its reservation back. A no-op otherwise."""
+        ...
+
+    def visible_models(self, identity: Any, names: Sequence[str]) -> list[str]:
+        """The model groups of ``names`` this identity may call (``GET /v1/models``)."""
+        ...
+
     def response_headers(self, call_id: str) -> Mapping[str, str]:
         """Headers for the call's response (e.g. ``x-ratelimit-*``)."""
         ...

@@ -7,7 +7,6 @@ passed through untouched where no translation is needed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -15,8 +14,14 @@ from aiohttp import web
 
 from tallygate import engine
 from tallygate.config import ProxySettings
+from tallygate.doors.openai_request import check_chat, check_embedding
 from tallygate.engine import CallContext, ChatStream
-from tallygate.errors import TallygateError, UpstreamError
+from tallygate.errors import (
+    MethodNotAllowedError,
+    PermissionDeniedError,
+    TallygateError,
+    UpstreamError,
+)
 from tallygate.event import UsageEvent, format_decimal, new_call_id
 from tallygate.providers.base import Deployment
 from tallygate.providers.openai import DONE_FRAME
@@ -27,12 +32,12 @@ from tallygate.proxy.calls import (
     DROPPED_HEADER,
     REQUEST_ID_HEADER,
     CallFrame,
+    dropped_header,
     openai_error_response,
     serve_stream,
 )
 from tallygate.proxy.gateway import Gateway
 from tallygate.proxy.param_support import DROP_PARAMS_FIELD, apply_drop_params
-from tallygate.proxy.validation import check_chat, check_embedding
 
 log = logging.getLogger("tallygate.proxy")
 
@@ -74,7 +79,7 @@ class Routes:
         headers = {CALL_ID_HEADER: event.call_id, REQUEST_ID_HEADER: event.call_id,
                    **self.gw.access.response_headers(event.call_id)}
         if dropped:
-            headers[DROPPED_HEADER] = ",".join(dropped)
+            headers[DROPPED_HEADER] = dropped_header(dropped)
         if event.cost is not None:
             headers[COST_HEADER] = format_decimal(event.cost)
         return web.Response(body=body, headers=headers, content_type="application/json")
@@ -110,7 +115,7 @@ class Routes:
         headers = {CALL_ID_HEADER: ctx.call_id, REQUEST_ID_HEADER: ctx.call_id,
                    **self.gw.access.response_headers(ctx.call_id)}
         if dropped:
-            headers[DROPPED_HEADER] = ",".join(dropped)
+            headers[DROPPED_HEADER] = dropped_header(dropped)
         return await serve_stream(request, stream, headers, write, _openai_error_frame)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -140,7 +145,18 @@ class Routes:
         return web.Response(body=b'"I\'m alive!"', content_type="application/json",
                             headers={REQUEST_ID_HEADER: new_call_id()})
 
+    async def _operator_only(self, request: web.Request, required: bool) -> None:
+        """The status routes show the gateway's internals (delivery errors, volumes):
+        with the setting on, only the master key reads them (401/403 otherwise)."""
+        if required and not getattr(await self.gw.access.authenticate(request), "is_master",
+                                    False):
+            raise PermissionDeniedError("this route needs the master key")
+
     async def readiness(self, request: web.Request) -> web.StreamResponse:
+        try:
+            await self._operator_only(request, self.gw.settings.readiness_auth)
+        except TallygateError as exc:
+            return openai_error_response(exc)
         # Degraded delivery (e.g. Lago refusing our key) keeps serving: events wait in
         # the outbox, so the gateway stays in rotation and says so in the body.
         ready, body = await self.gw.readiness()
@@ -149,6 +165,10 @@ class Routes:
                             headers={REQUEST_ID_HEADER: new_call_id()})
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
+        try:
+            await self._operator_only(request, self.gw.settings.metrics_auth)
+        except TallygateError as exc:
+            return openai_error_response(exc)
         return web.Response(text=await self.gw.render_metrics(), content_type="text/plain",
                             charset="utf-8", headers={REQUEST_ID_HEADER: new_call_id()})
 
@@ -164,22 +184,59 @@ class Routes:
             reset=request.query.get("reset") == "1"))
 
 
-def _no_route(gw: Gateway) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def json_404(request: web.Request) -> web.StreamResponse:
-        # Counted by method: a client calling a route we do not serve shows in /metrics.
+def _openapi() -> Any:
+    """``GET /openapi.json``: the description of these routes kept beside this module."""
+    from importlib.resources import files
+
+    body = files("tallygate.proxy").joinpath("openapi.json").read_bytes()
+
+    async def openapi(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/json")
+
+    return openapi
+
+
+def _no_route(app: web.Application, gw: Gateway) -> Any:
+    """The answer to a request no route takes: 405 with ``Allow`` when the path exists
+    with other methods (in that route's API shape: Anthropic's for /v1/messages), else a
+    JSON 404. Both are counted by method: a client calling a route we do not serve shows
+    in /metrics."""
+    allowed: dict[str, set[str]] = {}
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        if route.method != "*" and "{" not in path:
+            allowed.setdefault(path, set()).add(route.method)
+    from tallygate.doors.anthropic_messages import error_response as anthropic_error
+    from tallygate.doors.anthropic_messages import is_messages_path
+
+    async def no_route(request: web.Request) -> web.StreamResponse:
+        methods = allowed.get(request.path)
+        status = "405" if methods else "404"
         gw.metrics.inc("tallygate_requests_total", (("route", "no_route"),
                                                     ("method", request.method),
-                                                    ("status", "404")))
-        body = {"error": {"message": f"no route {request.method} {request.path}",
-                          "type": "invalid_request_error", "param": None, "code": "not_found"}}
-        return web.Response(body=orjson.dumps(body), status=404,
-                            content_type="application/json",
-                            headers={REQUEST_ID_HEADER: new_call_id()})
-    return json_404
+                                                    ("status", status)))
+        if not methods:
+            body = {"error": {"message": f"no route {request.method} {request.path}",
+                              "type": "invalid_request_error", "param": None,
+                              "code": "not_found"}}
+            return web.Response(body=orjson.dumps(body), status=404,
+                                content_type="application/json",
+                                headers={REQUEST_ID_HEADER: new_call_id()})
+        allow = ", ".join(sorted(methods, key=lambda m: (m == "HEAD", m)))
+        verbs = " or ".join(sorted(m for m in methods if m != "HEAD"))
+        exc = MethodNotAllowedError(f"{request.method} is not allowed on {request.path}; "
+                                    f"use {verbs}", headers={"Allow": allow})
+        render = anthropic_error if is_messages_path(request.path) else openai_error_response
+        return render(exc, new_call_id())
+
+    return no_route
 
 
 def create_app(settings: ProxySettings) -> web.Application:
     """The proxy as an aiohttp Application; the gateway starts and stops with it."""
+    from tallygate import log_safety
+
+    log_safety.install()  # aiohttp's own error lines carry no credential
     gw = Gateway(settings)
     # Bodies over the limit are refused by our own check (OpenAI-shaped 413); aiohttp's
     # limit sits a little above it as a backstop.
@@ -204,6 +261,7 @@ def create_app(settings: ProxySettings) -> web.Application:
     r.add_get("/health/liveness", routes.liveness)
     r.add_get("/health/readiness", routes.readiness)
     r.add_get("/metrics", routes.metrics)
+    r.add_get("/openapi.json", _openapi())
     if gw.loop_lag is not None:
         r.add_get("/debug/loop-lag", routes.loop_lag)
     from tallygate.access.admin_routes import add_admin_routes
@@ -236,5 +294,5 @@ def create_app(settings: ProxySettings) -> web.Application:
     from tallygate.ui.routes import add_ui_routes
 
     add_ui_routes(app, gw)  # the spend dashboard at /ui
-    r.add_route("*", "/{tail:.*}", _no_route(gw))
+    r.add_route("*", "/{tail:.*}", _no_route(app, gw))
     return app

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -33,10 +35,12 @@ from tallygate.errors import (
 )
 from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.event import UsageEvent, format_decimal, new_call_id
+from tallygate.price_fields import price_context
 from tallygate.providers.base import Deployment
 from tallygate.proxy.gateway import Gateway
-from tallygate.proxy.validation import parse_json_object, require_model
+from tallygate.proxy.validation import close_after, parse_json_object, read_in_time, require_model
 from tallygate.routing import CURRENT_ATTEMPT, Attempt, RouteOptions, pop_options
+from tallygate.storable import check_kept
 
 log = logging.getLogger("tallygate.proxy")
 
@@ -46,6 +50,22 @@ COST_HEADER = "x-tallygate-response-cost"
 REQUEST_ID_HEADER = "x-request-id"
 # What a translating door left out of the request (comma-separated field paths).
 DROPPED_HEADER = "x-tallygate-dropped-params"
+_HEADER_SAFE = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,200}$")  # visible ASCII, no comma
+
+
+def dropped_header(names: Iterable[str], sep: str = ",") -> str:
+    """The ``x-tallygate-dropped-params`` value: the names are the caller's own field
+    names, so one with a control character (a header injection, which aiohttp refuses
+    with an exception) or no ASCII is left out, counted as ``(N more)``."""
+    kept, other = [], 0
+    for name in names:
+        if _HEADER_SAFE.match(name):
+            kept.append(name)
+        else:
+            other += 1
+    if other:
+        kept.append(f"({other} more)")
+    return sep.join(kept)
 
 # (request, OpenAI-shaped params, deployment, ctx) -> the answer: one attempt, once the
 # call is admitted. The router may run it again (a retry, a fallback) when it raises an
@@ -74,10 +94,7 @@ async def read_body(request: web.Request, gw: Gateway) -> bytes:
     limit = gw.settings.max_request_bytes
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLargeError(f"the request body is over the {limit}-byte limit")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise RequestTooLargeError(f"the request body is over the {limit}-byte limit") from None
+    return await read_in_time(request, gw.settings.body_read_timeout_s, limit)
 
 
 def _prompt_tokens(params: dict[str, Any]) -> int:
@@ -145,11 +162,16 @@ class CallFrame:
                 model = require_model(body)  # the OpenAI and Anthropic shapes name it so
             options = pop_options(body)  # the gateway's routing options, never upstream's
             params = prepare(body)
+            check_kept(params)  # whatever the door: what the event keeps can be stored
             plan = gw.router.resolve(model)
             group = plan.group.name
             if options.fallbacks:
                 _check_fallbacks(gw, options)
+            # 400 before anything is reserved when a service tier has no known price.
+            pricing = price_context(params, plan.deployments, gw.prices)
             ctx = await gw.access.admit(identity, params, model, call_id, plan.deployments)
+            if pricing:
+                ctx = replace(ctx, price_context=pricing)
             admitted = ctx
 
             async def attempt(att: Attempt) -> web.StreamResponse:
@@ -170,9 +192,12 @@ class CallFrame:
                 plan, attempt, options=options, stream=bool(params.get("stream")),
                 tokens=lambda: _prompt_tokens(params) + _max_output(params),
                 prompt_tokens=lambda: _prompt_tokens(params), cover=cover)
+            # An admitted call that ended neither settled nor released (a stream that
+            # broke before it sent anything, say) gives its reservation back.
+            await gw.access.abandon(call_id)
             return answer
         except TallygateError as exc:
-            answer = on_error(exc, call_id)
+            answer = close_after(on_error(exc, call_id), exc)
             status = answer.status
             await self._release(ctx, exc)
             return answer
@@ -210,9 +235,10 @@ async def serve_stream(request: web.Request, stream: ChatStream, headers: dict[s
                        write: Callable[[web.StreamResponse], Awaitable[None]],
                        error_frame: Callable[[UpstreamError], bytes]) -> web.StreamResponse:
     """Open ``stream`` (an upstream error still gets its own status code), then answer as
-    SSE: ``write`` sends the frames and ends the response. A provider failing midway is
-    reported in-band; a client leaving stops the upstream read. Either way the stream
-    bills what was generated, exactly once."""
+    SSE: ``write`` sends the frames and ends the response. A provider failing midway, or
+    a stream that breaks whatever the cause, is reported in-band (no end marker is sent
+    for it); a client leaving stops the upstream read. Either way the stream bills what
+    was sent, exactly once, or releases the call when nothing was."""
     await stream.open()
     attempt = CURRENT_ATTEMPT.get()
     if attempt is not None:
@@ -222,14 +248,6 @@ async def serve_stream(request: web.Request, stream: ChatStream, headers: dict[s
     try:
         await resp.prepare(request)
         await write(resp)
-    except UpstreamError as exc:
-        if attempt is not None:
-            attempt.broke_midstream(exc)
-        try:
-            await resp.write(error_frame(exc))
-            await resp.write_eof()
-        except ConnectionError:
-            pass
     except ConnectionError:
         # A normal event, not a server error: no traceback in the log.
         await stream.finish(disconnected=True)
@@ -238,4 +256,21 @@ async def serve_stream(request: web.Request, stream: ChatStream, headers: dict[s
     except asyncio.CancelledError:
         await asyncio.shield(stream.finish(disconnected=True))
         raise
+    except Exception as exc:
+        failure = exc if isinstance(exc, UpstreamError) else UpstreamError(
+            f"the stream could not be relayed ({type(exc).__name__})")
+        if not isinstance(exc, UpstreamError):
+            log.warning("call %s: stream relay failed: %r", stream.ctx.call_id, exc)
+        if attempt is not None:
+            attempt.broke_midstream(failure)
+        try:
+            await stream.fail(failure)  # bills what was sent (no-op if already billed)
+        except Exception:
+            # The outbox write failed: the call frame gives the reservation back.
+            log.exception("call %s: could not bill the broken stream", stream.ctx.call_id)
+        try:
+            await resp.write(error_frame(failure))
+            await resp.write_eof()
+        except ConnectionError:
+            pass
     return resp

@@ -66,6 +66,7 @@ class Gateway:
         jsonl_path = (settings.extra.get("jsonl_path") or environ.get("TALLYGATE_JSONL_PATH")
                       or settings.default_jsonl_path())
         environ = {**environ, "TALLYGATE_JSONL_PATH": str(jsonl_path)}
+        _register_credentials(settings, environ)
         # Build sinks now: a missing LAGO_* variable stops the start, naming it.
         self.sinks = [build_sink(name, environ)
                       for name in effective_sinks(settings, environ)]
@@ -410,6 +411,21 @@ async def _probe(deployment: Deployment, embedding: bool) -> None:
     from tallygate import engine
 
     await engine.probe(deployment, embedding=embedding)
+
+
+def _register_credentials(settings: ProxySettings, environ: Mapping[str, str]) -> None:
+    """Every credential this gateway holds, for ``scrub`` to remove from what it passes
+    on (upstream error messages, log lines)."""
+    from tallygate import scrub
+    from tallygate.providers.registry import get_provider, provider_names
+
+    env_names = {get_provider(name).api_key_env for name in provider_names()}
+    env_names |= {"LAGO_API_KEY", "TALLYGATE_WEBHOOK_SECRET"}
+    scrub.register([settings.master_key,
+                    *(d.api_key for group in settings.models.values() for d in group),
+                    *(environ.get(name) for name in env_names if name),
+                    scrub.database_password(settings.database_url),
+                    scrub.database_password(settings.access.redis_url)])
 
 
 def _safe_url(url: str) -> str:

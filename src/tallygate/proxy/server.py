@@ -19,7 +19,10 @@ import tempfile
 from dataclasses import replace
 from typing import Any
 
+import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from tallygate.config import ProxySettings
 
@@ -37,12 +40,54 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+class _CleanErrors(RequestHandler):
+    """aiohttp's connection handler, except that a request it cannot parse gets a JSON
+    400 that does not echo the offending bytes (a header line may hold a key)."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        # One WARNING line, no traceback, no bytes (tallygate.log_safety rewrites it).
+        self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        body = {"error": {"message": "malformed HTTP request", "type": "invalid_request_error",
+                          "param": None, "code": "malformed_http"}}
+        resp = web.Response(status=status if 400 <= status < 500 else 400,
+                            body=orjson.dumps(body), content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _CleanErrors(self, loop=self._loop, **self._kwargs)
+
+
+# After an early answer (a 408, a 413) aiohttp reads the rest of the body for this long
+# before closing, so that the client sees the answer; its default is 10 s.
+LINGERING_S = 2.0
+
+
+class GatewayRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer malformed HTTP with a clean 400."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("lingering_time", LINGERING_S)
+        super().__init__(app, **kwargs)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # same state, only the handler it makes differs
+        return server
+
+
 async def serve_async(settings: ProxySettings, host: str, port: int, *,
                       reuse_port: bool = False, ready: Any = None) -> None:
     from tallygate.proxy.app import create_app
 
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+    runner = GatewayRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=INFLIGHT_GRACE_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=2048)
@@ -119,3 +164,6 @@ def configure_logging(level: str = "INFO", *, verbose: bool = False,
     handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("tallygate").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    from tallygate import log_safety
+
+    log_safety.install(handlers=True)  # no credential in any line, whoever logs it
