@@ -90,7 +90,8 @@ class Gateway:
         self._router_limiter: RedisLimiter | None = None
         self.health = HealthChecker(self.router, _probe,
                                     interval_s=settings.health_check_interval_s,
-                                    details=settings.health_check_details)
+                                    details=settings.health_check_details,
+                                    routing=settings.health_routing)
         self.customer_labels = CustomerLabels(settings.metrics_customer_labels)
         share_dir = settings.extra.get("metrics_dir")
         self.metrics_share = MetricsShare(share_dir, self.metrics) if share_dir else None
@@ -393,6 +394,7 @@ class Gateway:
             "sinks": sinks,
             "router": {"deployments": self.router.snapshot(),
                        "background_health_checks": self.health.interval_s is not None,
+                       "health_check_routing": self.health.routing is not None,
                        "health_checked_at": self.health.checked_at},
         }
 

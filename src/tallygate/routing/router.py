@@ -188,6 +188,11 @@ class Router:
             self._plans[alias] = self._resolve_new(alias)
         self.retries = Counter[str]()
         self.fallbacks = Counter[tuple[str, str]]()
+        # Health-check-driven routing (general_settings.enable_health_check_routing): the
+        # deployments the latest background round found unhealthy, until it goes stale.
+        self._unhealthy: frozenset[str] = frozenset()
+        self._unhealthy_until = 0.0
+        self._all_unhealthy_warned = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -465,6 +470,8 @@ class Router:
                 raise self._all_cooling(group, targets, now)
         else:
             cands = targets
+        if self._unhealthy and len(cands) > 1:
+            cands = self._healthy(group, cands, now)
         if failed_ids and len(cands) > 1:
             fresh = [t for t in cands if t.model_id not in failed_ids]
             if fresh:
@@ -497,6 +504,33 @@ class Router:
         else:
             ordered = self._balancer.order(cands, time.monotonic(), now)
         return await self._within_limits(group, ordered, need, now)
+
+    def _healthy(self, group: Group, cands: Sequence[Target], now: float
+                 ) -> Sequence[Target]:
+        """``cands`` without those the latest health check found unhealthy; all of them
+        when none is left (LiteLLM's safety net: the calls still go somewhere)."""
+        if now >= self._unhealthy_until:
+            self._unhealthy = frozenset()  # stale: routing forgets it, as LiteLLM does
+            return cands
+        unhealthy = self._unhealthy
+        kept = [t for t in cands if t.model_id not in unhealthy]
+        if kept:
+            return kept
+        if now - self._all_unhealthy_warned > 60:
+            self._all_unhealthy_warned = now
+            log.warning("every deployment of model %r failed its last health check; "
+                        "routing to them anyway", group.name)
+        return cands
+
+    def health_checked(self, unhealthy: Iterable[str], at: float, stale_s: float) -> None:
+        """A background health round's verdict (deployment ids that failed it), heeded
+        by routing until ``stale_s`` after ``at``."""
+        self._unhealthy = frozenset(unhealthy)
+        self._unhealthy_until = at + stale_s
+
+    def unhealthy(self, now: float) -> frozenset[str]:
+        """The deployments health-check routing keeps out of rotation now."""
+        return self._unhealthy if now < self._unhealthy_until else frozenset()
 
     def _by_order(self, cands: Sequence[Target], now: float) -> list[Target]:
         levels: dict[float, list[Target]] = {}
@@ -557,6 +591,11 @@ class Router:
     async def _failed(self, group: Group, target: Target, failure: Failure) -> None:
         st = self.stats[target.model_id]
         st.failures[failure.kind] = st.failures.get(failure.kind, 0) + 1
+        await self.count_failure(group, target, failure)
+
+    async def count_failure(self, group: Group, target: Target, failure: Failure) -> None:
+        """Count a failure toward the deployment's cooldown (a call's, or with
+        ``allowed_fails_policy`` and health-check routing, a health check's)."""
         if not failure.blames_deployment or not group.cools:
             return
         if group.wildcard and failure.kind == "not_found":
@@ -602,5 +641,6 @@ class Router:
                 "in_flight": st.in_flight,
                 "latency_ms": round(latency * 1000, 3) if latency is not None else None,
                 "healthy": st.healthy,
+                "out_of_rotation_unhealthy": t.model_id in self.unhealthy(now),
             })
         return out

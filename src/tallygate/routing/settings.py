@@ -91,6 +91,18 @@ class DeploymentRouting:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthRouting:
+    """general_settings.enable_health_check_routing and its companions: background
+    health checks take the deployments that fail them out of rotation."""
+
+    stale_s: float                   # health_check_staleness_threshold (interval x 2)
+    ignore_transient: bool = False   # health_check_ignore_transient_errors: 429/408
+    # router_settings.allowed_fails_policy is set: a failed check counts toward the
+    # deployment's cooldown by the policy instead of taking it out at once
+    by_policy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class LatencyArgs:
     ttl_s: float = 3600.0            # how long a latency sample counts
     lowest_latency_buffer: float = 0.0  # pick at random among those this close to the best
