@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from tallygate.access.ratelimit import Decision, Limit, LocalLimiter
 from tallygate.errors import (
@@ -40,7 +40,7 @@ from tallygate.routing.fallbacks import fallback_chain
 from tallygate.routing.groups import Group, Target, build_groups, by_id_groups
 from tallygate.routing.options import NO_OPTIONS, RouteOptions
 from tallygate.routing.retry import RetryPolicy
-from tallygate.routing.settings import RouterSettings
+from tallygate.routing.settings import Fallback, FallbackTo, RouterSettings, fallback_name
 from tallygate.routing.stats import Stats
 from tallygate.routing.strategies import balancer
 from tallygate.routing.wildcards import PatternSet, concrete_model, implied_provider
@@ -65,15 +65,18 @@ class Limiter(Protocol):
 class Attempt:
     """One try of a call on one deployment."""
 
-    __slots__ = ("broke", "committed_at", "deployment", "headers", "tag", "target",
-                 "used_tokens")
+    __slots__ = ("broke", "committed_at", "deployment", "headers", "params", "tag",
+                 "target", "used_tokens")
 
     def __init__(self, target: Target, deployment: Deployment, tag: Routing,
-                 headers: Mapping[str, str]) -> None:
+                 headers: Mapping[str, str],
+                 params: Mapping[str, Any] | None = None) -> None:
         self.target = target
         self.deployment = deployment     # what to call (timeouts already applied)
         self.tag = tag                   # the event's routing for this attempt
         self.headers = headers           # the answer's x-litellm-* / x-ratelimit-* headers
+        # A fallback's own request params, which replace the client's in its call.
+        self.params = params
         self.committed_at: float | None = None
         self.used_tokens: int | None = None
         self.broke: BaseException | None = None
@@ -143,6 +146,12 @@ class _Need:
         if self._prompt is None:
             self._prompt = self._prompt_fn()
         return self._prompt
+
+
+# (the fallback group's deployments, the fallback's own params or None) -> None
+Cover = Callable[[Sequence[Deployment], Mapping[str, Any] | None], Awaitable[None]]
+# a fallback's own params -> its call's (tokens, prompt_tokens) estimates
+Reestimate = Callable[[Mapping[str, Any]], tuple[Callable[[], int], Callable[[], int]]]
 
 
 class Counter(Generic[T]):
@@ -272,17 +281,22 @@ class Router:
                   options: RouteOptions = NO_OPTIONS, stream: bool = False,
                   tokens: Callable[[], int] = lambda: 0,
                   prompt_tokens: Callable[[], int] = lambda: 0,
-                  cover: Callable[[Sequence[Deployment]], Awaitable[None]] | None = None
-                  ) -> T:
+                  cover: Cover | None = None,
+                  with_params: Reestimate | None = None) -> T:
         """Run ``call`` on a deployment of ``plan``, retrying and falling back as the
         settings say. ``tokens()`` estimates the call's tokens, input and output (read
         only when a deployment has a tpm), ``prompt_tokens()`` its input (read only by
-        the context-window check); ``cover(deployments)`` runs before a fallback group
-        is tried (the proxy grows the budget reservation there when it costs more)."""
+        the context-window check); ``cover(deployments, params)`` runs before a
+        fallback group is tried (the proxy grows the budget reservation there when it
+        costs more). ``with_params`` says that ``call`` applies a fallback's own
+        params (``Attempt.params``) and gives that call's (tokens, prompt_tokens);
+        without it a fallback carrying params is passed over, with a warning."""
         need = _Need(tokens, prompt_tokens)
+        fallback_need = need
+        fallback_params: Mapping[str, Any] | None = None
         attempts, fallbacks = 0, 0
         current = plan
-        chain: tuple[str, ...] | None = None
+        chain: tuple[Fallback, ...] | None = None
         position = 0
         primary: _GroupFailed | None = None
         tried: set[str] | None = None
@@ -297,8 +311,9 @@ class Router:
 
         while True:
             try:
-                return await self._run_group(current, call, options, stream, need,
-                                             attempts, fallbacks, fallback_left)
+                return await self._run_group(current, call, options, stream, fallback_need,
+                                             attempts, fallbacks, fallback_left,
+                                             fallback_params)
             except _GroupFailed as failed:
                 attempts = failed.attempts
                 if primary is None:
@@ -312,16 +327,24 @@ class Router:
                     tried = {plan.group.name}
                 assert tried is not None
                 nxt: Plan | None = None
+                params: Mapping[str, Any] | None = None
                 while nxt is None and position < len(chain):
-                    name = chain[position]
+                    item = chain[position]
                     position += 1
+                    name = fallback_name(item)
+                    params = item.params if isinstance(item, FallbackTo) else None
+                    if params is not None and with_params is None:
+                        log.warning("fallback %r of model %r carries request params that "
+                                    "this route cannot apply: passed over", name, plan.name)
+                        continue
                     try:
                         candidate = self.resolve(name)
                     except ModelNotFoundError:
                         log.warning("fallback %r of model %r names no model group", name,
                                     plan.name)
                         continue
-                    if candidate.group.name not in tried:
+                    # The same group with other params is another call: it may be tried.
+                    if candidate.group.name not in tried or params is not None:
                         nxt = candidate
                 if nxt is None:
                     raise primary.error from None
@@ -330,14 +353,20 @@ class Router:
                 self.fallbacks.inc((plan.group.name, nxt.group.name))
                 log.info("model %r falls back to %r after %s", plan.name, nxt.group.name,
                          failed.kind)
+                fallback_params = params
+                if params is not None and with_params is not None:
+                    fallback_need = _Need(*with_params(params))
+                else:
+                    fallback_need = need
                 if cover is not None:
-                    await cover(nxt.deployments)
+                    await cover(nxt.deployments, params)
                 current = nxt
 
     async def _run_group(self, plan: Plan, call: Callable[[Attempt], Awaitable[T]],
                          options: RouteOptions, stream: bool, need: _Need,
                          attempts: int, fallbacks: int,
-                         fallback_left: Callable[[str], bool]) -> T:
+                         fallback_left: Callable[[str], bool],
+                         params: Mapping[str, Any] | None) -> T:
         group = plan.group
         failed_ids: set[str] | None = None
         same: dict[str, int] | None = None
@@ -361,7 +390,8 @@ class Router:
             headers = target.headers(in_group - 1, fallbacks)
             if limit_headers:
                 headers = {**headers, **limit_headers}
-            attempt = Attempt(target, deployment, target.tag(attempts, fallbacks), headers)
+            attempt = Attempt(target, deployment, target.tag(attempts, fallbacks), headers,
+                              params)
             try:
                 return await self._attempt(group, attempt, call, tok)
             except BaseException as exc:
