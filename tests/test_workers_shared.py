@@ -19,6 +19,7 @@ import pytest
 
 from tallygate.access.ratelimit import Limit
 from tallygate.access.shared_limits import SharedCounters, SharedLimiter
+from tallygate.routing.worker_cooldowns import CooldownTable, WorkerCooldowns
 from tests.fakes.openai_server import FakeOpenAI, run_in_thread
 from tests.proxy_harness import MASTER_KEY, UPSTREAM_KEY, cli_env, config_dict, http, run_cli
 from tests.router_support import priced
@@ -45,6 +46,40 @@ def test_forked_processes_share_one_count() -> None:
     for p in procs:
         p.join(10)
     assert admitted == 25  # 80 tries by 4 processes, one limit of 25
+
+
+def _fail_many(table: CooldownTable, n: int, out: Any) -> None:
+    async def run() -> int:
+        cooldowns = WorkerCooldowns(table)
+        await cooldowns.start(["d1", "d2"])
+        cooled = 0
+        for _ in range(n):
+            cooled += bool(await cooldowns.failed("d1", "server", 50, 30.0, None))
+        return cooled
+
+    out.put(asyncio.run(run()))
+
+
+def test_forked_processes_count_one_deployments_failures_together() -> None:
+    _clear_of_a_minute_end(5)   # failures count per wall-clock minute
+    table = CooldownTable(slots=8)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_fail_many, args=(table, 25, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    cooled = sum(out.get(timeout=30) for _ in procs)
+    for p in procs:
+        p.join(10)
+    # 100 failures in all, allowed 50: the 51st to the 100th each (re)start the cooldown.
+    assert cooled == 50
+    seen = WorkerCooldowns(table)
+    asyncio.run(seen.start(["d1", "d2"]))
+    now = time.time()
+    assert seen.failures("d1", now) == 100 and seen.failures("d2", now) == 0
+    assert seen.any() and seen.cooling("d1", now) and not seen.cooling("d2", now)
+    state = seen.state("d1", now)
+    assert state is not None and state.reason == "server" and state.until > now + 25
 
 
 async def test_a_full_table_evicts_the_stalest_and_keys_stay_apart() -> None:

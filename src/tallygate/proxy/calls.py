@@ -229,7 +229,10 @@ class CallFrame:
             answer = await gw.router.run(
                 plan, attempt, options=options, stream=bool(params.get("stream")),
                 tokens=lambda: _tokens(params), prompt_tokens=lambda: _prompt_tokens(params),
-                cover=cover, with_params=_estimates(params) if fallback_params else None)
+                cover=cover,
+                # Only when a fallback may carry params: no closure on the usual path.
+                with_params=(_estimates(params) if fallback_params and (
+                    gw.router.param_fallbacks or options.fallbacks is not None) else None))
             # An admitted call that ended neither settled nor released (a stream that
             # broke before it sent anything, say) gives its reservation back.
             await gw.access.abandon(call_id)

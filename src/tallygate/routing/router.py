@@ -195,6 +195,12 @@ class Router:
             self._plans.setdefault(model_id, Plan(model_id, g, g.targets))
         for alias in settings.aliases:
             self._plans[alias] = self._resolve_new(alias)
+        # Whether a configured fallback carries request params of its own.
+        self.param_fallbacks = any(
+            isinstance(item, FallbackTo)
+            for table in (settings.fallbacks, settings.context_window_fallbacks,
+                          settings.content_policy_fallbacks)
+            for chain in table.values() for item in chain)
         self.retries = Counter[str]()
         self.fallbacks = Counter[tuple[str, str]]()
         # Health-check-driven routing (general_settings.enable_health_check_routing): the
