@@ -2,6 +2,8 @@
 
 The worker processes count in one shared memory table made before they fork; a call on
 a new connection may reach any worker (SO_REUSEPORT), and exactly ``rpm_limit`` pass.
+Deployment cooldowns are shared the same way: ``allowed_fails`` counts every worker's
+failures.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import pytest
 
 from tallygate.access.ratelimit import Limit
 from tallygate.access.shared_limits import SharedCounters, SharedLimiter
-from tests.proxy_harness import MASTER_KEY, cli_env, config_dict, http, run_cli
+from tallygate.routing.worker_cooldowns import CooldownTable, WorkerCooldowns
+from tests.fakes.openai_server import FakeOpenAI, run_in_thread
+from tests.proxy_harness import MASTER_KEY, UPSTREAM_KEY, cli_env, config_dict, http, run_cli
+from tests.router_support import priced
 from tests.test_access_keys import mock_entry
 
 
@@ -41,6 +46,40 @@ def test_forked_processes_share_one_count() -> None:
     for p in procs:
         p.join(10)
     assert admitted == 25  # 80 tries by 4 processes, one limit of 25
+
+
+def _fail_many(table: CooldownTable, n: int, out: Any) -> None:
+    async def run() -> int:
+        cooldowns = WorkerCooldowns(table)
+        await cooldowns.start(["d1", "d2"])
+        cooled = 0
+        for _ in range(n):
+            cooled += bool(await cooldowns.failed("d1", "server", 50, 30.0, None))
+        return cooled
+
+    out.put(asyncio.run(run()))
+
+
+def test_forked_processes_count_one_deployments_failures_together() -> None:
+    _clear_of_a_minute_end(5)   # failures count per wall-clock minute
+    table = CooldownTable(slots=8)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_fail_many, args=(table, 25, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    cooled = sum(out.get(timeout=30) for _ in procs)
+    for p in procs:
+        p.join(10)
+    # 100 failures in all, allowed 50: the 51st to the 100th each (re)start the cooldown.
+    assert cooled == 50
+    seen = WorkerCooldowns(table)
+    asyncio.run(seen.start(["d1", "d2"]))
+    now = time.time()
+    assert seen.failures("d1", now) == 100 and seen.failures("d2", now) == 0
+    assert seen.any() and seen.cooling("d1", now) and not seen.cooling("d2", now)
+    state = seen.state("d1", now)
+    assert state is not None and state.reason == "server" and state.until > now + 25
 
 
 async def test_a_full_table_evicts_the_stalest_and_keys_stay_apart() -> None:
@@ -140,3 +179,40 @@ def test_metrics_cover_every_worker_and_counters_only_grow(tmp_path: Path) -> No
         assert "tallygate_outbox_oldest_pending_age_seconds" in text
         lag = _samples(text, "tallygate_delivery_lag_seconds_count")
         assert sum(lag.values()) >= 1  # the JSONL sink delivered some already
+
+
+def _clear_of_a_minute_end(margin_s: float = 15.0) -> None:
+    """Failures count per wall-clock minute: start where the test cannot straddle two."""
+    left = 60 - time.time() % 60
+    if left < margin_s:
+        time.sleep(left + 0.5)
+
+
+def test_cooldowns_hold_across_worker_processes(tmp_path: Path) -> None:
+    # Two workers, no Redis: the deployment answering 500 gets allowed_fails + 1 calls
+    # in all (the failures of both workers counted together), then none while it cools
+    # down, in whichever worker a call lands (each call a new connection).
+    with run_in_thread(FakeOpenAI()) as bad, run_in_thread(FakeOpenAI()) as good:
+        bad.require_api_key = good.require_api_key = UPSTREAM_KEY
+        bad.fail_in_bursts(500, every=1, burst=1)
+        models = [priced("g", bad.base_url, "bad", "0.000001", "0.000001"),
+                  priced("g", good.base_url, "good", "0.000002", "0.000002")]
+        cfg = config_dict(models, tmp_path, lago=False)
+        cfg["router_settings"] = {"allowed_fails": 2, "cooldown_time": 120, "num_retries": 2}
+        _clear_of_a_minute_end()
+        with run_cli(tmp_path, cfg, cli_env(), workers=2) as proxy:
+            body = {"model": "g", "messages": [{"role": "user", "content": "hi"}],
+                    "user": "c"}
+            replies = [http("POST", proxy.base_url + "/v1/chat/completions", body)
+                       for _ in range(40)]
+            assert [r.status for r in replies] == [200] * 40, replies[0].text
+            assert {r.headers["x-litellm-model-id"] for r in replies} == {"good"}
+            assert len(bad.received) == 3   # allowed_fails 2: cooled down at the third
+            assert len(good.received) == 40
+            # Every worker shows it cooling down, with the failures both counted.
+            for _ in range(10):
+                ready = http("GET", proxy.base_url + "/health/readiness").json()
+                state = {d["model_id"]: d for d in ready["router"]["deployments"]}
+                assert state["bad"]["cooling_down"] is True, state["bad"]
+                assert state["bad"]["failures_this_minute"] == 3
+                assert state["good"]["cooling_down"] is False

@@ -32,6 +32,7 @@ from tallygate.routing.settings import (
     DEPLOYMENT_KEYS,
     LITELLM_SETTINGS_KEYS,
     Entry,
+    HealthRouting,
     RouterSettings,
     name_resolver,
     parse_router_settings,
@@ -54,6 +55,8 @@ _GENERAL_KEYS = {"master_key", "database_url", "max_request_size_mb", "drain_tim
                  "metrics_customer_labels", "responses_retention_period",
                  "outbox_batch_size", "charge_by", "jsonl_path", "background_health_checks",
                  "health_check_interval", "health_check_details",
+                 "enable_health_check_routing", "health_check_staleness_threshold",
+                 "health_check_ignore_transient_errors",
                  "require_auth_for_health_readiness", "body_read_timeout_s"}
 DEFAULT_BODY_READ_TIMEOUT_S = 30.0
 _TOP_KEYS = {"model_list", "litellm_settings", "tallygate_settings", "general_settings",
@@ -93,6 +96,8 @@ class ProxySettings:
     # general_settings.background_health_checks / health_check_interval / _details
     health_check_interval_s: float | None = None   # None: no background health checks
     health_check_details: bool = True
+    # general_settings.enable_health_check_routing (+ staleness, transient errors)
+    health_routing: HealthRouting | None = None
 
     def default_database_path(self) -> str:
         """The outbox lives next to the config file unless told otherwise."""
@@ -384,6 +389,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
     details = g.get("health_check_details", True)
     if not isinstance(details, bool):
         raise ConfigError("general_settings.health_check_details: must be true or false")
+    health_routing = _health_routing(r, g, (interval or 300.0) if background else None,
+                                     bool(router.allowed_fails_policy))
 
     if r.unknown:
         log.warning("config: ignoring unknown keys: %s", ", ".join(r.unknown))
@@ -420,7 +427,35 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None,
         router=router,
         health_check_interval_s=(interval or 300.0) if background else None,
         health_check_details=details,
+        health_routing=health_routing,
     )
+
+
+def _health_routing(r: _Reader, g: Mapping[str, Any], interval: float | None,
+                    policy: bool) -> HealthRouting | None:
+    """general_settings.enable_health_check_routing, read as LiteLLM reads it: it acts
+    only with background health checks, which make the verdicts it routes by."""
+    path = "general_settings"
+    enabled = r.flag(g.get("enable_health_check_routing"),
+                     f"{path}.enable_health_check_routing", False)
+    stale = r.number(g.get("health_check_staleness_threshold"),
+                     f"{path}.health_check_staleness_threshold")
+    if stale is not None and stale <= 0:
+        raise ConfigError(f"{path}.health_check_staleness_threshold: must be a positive "
+                          "number of seconds")
+    transient = r.flag(g.get("health_check_ignore_transient_errors"),
+                       f"{path}.health_check_ignore_transient_errors", False)
+    if enabled and interval is None:
+        log.warning("config: %s.enable_health_check_routing has no effect without "
+                    "%s.background_health_checks: true (its verdicts come from them)",
+                    path, path)
+    if not enabled or interval is None:
+        for key in ("health_check_staleness_threshold", "health_check_ignore_transient_errors"):
+            if g.get(key) is not None:
+                r.not_applied.append(f"{path}.{key} (read by enable_health_check_routing)")
+        return None
+    return HealthRouting(stale_s=stale if stale is not None else 2 * interval,
+                         ignore_transient=bool(transient), by_policy=policy)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> ProxySettings:

@@ -85,7 +85,8 @@ class Routes:
         return web.Response(body=body, headers=headers, content_type="application/json")
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self.calls.run(request, "chat", _chat_params, self._chat)
+        return await self.calls.run(request, "chat", _chat_params, self._chat,
+                                    fallback_params=True)
 
     async def _chat(self, request: web.Request, data: dict[str, Any], deployment: Deployment,
                     ctx: CallContext) -> web.StreamResponse:
@@ -119,7 +120,8 @@ class Routes:
         return await serve_stream(request, stream, headers, write, _openai_error_frame)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
-        return await self.calls.run(request, "embeddings", _embedding_params, self._embed)
+        return await self.calls.run(request, "embeddings", _embedding_params, self._embed,
+                                    fallback_params=True)
 
     async def _embed(self, request: web.Request, data: dict[str, Any], deployment: Deployment,
                      ctx: CallContext) -> web.StreamResponse:

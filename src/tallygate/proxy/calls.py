@@ -18,7 +18,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -40,6 +40,7 @@ from tallygate.providers.base import Deployment
 from tallygate.proxy.gateway import Gateway
 from tallygate.proxy.validation import close_after, parse_json_object, read_in_time, require_model
 from tallygate.routing import CURRENT_ATTEMPT, Attempt, RouteOptions, pop_options
+from tallygate.routing.settings import FallbackTo, fallback_name
 from tallygate.storable import check_kept
 
 log = logging.getLogger("tallygate.proxy")
@@ -97,7 +98,7 @@ async def read_body(request: web.Request, gw: Gateway) -> bytes:
     return await read_in_time(request, gw.settings.body_read_timeout_s, limit)
 
 
-def _prompt_tokens(params: dict[str, Any]) -> int:
+def _prompt_tokens(params: Mapping[str, Any]) -> int:
     if "messages" in params:
         return estimate_prompt_tokens(params.get("messages") or ())
     value = params.get("input")
@@ -106,7 +107,7 @@ def _prompt_tokens(params: dict[str, Any]) -> int:
     return estimate_text_tokens(value if isinstance(value, str) else "")
 
 
-def _max_output(params: dict[str, Any]) -> int:
+def _max_output(params: Mapping[str, Any]) -> int:
     for name in ("max_completion_tokens", "max_tokens"):
         value = params.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -114,11 +115,41 @@ def _max_output(params: dict[str, Any]) -> int:
     return 0
 
 
-def _check_fallbacks(gw: Gateway, options: RouteOptions) -> None:
-    for i, name in enumerate(options.fallbacks or ()):
+def _tokens(params: Mapping[str, Any]) -> int:
+    return _prompt_tokens(params) + _max_output(params)
+
+
+def _estimates(params: dict[str, Any]) -> Callable[
+        [Mapping[str, Any]], tuple[Callable[[], int], Callable[[], int]]]:
+    """A fallback's (tokens, prompt_tokens) estimates, for its params over ``params``."""
+    def of(own: Mapping[str, Any]) -> tuple[Callable[[], int], Callable[[], int]]:
+        merged = {**params, **own}
+        return (lambda: _tokens(merged)), (lambda: _prompt_tokens(merged))
+    return of
+
+
+def _check_fallbacks(gw: Gateway, options: RouteOptions, params: dict[str, Any],
+                     prepare: Prepare | None) -> None:
+    """Every fallback of the request names a model here; those with params of their own
+    make a valid request once applied (``prepare`` None: the route cannot apply them)."""
+    for i, item in enumerate(options.fallbacks or ()):
+        name = fallback_name(item)
         if not gw.router.resolves(name):
             raise BadRequestError(f"'fallbacks[{i}]': no model {name!r} on this gateway",
                                   param=f"fallbacks[{i}]", code="model_not_found")
+        if not isinstance(item, FallbackTo):
+            continue
+        if prepare is None:
+            raise BadRequestError(
+                f"'fallbacks[{i}]': per-fallback parameters are taken on "
+                "/v1/chat/completions and /v1/embeddings, not on this route",
+                param=f"fallbacks[{i}]", code="unsupported_parameter")
+        try:
+            prepare({**params, **item.params})
+        except BadRequestError as exc:
+            raise BadRequestError(f"'fallbacks[{i}]': {exc.message}",
+                                  param=f"fallbacks[{i}].{exc.param or ''}".rstrip("."),
+                                  code=exc.code) from None
 
 
 def model_group(gw: Gateway, model: str) -> tuple[Deployment, ...]:
@@ -144,10 +175,13 @@ class CallFrame:
     async def run(self, request: web.Request, route: str, prepare: Prepare, handle: CallRunner,
                   on_error: ErrorRenderer = openai_error_response, *,
                   model: str | None = None,
-                  parse: BodyParser | None = None) -> web.StreamResponse:
+                  parse: BodyParser | None = None,
+                  fallback_params: bool = False) -> web.StreamResponse:
         """``model``: the model group when the route's path names it (Gemini's
         ``/models/{model}:generateContent``); else the body's ``model``. ``parse``: the
-        body's reading when it is not JSON (multipart uploads)."""
+        body's reading when it is not JSON (multipart uploads). ``fallback_params``:
+        the route's params are OpenAI's request fields, so a fallback's own params
+        (LiteLLM's ``{"model": ..., "messages": ...}``) can replace them."""
         started = time.perf_counter()
         gw = self.gw
         call_id = new_call_id()
@@ -166,7 +200,7 @@ class CallFrame:
             plan = gw.router.resolve(model)
             group = plan.group.name
             if options.fallbacks:
-                _check_fallbacks(gw, options)
+                _check_fallbacks(gw, options, params, prepare if fallback_params else None)
             # 400 before anything is reserved when a service tier has no known price.
             pricing = price_context(params, plan.deployments, gw.prices)
             ctx = await gw.access.admit(identity, params, model, call_id, plan.deployments)
@@ -177,21 +211,28 @@ class CallFrame:
             async def attempt(att: Attempt) -> web.StreamResponse:
                 log.debug("call %s: %s %s -> %s/%s", call_id, route, model,
                           att.deployment.provider, att.deployment.model)
-                # A copy each time: a retry must see the params as they came.
-                answer = await handle(request, dict(params), att.deployment,
+                # A copy each time: a retry must see the params as they came; a fallback
+                # with params of its own calls with them, checked as the client's were.
+                sent = prepare({**params, **att.params}) if att.params else dict(params)
+                answer = await handle(request, sent, att.deployment,
                                       admitted.routed(att.tag))
                 if not answer.prepared:
                     for name, value in att.headers.items():
                         answer.headers.setdefault(name, value)
                 return answer
 
-            async def cover(deployments: Sequence[Deployment]) -> None:
-                await gw.access.cover(call_id, params, deployments)
+            async def cover(deployments: Sequence[Deployment],
+                            own: Mapping[str, Any] | None) -> None:
+                await gw.access.cover(call_id, {**params, **own} if own else params,
+                                      deployments)
 
             answer = await gw.router.run(
                 plan, attempt, options=options, stream=bool(params.get("stream")),
-                tokens=lambda: _prompt_tokens(params) + _max_output(params),
-                prompt_tokens=lambda: _prompt_tokens(params), cover=cover)
+                tokens=lambda: _tokens(params), prompt_tokens=lambda: _prompt_tokens(params),
+                cover=cover,
+                # Only when a fallback may carry params: no closure on the usual path.
+                with_params=(_estimates(params) if fallback_params and (
+                    gw.router.param_fallbacks or options.fallbacks is not None) else None))
             # An admitted call that ended neither settled nor released (a stream that
             # broke before it sent anything, say) gives its reservation back.
             await gw.access.abandon(call_id)

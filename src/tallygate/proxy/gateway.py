@@ -30,7 +30,9 @@ from tallygate.proxy.access import AccessPolicy
 from tallygate.proxy.metrics import CustomerLabels, Labels, Metrics
 from tallygate.proxy.metrics_share import MetricsShare
 from tallygate.routing import CURRENT_ATTEMPT, Router
+from tallygate.routing.cooldowns import Cooldowns
 from tallygate.routing.health import HealthChecker
+from tallygate.routing.worker_cooldowns import CooldownTable, WorkerCooldowns
 from tallygate.sinks.base import Sink
 from tallygate.sinks.factory import build_sink, sink_accepts
 from tallygate.usage import Usage
@@ -95,11 +97,13 @@ class Gateway:
         self.router = Router(
             settings.models, r,
             unit_cost=self._unit_cost if r.strategy == "cost-based-routing" else _unknown,
-            context_window=self._context_window if r.pre_call_checks else _unknown)
+            context_window=self._context_window if r.pre_call_checks else _unknown,
+            cooldowns=_worker_cooldowns(settings))
         self._router_limiter: RedisLimiter | None = None
         self.health = HealthChecker(self.router, _probe,
                                     interval_s=settings.health_check_interval_s,
-                                    details=settings.health_check_details)
+                                    details=settings.health_check_details,
+                                    routing=settings.health_routing)
         self.customer_labels = CustomerLabels(settings.metrics_customer_labels)
         share_dir = settings.extra.get("metrics_dir")
         self.metrics_share = MetricsShare(share_dir, self.metrics) if share_dir else None
@@ -185,8 +189,8 @@ class Gateway:
                     out.append(((*base, ("outcome", kind)), float(n)))
             return out
 
-        # With --workers N each worker routes on its own (unless Redis shares the
-        # cooldowns): a deployment cooling in any shows cooling; counts add up.
+        # With --workers N the workers share cooldowns and failure counts (the
+        # parent's table, or Redis): the max of their readings is the gateway's.
         m.gauge("tallygate_deployment_cooling_down", per_deployment("cooling_down"), "max")
         m.gauge("tallygate_deployment_failures_this_minute",
                 per_deployment("failures_this_minute"), "max")
@@ -427,6 +431,7 @@ class Gateway:
             "sinks": sinks,
             "router": {"deployments": self.router.snapshot(),
                        "background_health_checks": self.health.interval_s is not None,
+                       "health_check_routing": self.health.routing is not None,
                        "health_checked_at": self.health.checked_at},
         }
 
@@ -436,6 +441,15 @@ class Gateway:
 
 def _unknown(d: Deployment) -> None:
     return None
+
+
+def _worker_cooldowns(settings: ProxySettings) -> Cooldowns | None:
+    """Forked workers without Redis: cooldowns in the table their parent made. Redis,
+    when router_settings names one, shares them wider (the router's own default)."""
+    table = settings.extra.get("shared_cooldowns")
+    if settings.router.redis_url or not isinstance(table, CooldownTable):
+        return None
+    return WorkerCooldowns(table)
 
 
 def _priced(d: Deployment) -> str:

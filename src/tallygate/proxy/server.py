@@ -126,12 +126,16 @@ def serve(settings: ProxySettings, host: str, port: int, workers: int = 1) -> in
         _worker_main(settings, host, port, reuse_port=False)
         return 0
     ctx = multiprocessing.get_context("fork")
-    # Made before the fork, so that every worker counts rate limits in the same memory.
+    # Made before the fork, so that every worker counts rate limits and deployment
+    # failures (cooldowns) in the same memory.
     from tallygate.access.shared_limits import SharedCounters
+    from tallygate.routing.worker_cooldowns import CooldownTable
 
+    deployments = sum(len(group) for group in settings.models.values())
     # Where the workers leave their metrics snapshots for whichever serves /metrics.
     metrics_dir = tempfile.mkdtemp(prefix="tallygate-metrics-")
     settings = replace(settings, extra={**settings.extra, "shared_limits": SharedCounters(),
+                                        "shared_cooldowns": CooldownTable(2 * deployments + 64),
                                         "metrics_dir": metrics_dir})
     procs = [ctx.Process(target=_worker_main, args=(settings, host, port, True),
                          name=f"tallygate-worker-{i}") for i in range(workers)]

@@ -4,7 +4,9 @@ A deployment whose failures this minute (a wall-clock minute, the same on every
 gateway) pass ``allowed_fails``, or that answered 429 with a ``Retry-After``, is cooled
 down: no call is sent to it until the time is up. The check on the hot path is one dict
 read; counting happens only when an attempt fails. ``Cooldowns`` keeps the state in the
-process; ``tallygate.routing.shared.RedisCooldowns`` shares it between gateways.
+process; ``tallygate.routing.worker_cooldowns.WorkerCooldowns`` shares it between the
+worker processes of one gateway, ``tallygate.routing.shared.RedisCooldowns`` between
+gateways.
 """
 
 from __future__ import annotations

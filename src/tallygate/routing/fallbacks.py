@@ -6,11 +6,12 @@ refusal to ``content_policy_fallbacks``; every other failure a fallback can help
 every deployment cooling down or at its limit) goes to the request's own
 ``fallbacks``, else the group's entry in ``fallbacks``, else a ``"*"`` entry, else
 ``default_fallbacks``. A request's own fault (any other 400 or 422) falls back nowhere.
+A fallback may carry request params of its own (``FallbackTo``): its call uses them.
 """
 
 from __future__ import annotations
 
-from tallygate.routing.settings import RouterSettings
+from tallygate.routing.settings import Fallback, RouterSettings
 
 # Failure kinds and what they fall back by; absent: no fallback.
 _GENERIC = frozenset({"rate_limit", "server", "timeout", "auth", "not_found",
@@ -18,7 +19,7 @@ _GENERIC = frozenset({"rate_limit", "server", "timeout", "auth", "not_found",
 
 
 def fallback_chain(settings: RouterSettings, group: str, requested_name: str, kind: str,
-                   from_request: tuple[str, ...] | None) -> tuple[str, ...]:
+                   from_request: tuple[Fallback, ...] | None) -> tuple[Fallback, ...]:
     names = (group, requested_name)
     if kind == "context_window":
         table = settings.context_window_fallbacks

@@ -1,7 +1,8 @@
 """Routing options a request may carry in its body, as LiteLLM accepts them there:
-``fallbacks`` (model group names, or ``{"model": name}``), ``num_retries``, ``timeout``
-and ``disable_fallbacks``. They are the gateway's, so they are taken off the body before
-it goes upstream."""
+``fallbacks`` (model group names, or ``{"model": name, **params}`` whose call uses those
+request params, e.g. its own ``messages``), ``num_retries``, ``timeout`` and
+``disable_fallbacks``. They are the gateway's, so they are taken off the body before it
+goes upstream."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tallygate.errors import BadRequestError
+from tallygate.routing.settings import Fallback, FallbackTo, fallback_entry
 
 BODY_KEYS = ("fallbacks", "num_retries", "timeout", "disable_fallbacks")
 
@@ -17,32 +19,28 @@ BODY_KEYS = ("fallbacks", "num_retries", "timeout", "disable_fallbacks")
 class RouteOptions:
     num_retries: int | None = None
     timeout: float | None = None
-    fallbacks: tuple[str, ...] | None = None     # None: the config's
+    fallbacks: tuple[Fallback, ...] | None = None     # None: the config's
     disable_fallbacks: bool = False
+
+    @property
+    def fallback_params(self) -> bool:
+        """Whether a fallback of the request carries params of its own."""
+        return any(isinstance(f, FallbackTo) for f in self.fallbacks or ())
 
 
 NO_OPTIONS = RouteOptions()
 
 
-def _fallbacks(value: Any) -> tuple[str, ...]:
+def _bad(message: str, path: str) -> Exception:
+    return BadRequestError(f"'{path}' {message}", param=path, code="invalid_type")
+
+
+def _fallbacks(value: Any) -> tuple[Fallback, ...]:
     if not isinstance(value, list):
         raise BadRequestError("'fallbacks' must be a list of model names", param="fallbacks",
                               code="invalid_type")
-    out: list[str] = []
-    for i, item in enumerate(value):
-        if isinstance(item, dict):
-            extra = sorted(k for k in item if k != "model")
-            if extra:
-                raise BadRequestError(
-                    f"'fallbacks[{i}]' may only name a model here; per-fallback "
-                    f"parameters ({', '.join(extra)}) are not supported",
-                    param=f"fallbacks[{i}]", code="unsupported_parameter")
-            item = item.get("model")
-        if not isinstance(item, str) or not item:
-            raise BadRequestError(f"'fallbacks[{i}]' must be a model name",
-                                  param=f"fallbacks[{i}]", code="invalid_type")
-        out.append(item)
-    return tuple(out)
+    return tuple(fallback_entry(item, f"fallbacks[{i}]", _bad)
+                 for i, item in enumerate(value))
 
 
 def pop_options(body: dict[str, Any]) -> RouteOptions:

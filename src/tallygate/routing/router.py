@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from tallygate.access.ratelimit import Decision, Limit, LocalLimiter
 from tallygate.errors import (
@@ -40,7 +40,7 @@ from tallygate.routing.fallbacks import fallback_chain
 from tallygate.routing.groups import Group, Target, build_groups, by_id_groups
 from tallygate.routing.options import NO_OPTIONS, RouteOptions
 from tallygate.routing.retry import RetryPolicy
-from tallygate.routing.settings import RouterSettings
+from tallygate.routing.settings import Fallback, FallbackTo, RouterSettings, fallback_name
 from tallygate.routing.stats import Stats
 from tallygate.routing.strategies import balancer
 from tallygate.routing.wildcards import PatternSet, concrete_model, implied_provider
@@ -65,15 +65,18 @@ class Limiter(Protocol):
 class Attempt:
     """One try of a call on one deployment."""
 
-    __slots__ = ("broke", "committed_at", "deployment", "headers", "tag", "target",
-                 "used_tokens")
+    __slots__ = ("broke", "committed_at", "deployment", "headers", "params", "tag",
+                 "target", "used_tokens")
 
     def __init__(self, target: Target, deployment: Deployment, tag: Routing,
-                 headers: Mapping[str, str]) -> None:
+                 headers: Mapping[str, str],
+                 params: Mapping[str, Any] | None = None) -> None:
         self.target = target
         self.deployment = deployment     # what to call (timeouts already applied)
         self.tag = tag                   # the event's routing for this attempt
         self.headers = headers           # the answer's x-litellm-* / x-ratelimit-* headers
+        # A fallback's own request params, which replace the client's in its call.
+        self.params = params
         self.committed_at: float | None = None
         self.used_tokens: int | None = None
         self.broke: BaseException | None = None
@@ -145,6 +148,12 @@ class _Need:
         return self._prompt
 
 
+# (the fallback group's deployments, the fallback's own params or None) -> None
+Cover = Callable[[Sequence[Deployment], Mapping[str, Any] | None], Awaitable[None]]
+# a fallback's own params -> its call's (tokens, prompt_tokens) estimates
+Reestimate = Callable[[Mapping[str, Any]], tuple[Callable[[], int], Callable[[], int]]]
+
+
 class Counter(Generic[T]):
     def __init__(self) -> None:
         self.values: dict[T, int] = {}
@@ -186,8 +195,19 @@ class Router:
             self._plans.setdefault(model_id, Plan(model_id, g, g.targets))
         for alias in settings.aliases:
             self._plans[alias] = self._resolve_new(alias)
+        # Whether a configured fallback carries request params of its own.
+        self.param_fallbacks = any(
+            isinstance(item, FallbackTo)
+            for table in (settings.fallbacks, settings.context_window_fallbacks,
+                          settings.content_policy_fallbacks)
+            for chain in table.values() for item in chain)
         self.retries = Counter[str]()
         self.fallbacks = Counter[tuple[str, str]]()
+        # Health-check-driven routing (general_settings.enable_health_check_routing): the
+        # deployments the latest background round found unhealthy, until it goes stale.
+        self._unhealthy: frozenset[str] = frozenset()
+        self._unhealthy_until = 0.0
+        self._all_unhealthy_warned = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -267,17 +287,22 @@ class Router:
                   options: RouteOptions = NO_OPTIONS, stream: bool = False,
                   tokens: Callable[[], int] = lambda: 0,
                   prompt_tokens: Callable[[], int] = lambda: 0,
-                  cover: Callable[[Sequence[Deployment]], Awaitable[None]] | None = None
-                  ) -> T:
+                  cover: Cover | None = None,
+                  with_params: Reestimate | None = None) -> T:
         """Run ``call`` on a deployment of ``plan``, retrying and falling back as the
         settings say. ``tokens()`` estimates the call's tokens, input and output (read
         only when a deployment has a tpm), ``prompt_tokens()`` its input (read only by
-        the context-window check); ``cover(deployments)`` runs before a fallback group
-        is tried (the proxy grows the budget reservation there when it costs more)."""
+        the context-window check); ``cover(deployments, params)`` runs before a
+        fallback group is tried (the proxy grows the budget reservation there when it
+        costs more). ``with_params`` says that ``call`` applies a fallback's own
+        params (``Attempt.params``) and gives that call's (tokens, prompt_tokens);
+        without it a fallback carrying params is passed over, with a warning."""
         need = _Need(tokens, prompt_tokens)
+        fallback_need = need
+        fallback_params: Mapping[str, Any] | None = None
         attempts, fallbacks = 0, 0
         current = plan
-        chain: tuple[str, ...] | None = None
+        chain: tuple[Fallback, ...] | None = None
         position = 0
         primary: _GroupFailed | None = None
         tried: set[str] | None = None
@@ -292,8 +317,9 @@ class Router:
 
         while True:
             try:
-                return await self._run_group(current, call, options, stream, need,
-                                             attempts, fallbacks, fallback_left)
+                return await self._run_group(current, call, options, stream, fallback_need,
+                                             attempts, fallbacks, fallback_left,
+                                             fallback_params)
             except _GroupFailed as failed:
                 attempts = failed.attempts
                 if primary is None:
@@ -307,16 +333,24 @@ class Router:
                     tried = {plan.group.name}
                 assert tried is not None
                 nxt: Plan | None = None
+                params: Mapping[str, Any] | None = None
                 while nxt is None and position < len(chain):
-                    name = chain[position]
+                    item = chain[position]
                     position += 1
+                    name = fallback_name(item)
+                    params = item.params if isinstance(item, FallbackTo) else None
+                    if params is not None and with_params is None:
+                        log.warning("fallback %r of model %r carries request params that "
+                                    "this route cannot apply: passed over", name, plan.name)
+                        continue
                     try:
                         candidate = self.resolve(name)
                     except ModelNotFoundError:
                         log.warning("fallback %r of model %r names no model group", name,
                                     plan.name)
                         continue
-                    if candidate.group.name not in tried:
+                    # The same group with other params is another call: it may be tried.
+                    if candidate.group.name not in tried or params is not None:
                         nxt = candidate
                 if nxt is None:
                     raise primary.error from None
@@ -325,14 +359,20 @@ class Router:
                 self.fallbacks.inc((plan.group.name, nxt.group.name))
                 log.info("model %r falls back to %r after %s", plan.name, nxt.group.name,
                          failed.kind)
+                fallback_params = params
+                if params is not None and with_params is not None:
+                    fallback_need = _Need(*with_params(params))
+                else:
+                    fallback_need = need
                 if cover is not None:
-                    await cover(nxt.deployments)
+                    await cover(nxt.deployments, params)
                 current = nxt
 
     async def _run_group(self, plan: Plan, call: Callable[[Attempt], Awaitable[T]],
                          options: RouteOptions, stream: bool, need: _Need,
                          attempts: int, fallbacks: int,
-                         fallback_left: Callable[[str], bool]) -> T:
+                         fallback_left: Callable[[str], bool],
+                         params: Mapping[str, Any] | None) -> T:
         group = plan.group
         failed_ids: set[str] | None = None
         same: dict[str, int] | None = None
@@ -356,7 +396,8 @@ class Router:
             headers = target.headers(in_group - 1, fallbacks)
             if limit_headers:
                 headers = {**headers, **limit_headers}
-            attempt = Attempt(target, deployment, target.tag(attempts, fallbacks), headers)
+            attempt = Attempt(target, deployment, target.tag(attempts, fallbacks), headers,
+                              params)
             try:
                 return await self._attempt(group, attempt, call, tok)
             except BaseException as exc:
@@ -465,6 +506,8 @@ class Router:
                 raise self._all_cooling(group, targets, now)
         else:
             cands = targets
+        if self._unhealthy and len(cands) > 1:
+            cands = self._healthy(group, cands, now)
         if failed_ids and len(cands) > 1:
             fresh = [t for t in cands if t.model_id not in failed_ids]
             if fresh:
@@ -497,6 +540,33 @@ class Router:
         else:
             ordered = self._balancer.order(cands, time.monotonic(), now)
         return await self._within_limits(group, ordered, need, now)
+
+    def _healthy(self, group: Group, cands: Sequence[Target], now: float
+                 ) -> Sequence[Target]:
+        """``cands`` without those the latest health check found unhealthy; all of them
+        when none is left (LiteLLM's safety net: the calls still go somewhere)."""
+        if now >= self._unhealthy_until:
+            self._unhealthy = frozenset()  # stale: routing forgets it, as LiteLLM does
+            return cands
+        unhealthy = self._unhealthy
+        kept = [t for t in cands if t.model_id not in unhealthy]
+        if kept:
+            return kept
+        if now - self._all_unhealthy_warned > 60:
+            self._all_unhealthy_warned = now
+            log.warning("every deployment of model %r failed its last health check; "
+                        "routing to them anyway", group.name)
+        return cands
+
+    def health_checked(self, unhealthy: Iterable[str], at: float, stale_s: float) -> None:
+        """A background health round's verdict (deployment ids that failed it), heeded
+        by routing until ``stale_s`` after ``at``."""
+        self._unhealthy = frozenset(unhealthy)
+        self._unhealthy_until = at + stale_s
+
+    def unhealthy(self, now: float) -> frozenset[str]:
+        """The deployments health-check routing keeps out of rotation now."""
+        return self._unhealthy if now < self._unhealthy_until else frozenset()
 
     def _by_order(self, cands: Sequence[Target], now: float) -> list[Target]:
         levels: dict[float, list[Target]] = {}
@@ -557,6 +627,11 @@ class Router:
     async def _failed(self, group: Group, target: Target, failure: Failure) -> None:
         st = self.stats[target.model_id]
         st.failures[failure.kind] = st.failures.get(failure.kind, 0) + 1
+        await self.count_failure(group, target, failure)
+
+    async def count_failure(self, group: Group, target: Target, failure: Failure) -> None:
+        """Count a failure toward the deployment's cooldown (a call's, or with
+        ``allowed_fails_policy`` and health-check routing, a health check's)."""
         if not failure.blames_deployment or not group.cools:
             return
         if group.wildcard and failure.kind == "not_found":
@@ -602,5 +677,6 @@ class Router:
                 "in_flight": st.in_flight,
                 "latency_ms": round(latency * 1000, 3) if latency is not None else None,
                 "healthy": st.healthy,
+                "out_of_rotation_unhealthy": t.model_id in self.unhealthy(now),
             })
         return out

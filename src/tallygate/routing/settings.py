@@ -68,8 +68,50 @@ DEFAULT_ALLOWED_FAILS = 3
 DEFAULT_COOLDOWN_S = 5.0
 DEFAULT_MAX_FALLBACKS = 5
 
-Fallbacks = Mapping[str, tuple[str, ...]]
+# Request fields a fallback entry may not set: the gateway's (routing, who pays, the
+# answer's shape) or the deployment's (where and with which key it is called).
+NOT_PER_FALLBACK = frozenset({
+    "fallbacks", "num_retries", "timeout", "disable_fallbacks", "stream", "stream_options",
+    "user", "metadata", "api_key", "api_base", "base_url", "api_version",
+    "custom_llm_provider", "extra_headers", "drop_params"})
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackTo:
+    """A fallback entry that carries its own request params (LiteLLM's
+    ``{"model": "gpt-3.5", "temperature": 0.2}``): its call uses them instead of the
+    client's."""
+
+    model: str
+    params: Mapping[str, Any]
+
+
+# A fallback: a model group's name, or a name with the params its call uses.
+Fallback = str | FallbackTo
+Fallbacks = Mapping[str, tuple[Fallback, ...]]
 _EMPTY: Fallbacks = MappingProxyType({})
+
+
+def fallback_name(item: Fallback) -> str:
+    return item if isinstance(item, str) else item.model
+
+
+def fallback_entry(item: Any, path: str, error: Callable[[str, str], Exception]) -> Fallback:
+    """One fallback as LiteLLM takes it: a name, or ``{"model": name, **params}``.
+    ``error(message, path)`` makes the error to raise (a ConfigError, a 400)."""
+    if isinstance(item, str) and item:
+        return item
+    if not isinstance(item, dict):
+        raise error("must be a model group name or a mapping with a 'model'", path)
+    model = item.get("model")
+    if not isinstance(model, str) or not model:
+        raise error("must name its model group in 'model'", path)
+    params = {str(k): v for k, v in item.items() if k != "model"}
+    refused = sorted(k for k in params if k in NOT_PER_FALLBACK)
+    if refused:
+        raise error(f"{', '.join(refused)} cannot be set per fallback (only request "
+                    "params such as messages or temperature can)", path)
+    return FallbackTo(model, MappingProxyType(params)) if params else model
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +130,18 @@ class DeploymentRouting:
     health_check_model: str | None = None
     health_check_timeout: float | None = None
     template: str | None = None      # the configured provider/model when it has a ``*``
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRouting:
+    """general_settings.enable_health_check_routing and its companions: background
+    health checks take the deployments that fail them out of rotation."""
+
+    stale_s: float                   # health_check_staleness_threshold (interval x 2)
+    ignore_transient: bool = False   # health_check_ignore_transient_errors: 429/408
+    # router_settings.allowed_fails_policy is set: a failed check counts toward the
+    # deployment's cooldown by the policy instead of taking it out at once
+    by_policy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,19 +276,30 @@ def _names(value: Any, path: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _fallback_map(value: Any, path: str) -> dict[str, tuple[str, ...]]:
-    """LiteLLM's shape: ``[{"group": ["fallback", ...]}, ...]`` (a mapping is accepted)."""
+def _config_error(message: str, path: str) -> Exception:
+    return ConfigError(f"{path}: {message}")
+
+
+def _fallback_map(value: Any, path: str) -> dict[str, tuple[Fallback, ...]]:
+    """LiteLLM's shape: ``[{"group": ["fallback", ...]}, ...]`` (a mapping is accepted),
+    a fallback being a name or ``{"model": name, **request params}``."""
     if value is None:
         return {}
     items = [value] if isinstance(value, dict) else value
     if not isinstance(items, list):
         raise ConfigError(f'{path}: must be a list like [{{"model": ["fallback"]}}]')
-    out: dict[str, tuple[str, ...]] = {}
+    out: dict[str, tuple[Fallback, ...]] = {}
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not item:
             raise ConfigError(f'{path}[{i}]: must be a mapping like {{"model": ["fallback"]}}')
         for group, targets in item.items():
-            out[str(group)] = _names(targets, f"{path}[{i}].{group}")
+            where = f"{path}[{i}].{group}"
+            if isinstance(targets, str | dict):
+                targets = [targets]
+            if not isinstance(targets, list):
+                raise ConfigError(f"{where}: must be a list of model group names")
+            out[str(group)] = tuple(fallback_entry(t, f"{where}[{j}]", _config_error)
+                                    for j, t in enumerate(targets))
     return out
 
 
@@ -345,7 +410,7 @@ def parse_router_settings(raw: Any, litellm_settings: Mapping[str, Any], setting
     def reaches(name: str) -> bool:
         return name in aliases or resolves(name)
 
-    maps: dict[str, dict[str, tuple[str, ...]]] = {}
+    maps: dict[str, dict[str, tuple[Fallback, ...]]] = {}
     for key in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
         value, path = pick(key)
         maps[key] = _fallback_map(value, path)
@@ -353,8 +418,9 @@ def parse_router_settings(raw: Any, litellm_settings: Mapping[str, Any], setting
             if group != "*" and not reaches(group):
                 raise ConfigError(f"{path}: unknown model group {group!r}")
             for i, target in enumerate(targets):
-                if not reaches(target):
-                    raise ConfigError(f"{path}.{group}[{i}]: unknown model group {target!r}")
+                name = fallback_name(target)
+                if not reaches(name):
+                    raise ConfigError(f"{path}.{group}[{i}]: unknown model group {name!r}")
     value, path = pick("default_fallbacks")
     defaults = _names(value, path) if value is not None else ()
     for i, target in enumerate(defaults):
