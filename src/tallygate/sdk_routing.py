@@ -9,17 +9,22 @@ the engine on the deployment that made it, so the one that answers is the one bi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any, Protocol, TypeVar
 
 from tallygate.engine import CallContext
 from tallygate.errors import BadRequestError
 from tallygate.estimate import estimate_prompt_tokens, estimate_text_tokens
 from tallygate.providers.base import Deployment
+from tallygate.providers.registry import get_provider, provider_names
 from tallygate.routing import Attempt, Plan, RouteOptions
 from tallygate.routing import Router as RoutingRouter
 from tallygate.routing.settings import RouterSettings
+
+log = logging.getLogger("tallygate")
 
 T = TypeVar("T")
 # One attempt: the deployment to call and the call's context for it -> the answer.
@@ -69,15 +74,20 @@ class Routed:
     plan: Plan
     options: RouteOptions
     mock_response: str | None = None   # a per-call mock_response, on whichever answers
+    # Per-call provider parameters (api_version, input_type...): over the litellm_params
+    # of a deployment whose provider takes them, as LiteLLM's Router merges them.
+    provider_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     async def run(self, ctx: CallContext, one: OneAttempt[T], *, stream: bool = False,
                   params: Mapping[str, Any] | None = None) -> T:
-        mock = self.mock_response
+        mock, extra = self.mock_response, self.provider_kwargs
 
         async def attempt(att: Attempt) -> T:
             deployment = att.deployment
             if mock is not None:
                 deployment = replace(deployment, mock_response=mock)
+            if extra:
+                deployment = _with_provider_kwargs(deployment, extra)
             return await one(deployment, ctx.routed(att.tag))
 
         shape = params or {}
@@ -85,6 +95,30 @@ class Routed:
             self.plan, attempt, options=self.options, stream=stream,
             tokens=lambda: _prompt_tokens(shape) + _max_output(shape),
             prompt_tokens=lambda: _prompt_tokens(shape))
+
+
+def _with_provider_kwargs(deployment: Deployment, extra: Mapping[str, Any]) -> Deployment:
+    takes = get_provider(deployment.provider).litellm_params
+    mine = {k: v for k, v in extra.items() if k in takes}
+    other = sorted(k for k in extra if k not in takes)
+    if other:
+        log.warning("%s: no effect on deployment %s/%s (its provider does not take them)",
+                    ", ".join(other), deployment.provider, deployment.model)
+    return replace(deployment, params={**deployment.params, **mine}) if mine else deployment
+
+
+def provider_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take every provider's own per-call parameters off ``kwargs``."""
+    keys = _provider_keys() & kwargs.keys()
+    return {k: kwargs.pop(k) for k in sorted(keys) if kwargs[k] is not None}
+
+
+@cache
+def _provider_keys() -> frozenset[str]:
+    keys: set[str] = set()
+    for name in provider_names():
+        keys |= get_provider(name).litellm_params
+    return frozenset(keys)
 
 
 def fallback_entries(fallbacks: Any) -> list[dict[str, Any]]:
