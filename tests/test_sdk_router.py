@@ -207,3 +207,34 @@ def test_redis_shares_cooldowns_between_routers(sdk: SdkPaths, lago: FakeLago,
         props = lago.events[r.usage_event.call_id].properties
         assert props["model_id"] == f"healthy-{tag}"
         assert Decimal(props["response_cost"]) == Decimal("0.000026")
+
+
+def test_router_mock_response_and_failure_callbacks(sdk: SdkPaths, lago: FakeLago,
+                                                    openai_fake: FakeOpenAI) -> None:
+    failed: list[Any] = []
+
+    class Failures(tallygate.CustomLogger):
+        async def async_log_failure_event(self, failure: Any) -> None:
+            failed.append(failure)
+
+    tallygate.success_callback = ["lago"]
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    router = tallygate.Router(
+        model_list=[litellm_router.entry("g", "openai/gpt-4o-mini", dead, "dead", order=1),
+                    litellm_router.entry("g", "openai/gpt-4o-mini", openai_fake.base_url,
+                                         "healthy", order=2)],
+        redis_host="127.0.0.1")
+    assert router.get_model_names() == ["g"]
+    with pytest.raises(tallygate.BadRequestError, match="mock_response"):
+        router.completion(model="g", messages=MESSAGES, mock_response="mocked")
+    mocked = tallygate.Router(model_list=[
+        litellm_router.entry("m", "mock/anything", "http://unused", "healthy")])
+    r = mocked.completion(model="m", messages=MESSAGES, user="acme", mock_response="mocked")
+    assert r.choices[0].message.content == "mocked"
+    assert openai_fake.received == []
+    r = router.completion(model="g", messages=MESSAGES, user="acme", callbacks=[Failures()])
+    router.close()
+    assert r.choices[0].message.content == openai_fake.reply_text
+    assert [f.routing.model_id for f in failed] == ["dead"]
+    tallygate.flush()
+    assert lago.events[r.usage_event.call_id].properties["model_id"] == "healthy"

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -159,8 +160,11 @@ class Router:
 
     def get_model_names(self) -> list[str]:
         """The model names calls may name (groups and visible aliases)."""
-        router = self._shared or self._build()
-        return router.names()
+        if self._shared is not None:
+            return self._shared.names()
+        # Names need no Redis: a router without it, opening no connection.
+        settings = replace(self._settings.router, redis_url=None)
+        return RoutingRouter(self._settings.models, settings).names()
 
     @property
     def model_names(self) -> list[str]:
@@ -185,6 +189,11 @@ class Router:
                 raise BadRequestError(f"'fallbacks[{i}]': no model {name!r} in model_list",
                                       param=f"fallbacks[{i}]", code="model_not_found")
         mock = kwargs.pop("mock_response", None)
+        if mock is not None and any(d.provider != "mock" for d in plan.deployments):
+            # Only the mock provider answers from it; elsewhere it would call upstream.
+            raise BadRequestError("mock_response: tallygate answers it only from mock/ "
+                                  f"deployments, and model {model!r} has others",
+                                  param="mock_response", code="unsupported_parameter")
         return Routed(router, plan, options, mock if isinstance(mock, str) else None,
                       provider_kwargs(kwargs))
 
