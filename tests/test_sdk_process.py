@@ -33,6 +33,7 @@ EXPECTED_ALL = {
     "drop_params", "get_model_info", "get_supported_openai_params", "image_edit",
     "image_generation", "model_cost", "moderation", "rerank", "responses", "speech",
     "stream_chunk_builder", "text_completion", "token_counter", "transcription",
+    "Router",
 }
 
 

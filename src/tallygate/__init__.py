@@ -68,6 +68,7 @@ if TYPE_CHECKING:
         responses,
         text_completion,
     )
+    from tallygate.sdk_router import Router
 
 __version__ = "0.1.0"
 
@@ -83,6 +84,7 @@ _LAZY = {
     "acompletion": "tallygate.sdk",
     "embedding": "tallygate.sdk",
     "aembedding": "tallygate.sdk",
+    "Router": "tallygate.sdk_router",
     **{name: "tallygate.sdk_media" for name in (
         "image_generation", "aimage_generation", "image_edit", "aimage_edit",
         "transcription", "atranscription", "speech", "aspeech", "rerank", "arerank",
@@ -113,6 +115,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RequestTooLargeError",
+    "Router",
     "TallygateError",
     "UpstreamConnectionError",
     "UpstreamError",

@@ -29,7 +29,9 @@ from tallygate.providers.base import (
 )
 from tallygate.providers.registry import get_provider, split_model
 from tallygate.response import ChunkObject, ModelResponse
+from tallygate.routing import CURRENT_ATTEMPT
 from tallygate.runtime import runtime
+from tallygate.sdk_routing import Direct, Route, check_retries, fallback_entries, per_call_route
 from tallygate.sinks.factory import sink_accepts
 
 log = logging.getLogger("tallygate")
@@ -43,6 +45,9 @@ class SdkRecorder:
         self.resolved = resolved
 
     async def record(self, event: UsageEvent) -> None:
+        attempt = CURRENT_ATTEMPT.get()
+        if attempt is not None:  # the router corrects the deployment's tpm count with it
+            attempt.settled(event.usage.total_tokens)
         sinks = [s for s in self.resolved.sinks if sink_accepts(s, event.customer is not None)]
         if event.customer is None and "lago" in self.resolved.sinks:
             log.warning("call %s is unattributed (no customer for LAGO_API_CHARGE_BY): "
@@ -76,13 +81,11 @@ def _price_override(kwargs: dict[str, Any]) -> PriceOverride | None:
     return PriceOverride(**prices, per_request=per_request)
 
 
-def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | None,
-             metadata: Mapping[str, Any] | None, callbacks: Sequence[cb.Callback] | None,
-             api_base: str | None, api_key: str | None, timeout: float | None,
-             ) -> tuple[Deployment, dict[str, Any], CallContext, SdkRecorder]:
+def _deployment(model: str, kwargs: dict[str, Any], *, api_base: str | None,
+                api_key: str | None, timeout: float | None) -> Deployment:
+    """The deployment a call's own arguments describe; takes its keys off ``kwargs``."""
     if not isinstance(model, str) or not model:
         raise BadRequestError("model is required", param="model")
-    resolved = _module_callbacks(callbacks)
     provider, provider_model = split_model(model)
     mock_response = kwargs.pop("mock_response", None)
     # The provider's own litellm_params (api_version, vertex_project...) configure the
@@ -90,11 +93,23 @@ def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | N
     adapter = get_provider(provider)
     provider_params = {k: kwargs.pop(k) for k in sorted(adapter.litellm_params & kwargs.keys())
                        if kwargs[k] is not None}
-    deployment = Deployment(provider=provider, model=provider_model, api_base=api_base,
-                            api_key=api_key, timeout=timeout,
-                            price=_price_override(kwargs),
-                            mock_response=mock_response if isinstance(mock_response, str) else None,
-                            params=provider_params)
+    if kwargs.get("api_version") is not None:
+        # LiteLLM reads api_version only for the providers that version their API.
+        log.warning("api_version has no effect for provider %s (model %r)", provider, model)
+    kwargs.pop("api_version", None)
+    return Deployment(provider=provider, model=provider_model, api_base=api_base,
+                      api_key=api_key, timeout=timeout,
+                      price=_price_override(kwargs),
+                      mock_response=mock_response if isinstance(mock_response, str) else None,
+                      params=provider_params)
+
+
+def _context(model: str, kwargs: dict[str, Any], messages: Any, *, user: str | None,
+             metadata: Mapping[str, Any] | None, callbacks: Sequence[cb.Callback] | None
+             ) -> tuple[dict[str, Any], CallContext, SdkRecorder]:
+    """The call's upstream parameters (what is left of ``kwargs``), who pays, and where
+    its events go."""
+    resolved = _module_callbacks(callbacks)
     params = {k: v for k, v in kwargs.items() if v is not None}
     if messages is not None:
         params["messages"] = messages
@@ -104,7 +119,47 @@ def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | N
     charge_by = parse_charge_by(os.environ.get("LAGO_API_CHARGE_BY"))
     customer = resolve_customer(charge_by, end_user=user, metadata=meta)
     ctx = CallContext(model=model, customer=customer, end_user=user, metadata=meta)
-    return deployment, params, ctx, SdkRecorder(resolved)
+    return params, ctx, SdkRecorder(resolved)
+
+
+def _prepare(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | None,
+             metadata: Mapping[str, Any] | None, callbacks: Sequence[cb.Callback] | None,
+             api_base: str | None, api_key: str | None, timeout: float | None,
+             ) -> tuple[Deployment, dict[str, Any], CallContext, SdkRecorder]:
+    deployment = _deployment(model, kwargs, api_base=api_base, api_key=api_key,
+                             timeout=timeout)
+    params, ctx, recorder = _context(model, kwargs, messages, user=user, metadata=metadata,
+                                     callbacks=callbacks)
+    return deployment, params, ctx, recorder
+
+
+def _route(model: str, messages: Any, kwargs: dict[str, Any], *, user: str | None,
+           metadata: Mapping[str, Any] | None, callbacks: Sequence[cb.Callback] | None,
+           api_base: str | None, api_key: str | None, timeout: float | None,
+           num_retries: Any, fallbacks: Any,
+           ) -> tuple[Route, dict[str, Any], CallContext, SdkRecorder]:
+    """``_prepare`` for the calls that take LiteLLM's per-call ``num_retries`` and
+    ``fallbacks``: with either, the call goes through ``tallygate.routing``."""
+    retries = check_retries(num_retries)
+    if retries is None and fallbacks is None:
+        deployment, params, ctx, recorder = _prepare(
+            model, messages, kwargs, user=user, metadata=metadata, callbacks=callbacks,
+            api_base=api_base, api_key=api_key, timeout=timeout)
+        return Direct(deployment), params, ctx, recorder
+    entries = [{"model": model}, *fallback_entries(fallbacks or [])]
+    models: list[tuple[str, Deployment]] = []
+    taken: set[str] = set()
+    for entry in entries:
+        mine = dict(kwargs)  # each model takes its own provider's keys off a copy
+        models.append((entry["model"], _deployment(
+            entry["model"], mine, api_base=entry.get("api_base", api_base),
+            api_key=entry.get("api_key", api_key), timeout=timeout)))
+        taken |= kwargs.keys() - mine.keys()
+    for key in taken:
+        kwargs.pop(key)
+    params, ctx, recorder = _context(model, kwargs, messages, user=user, metadata=metadata,
+                                     callbacks=callbacks)
+    return per_call_route(models, retries), params, ctx, recorder
 
 
 def _drop_unsupported(deployment: Deployment, params: dict[str, Any],
@@ -144,25 +199,47 @@ async def acompletion(model: str, messages: list[dict[str, Any]], *, stream: boo
                       timeout: float | None = None,
                       callbacks: Sequence[cb.Callback] | None = None,
                       drop_params: bool | None = None,
+                      num_retries: int | None = None, fallbacks: list[Any] | None = None,
                       **kwargs: Any) -> Any:
     """A chat completion (OpenAI parameters). Returns a ModelResponse, or with
-    ``stream=True`` an async iterator of chunks (``AsyncCompletionStream``)."""
+    ``stream=True`` an async iterator of chunks (``AsyncCompletionStream``).
+    ``num_retries`` retries the model on retryable errors; ``fallbacks`` are models
+    tried in order after it fails (``tallygate.routing`` runs both)."""
     if not isinstance(messages, list) or not messages:
         raise BadRequestError("messages must be a non-empty list", param="messages")
-    deployment, params, ctx, recorder = _prepare(
+    route, params, ctx, recorder = _route(
         model, messages, kwargs, user=user, metadata=metadata, callbacks=callbacks,
-        api_base=api_base, api_key=api_key, timeout=timeout)
-    dropped = _drop_unsupported(deployment, params, drop_params)
+        api_base=api_base, api_key=api_key, timeout=timeout, num_retries=num_retries,
+        fallbacks=fallbacks)
+    return await routed_chat(route, params, ctx, recorder, stream=stream,
+                             drop_params=drop_params)
+
+
+async def routed_chat(route: Route, params: dict[str, Any], ctx: CallContext,
+                      recorder: SdkRecorder, *, stream: bool, drop_params: bool | None
+                      ) -> Any:
+    """A chat call's attempts on the deployments ``route`` gives (tallygate.Router's
+    calls come here too)."""
     await runtime.aensure_sinks(recorder.resolved.sinks)
-    if stream:
-        options = params.pop("stream_options", None) or {}
-        include_usage = bool(options.get("include_usage"))
-        chat_stream = ChatStream(deployment, params, ctx, recorder, default_price_book,
-                                 include_usage)
-        await chat_stream.open()
-        return AsyncCompletionStream(chat_stream)
-    result, event = await engine.chat(deployment, params, ctx, recorder, default_price_book)
-    return ModelResponse(result.body, event, dropped)
+
+    async def one(deployment: Deployment, actx: CallContext) -> Any:
+        mine = dict(params)  # a retry sees the params as they came
+        dropped = _drop_unsupported(deployment, mine, drop_params)
+        if stream:
+            options = mine.pop("stream_options", None) or {}
+            include_usage = bool(options.get("include_usage"))
+            chat_stream = ChatStream(deployment, mine, actx, recorder, default_price_book,
+                                     include_usage)
+            await chat_stream.open()
+            attempt = CURRENT_ATTEMPT.get()
+            if attempt is not None:
+                attempt.commit()  # the stream is the caller's now: no retry after this
+            return AsyncCompletionStream(chat_stream)
+        result, event = await engine.chat(deployment, mine, actx, recorder,
+                                          default_price_book)
+        return ModelResponse(result.body, event, dropped)
+
+    return await route.run(ctx, one, stream=stream, params=params)
 
 
 def completion(model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
@@ -177,16 +254,27 @@ async def aembedding(model: str, input: str | list[str], *, user: str | None = N
                      metadata: Mapping[str, Any] | None = None, api_base: str | None = None,
                      api_key: str | None = None, timeout: float | None = None,
                      callbacks: Sequence[cb.Callback] | None = None,
+                     num_retries: int | None = None, fallbacks: list[Any] | None = None,
                      **kwargs: Any) -> ModelResponse:
     """Embeddings from an OpenAI-compatible endpoint, billed with input tokens only."""
     kwargs["input"] = input
-    deployment, params, ctx, recorder = _prepare(
+    route, params, ctx, recorder = _route(
         model, None, kwargs, user=user, metadata=metadata, callbacks=callbacks,
-        api_base=api_base, api_key=api_key, timeout=timeout)
+        api_base=api_base, api_key=api_key, timeout=timeout, num_retries=num_retries,
+        fallbacks=fallbacks)
+    return await routed_embedding(route, params, ctx, recorder)
+
+
+async def routed_embedding(route: Route, params: dict[str, Any], ctx: CallContext,
+                           recorder: SdkRecorder) -> ModelResponse:
     await runtime.aensure_sinks(recorder.resolved.sinks)
-    result, event = await engine.embedding(deployment, params, ctx, recorder,
-                                           default_price_book)
-    return ModelResponse(result.body, event)
+
+    async def one(deployment: Deployment, actx: CallContext) -> ModelResponse:
+        result, event = await engine.embedding(deployment, dict(params), actx, recorder,
+                                               default_price_book)
+        return ModelResponse(result.body, event)
+
+    return await route.run(ctx, one, params=params)
 
 
 def embedding(model: str, input: str | list[str], **kwargs: Any) -> ModelResponse:

@@ -24,15 +24,17 @@ from tallygate.doors.completions_translate import to_chat as completion_to_chat
 from tallygate.doors.responses_native import PassthroughDecoder, answer_reader, is_native
 from tallygate.doors.responses_render import ResponseStreamEncoder, base_response, from_chat
 from tallygate.doors.responses_request import estimate_messages, parse, to_chat
-from tallygate.engine import ChatStream
+from tallygate.engine import CallContext, ChatStream
 from tallygate.errors import BadRequestError
 from tallygate.event import UsageEvent
 from tallygate.pricing import default_price_book
-from tallygate.providers.base import NativeCompletions
+from tallygate.providers.base import Deployment, NativeCompletions
 from tallygate.providers.registry import get_provider
 from tallygate.response import ModelResponse, ResponseObject
+from tallygate.routing import CURRENT_ATTEMPT
 from tallygate.runtime import runtime
-from tallygate.sdk import _prepare
+from tallygate.sdk import SdkRecorder, _route
+from tallygate.sdk_routing import Route
 
 
 class ResponseEventStream:
@@ -90,21 +92,48 @@ async def aresponses(input: Any = None, model: str = "", *, stream: bool = False
                      api_base: str | None = None, api_key: str | None = None,
                      timeout: float | None = None,
                      callbacks: Sequence[cb.Callback] | None = None,
+                     num_retries: int | None = None, fallbacks: list[Any] | None = None,
                      **kwargs: Any) -> Any:
     """A Responses API call (OpenAI's parameters: ``input``, ``instructions``, ``tools``,
     ``text``, ``reasoning``, ``max_output_tokens``...). Returns the Response, or with
     ``stream=True`` an async iterator of its events."""
-    deployment, params, ctx, recorder = _prepare(
+    route, params, ctx, recorder = _route(
         model, None, kwargs, user=user, metadata=metadata, callbacks=callbacks,
-        api_base=api_base, api_key=api_key, timeout=timeout)
-    body: dict[str, Any] = {**params, "model": deployment.model, "stream": stream}
+        api_base=api_base, api_key=api_key, timeout=timeout, num_retries=num_retries,
+        fallbacks=fallbacks)
+    return await routed_responses(route, params, ctx, recorder, input=input, stream=stream,
+                                  metadata=metadata)
+
+
+async def routed_responses(route: Route, params: dict[str, Any], ctx: CallContext,
+                           recorder: SdkRecorder, *, input: Any, stream: bool,
+                           metadata: Mapping[str, Any] | None) -> Any:
+    """A Responses call's attempts on the deployments ``route`` gives."""
+    first = {**params, "model": ctx.model, "stream": stream}
     if input is not None:
-        body["input"] = input
+        first["input"] = input
     if metadata:
-        body["metadata"] = dict(metadata)
-    rq = parse(body)
-    estimate = {"messages": estimate_messages(rq)}
+        first["metadata"] = dict(metadata)
+    parse(first)  # a malformed request is the caller's 400 before any attempt
     await runtime.aensure_sinks(recorder.resolved.sinks)
+
+    async def one(deployment: Deployment, actx: CallContext) -> Any:
+        body: dict[str, Any] = {**first, "model": deployment.model}
+        rq = parse(body)
+        return await _respond(deployment, body, rq, actx, recorder, stream)
+
+    return await route.run(ctx, one, stream=stream, params={"input": input})
+
+
+def _committed() -> None:
+    attempt = CURRENT_ATTEMPT.get()
+    if attempt is not None:
+        attempt.commit()  # the stream is the caller's now: no retry after this
+
+
+async def _respond(deployment: Deployment, body: dict[str, Any], rq: Any, ctx: CallContext,
+                   recorder: SdkRecorder, stream: bool) -> Any:
+    estimate = {"messages": estimate_messages(rq)}
     if is_native(deployment):
         upstream = get_provider(deployment.provider).responses_request(
             deployment, orjson.dumps(body))
@@ -116,6 +145,7 @@ async def aresponses(input: Any = None, model: str = "", *, stream: bool = False
         chat_stream = ChatStream(deployment, estimate, ctx, recorder, default_price_book,
                                  include_usage=False, request=upstream, decoder=decoder)
         await chat_stream.open()
+        _committed()
 
         async def passed() -> AsyncIterator[bytes]:
             async for items in chat_stream.pieces():
@@ -141,6 +171,7 @@ async def aresponses(input: Any = None, model: str = "", *, stream: bool = False
     chat_stream = ChatStream(deployment, call.params, ctx, recorder, default_price_book,
                              include_usage=False)
     await chat_stream.open()
+    _committed()
     encoder = ResponseStreamEncoder(base_response(rq, response_id, deployment.model),
                                     call.namespaced)
 
@@ -168,34 +199,46 @@ async def atext_completion(prompt: Any, model: str = "", *, user: str | None = N
                            api_base: str | None = None, api_key: str | None = None,
                            timeout: float | None = None,
                            callbacks: Sequence[cb.Callback] | None = None,
+                           num_retries: int | None = None,
+                           fallbacks: list[Any] | None = None,
                            **kwargs: Any) -> ModelResponse:
     """A legacy text completion (not streamed): passed through to a provider that serves
     ``/completions``, else one chat turn rendered back as a ``text_completion``."""
     if kwargs.get("stream"):
         raise BadRequestError("text_completion(stream=True) is not supported by the SDK; "
                               "use completion(stream=True)", param="stream")
-    deployment, params, ctx, recorder = _prepare(
+    route, params, ctx, recorder = _route(
         model, None, kwargs, user=user, metadata=metadata, callbacks=callbacks,
-        api_base=api_base, api_key=api_key, timeout=timeout)
-    data: dict[str, Any] = {**params, "model": deployment.model, "prompt": prompt}
-    check_completion(data)
-    await runtime.aensure_sinks(recorder.resolved.sinks)
-    provider = get_provider(deployment.provider)
-    if isinstance(provider, NativeCompletions):
-        estimate = {"messages": [{"role": "user", "content": str(prompt)}]}
-        result, event = await engine.forward(
-            deployment, provider.completion_request(deployment, data, stream=False),
-            lambda raw: provider.completion_response(deployment, raw), estimate, ctx,
-            recorder, default_price_book, kind="completion")
-        return ModelResponse(result.body, event)
-    from tallygate.doors.completions_translate import to_text_completion
+        api_base=api_base, api_key=api_key, timeout=timeout, num_retries=num_retries,
+        fallbacks=fallbacks)
+    return await routed_text_completion(route, params, ctx, recorder, prompt=prompt)
 
-    chat, dropped = completion_to_chat(data, deployment)
-    echo = chat["messages"][0]["content"] if data.get("echo") else ""
-    result, event = await engine.chat(deployment, chat, ctx, recorder, default_price_book,
-                                      kind="completion")
-    return ModelResponse(to_text_completion(result.body, event.usage, echo, ctx.call_id),
-                         event, tuple(dropped))
+
+async def routed_text_completion(route: Route, params: dict[str, Any], ctx: CallContext,
+                                 recorder: SdkRecorder, *, prompt: Any) -> ModelResponse:
+    check_completion({**params, "model": ctx.model, "prompt": prompt})
+    await runtime.aensure_sinks(recorder.resolved.sinks)
+
+    async def one(deployment: Deployment, actx: CallContext) -> ModelResponse:
+        data: dict[str, Any] = {**params, "model": deployment.model, "prompt": prompt}
+        provider = get_provider(deployment.provider)
+        if isinstance(provider, NativeCompletions):
+            estimate = {"messages": [{"role": "user", "content": str(prompt)}]}
+            result, event = await engine.forward(
+                deployment, provider.completion_request(deployment, data, stream=False),
+                lambda raw: provider.completion_response(deployment, raw), estimate, actx,
+                recorder, default_price_book, kind="completion")
+            return ModelResponse(result.body, event)
+        from tallygate.doors.completions_translate import to_text_completion
+
+        chat, dropped = completion_to_chat(data, deployment)
+        echo = chat["messages"][0]["content"] if data.get("echo") else ""
+        result, event = await engine.chat(deployment, chat, actx, recorder,
+                                          default_price_book, kind="completion")
+        return ModelResponse(to_text_completion(result.body, event.usage, echo, actx.call_id),
+                             event, tuple(dropped))
+
+    return await route.run(ctx, one, params={"prompt": prompt})
 
 
 def text_completion(prompt: Any, model: str = "", **kwargs: Any) -> ModelResponse:
