@@ -90,7 +90,10 @@ def test_an_in_stream_upstream_error_is_scrubbed(tmp_path: Path, lago: FakeLago,
                         {"model": "claude", "max_tokens": 5, "messages": MESSAGES,
                          "stream": True})
     for reply in (chat, messages):
-        assert reply.status == 200 and "error" in reply.text, reply.text
+        # Where the error event comes in the same read as the stream's first event, no
+        # byte has reached the client yet: the router counts a failed attempt and the
+        # client gets an error answer instead of an error event. Either way, scrubbed.
+        assert reply.status in (200, 502, 503, 529) and "error" in reply.text, reply.text
         for secret in _secrets():
             assert secret not in reply.text, (secret, reply.text)
 
