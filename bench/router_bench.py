@@ -2,6 +2,7 @@
 against awaiting that attempt directly (target: at most 20 microseconds a call).
 
     .venv/bin/python bench/router_bench.py            # prints a table and ROUTERJSON {...}
+    .venv/bin/python bench/router_bench.py --write BENCHMARKS.md   # and its section there
 
 Cases: a group with one deployment (the hot path: it must cost nothing measurable), two
 deployments with simple-shuffle, latency-based and least-busy, a deployment with an
@@ -12,10 +13,14 @@ router's work is timed, in CPU time of the thread, best of five rounds.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from tallygate.errors import UpstreamError
@@ -25,6 +30,8 @@ from tallygate.routing.settings import DeploymentRouting, RouterSettings
 
 N = 50_000
 ROUNDS = 5
+TARGET_US = 20.0
+MARK_START, MARK_END = "<!-- router_bench:start -->", "<!-- router_bench:end -->"
 
 
 def _router(count: int, strategy: str = "simple-shuffle", rpm: int | None = None,
@@ -78,7 +85,7 @@ async def _case(router: Router, call: Callable[[Attempt], Awaitable[int]],
     return min(samples)  # the least disturbed round
 
 
-async def main() -> None:
+async def measure() -> dict[str, float]:
     cases: list[tuple[str, Router, Callable[[Attempt], Awaitable[int]], int]] = [
         ("one deployment", _router(1), _nothing, N),
         ("two, simple-shuffle", _router(2), _nothing, N),
@@ -95,7 +102,38 @@ async def main() -> None:
         results[name] = round(us, 2)
         print(f"{name:34} {us:8.2f} us")
     print("ROUTERJSON " + json.dumps(results))
+    return results
+
+
+def write_section(path: Path, results: dict[str, float]) -> None:
+    """The figures as their own section of BENCHMARKS.md (replaced on each run)."""
+    lines = [MARK_START, "## The router's cost per call (`bench/router_bench.py`)", "",
+             "`Router.run` around an attempt that does nothing, minus awaiting the attempt "
+             "directly: CPU time of the thread, best of five rounds (issue 12's target: "
+             f"at most {TARGET_US:.0f} µs a call; the failure path is two attempts, for "
+             "scale).", "", "| case | µs per call | target |", "|---|---:|---|"]
+    for name, us in results.items():
+        verdict = "for scale" if "failure" in name else (
+            "met" if us <= TARGET_US else "**missed**")
+        lines.append(f"| {name} | {us:.2f} | {verdict} |")
+    lines.append(MARK_END)
+    text = path.read_text() if path.exists() else ""
+    section = "\n".join(lines)
+    pattern = re.compile(re.escape(MARK_START) + ".*?" + re.escape(MARK_END), re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else (
+        text.rstrip() + "\n\n" + section + "\n")
+    path.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", type=Path, default=None)
+    args = parser.parse_args()
+    results = asyncio.run(measure())
+    if args.write is not None:
+        write_section(args.write, results)
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(main())

@@ -24,6 +24,8 @@ fi
 
 .venv/bin/python bench/run_bench.py "$@"
 .venv/bin/python bench/report.py bench/results/latest.json BENCHMARKS.md
+# The router's own cost per call (issue 12: at most 20 µs), its own section.
+.venv/bin/python bench/router_bench.py --write BENCHMARKS.md
 # The dashboard's overview over a 1M-call ledger, SQLite and PostgreSQL (its own section).
 .venv/bin/python bench/ui_overview.py --write BENCHMARKS.md
 bench/.venv-plot/bin/python bench/plot.py bench/results/latest.json bench/latency.png

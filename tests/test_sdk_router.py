@@ -238,3 +238,17 @@ def test_router_mock_response_and_failure_callbacks(sdk: SdkPaths, lago: FakeLag
     assert [f.routing.model_id for f in failed] == ["dead"]
     tallygate.flush()
     assert lago.events[r.usage_event.call_id].properties["model_id"] == "healthy"
+
+
+def test_fallbacks_with_their_own_params_are_refused_not_ignored() -> None:
+    """The proxy applies a fallback entry's params; the SDK Router refuses them rather
+    than calling the fallback with the caller's params."""
+    entries = [{"model_name": "a", "litellm_params": {"model": "mock/a"}},
+               {"model_name": "b", "litellm_params": {"model": "mock/b"}}]
+    with pytest.raises(tallygate.ConfigError, match="own params"):
+        tallygate.Router(model_list=entries,
+                         fallbacks=[{"a": [{"model": "b", "temperature": 0.2}]}])
+    router = tallygate.Router(model_list=entries)
+    with pytest.raises(tallygate.BadRequestError, match=r"fallbacks\[0\]"):
+        router.completion(model="a", messages=[{"role": "user", "content": "hi"}],
+                          fallbacks=[{"model": "b", "temperature": 0.2}])

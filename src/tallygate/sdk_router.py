@@ -30,7 +30,7 @@ from tallygate.providers.base import PER_REQUEST_PRICE_KEY, PRICE_KEYS, Deployme
 from tallygate.response import ModelResponse
 from tallygate.routing import Router as RoutingRouter
 from tallygate.routing import pop_options
-from tallygate.routing.settings import ROUTER_KEYS
+from tallygate.routing.settings import ROUTER_KEYS, FallbackTo
 from tallygate.runtime import runtime
 from tallygate.sdk import (
     CompletionStream,
@@ -115,6 +115,11 @@ class Router:
         scrub.register([*(d.api_key for g in self._settings.models.values() for d in g),
                         redis_password])
         r = self._settings.router
+        for kind in (r.fallbacks, r.context_window_fallbacks, r.content_policy_fallbacks):
+            if any(isinstance(item, FallbackTo) for items in kind.values() for item in items):
+                # The proxy's calls apply a fallback's own params; the SDK's do not yet.
+                raise ConfigError("Router: fallbacks with their own params are supported "
+                                  "by the proxy only; name the fallback model groups here")
         self._redis_url = r.redis_url
         self._shared = self._build() if r.redis_url is None else None
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RoutingRouter] = (
@@ -184,7 +189,13 @@ class Router:
                 "set them in litellm_params there", param=own[0],
                 code="unsupported_parameter")
         options = pop_options(kwargs)  # num_retries, timeout, fallbacks, disable_fallbacks
-        for i, name in enumerate(options.fallbacks or ()):
+        for i, item in enumerate(options.fallbacks or ()):
+            if isinstance(item, FallbackTo):
+                # The proxy's calls apply a fallback's own params; the SDK's do not yet.
+                raise BadRequestError(f"'fallbacks[{i}]': a Router call's fallbacks are "
+                                      "model names (params per fallback: the proxy only)",
+                                      param=f"fallbacks[{i}]", code="unsupported_parameter")
+            name = item
             if not router.resolves(name):
                 raise BadRequestError(f"'fallbacks[{i}]': no model {name!r} in model_list",
                                       param=f"fallbacks[{i}]", code="model_not_found")
