@@ -19,6 +19,7 @@ from tallygate.errors import (
     BadRequestError,
     ConfigError,
     UpstreamError,
+    retry_after_of,
     upstream_error_for,
 )
 from tallygate.estimate import estimate_text_tokens
@@ -306,10 +307,7 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upst
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
         message = parsed["message"]
-    keep = {}
-    retry_after = headers.get("retry-after") or headers.get("Retry-After")
-    if retry_after:
-        keep["Retry-After"] = retry_after
+    keep = retry_after_of(headers)
     if status == 498:
         status = 401
     elif status == 499:

@@ -17,7 +17,13 @@ from typing import Any
 
 import orjson
 
-from tallygate.errors import BadRequestError, ConfigError, UpstreamError, upstream_error_for
+from tallygate.errors import (
+    BadRequestError,
+    ConfigError,
+    UpstreamError,
+    retry_after_of,
+    upstream_error_for,
+)
 from tallygate.estimate import estimate_text_tokens
 from tallygate.providers import translate as tr
 from tallygate.providers.base import (
@@ -313,10 +319,7 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upst
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
         message = parsed["error"]
-    keep = {}
-    retry_after = headers.get("retry-after") or headers.get("Retry-After")
-    if retry_after:
-        keep["Retry-After"] = retry_after
+    keep = retry_after_of(headers)
     return upstream_error_for(status, message, headers=keep)
 
 
