@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import anthropic
+import openai
 import pytest
 import yaml
 from aiohttp import web
@@ -358,6 +360,23 @@ def anthropic_upstream_fixture() -> Iterator[FakeAnthropic]:
     with run_in_thread(FakeAnthropic()) as fake:
         fake.require_api_key = UPSTREAM_KEY
         yield fake
+
+
+# The official SDK as the client of a module's own ``proxy`` fixture (one of the two, as
+# ``client``), closed after the test with its pooled sockets.
+
+@pytest.fixture(name="client")
+def openai_client_fixture(proxy: RunningProxy) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=MASTER_KEY,
+                       max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture(name="client")
+def anthropic_client_fixture(proxy: RunningProxy) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=proxy.base_url, api_key=MASTER_KEY,
+                             max_retries=0) as client:
+        yield client
 
 
 def billed(lago: FakeLago, call_id: str, customer: str, *, timeout: float = 10.0) -> Any:

@@ -34,6 +34,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     config_dict,
     lago_env,
     lago_fixture,
+    openai_client_fixture,
     proxy_settings,
     run_proxy,
     wait_for,
@@ -73,13 +74,6 @@ def proxy_fixture(tmp_path: Path, lago: FakeLago, fake: FakeBedrock) -> Iterator
     cfg["router_settings"] = {"num_retries": 0}
     with run_proxy(proxy_settings(tmp_path, cfg, lago_env(lago))) as proxy:
         yield proxy
-
-
-@pytest.fixture(name="client")
-def client_fixture(proxy: RunningProxy) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=MASTER_KEY,
-                       max_retries=0) as client:
-        yield client
 
 
 def assert_billed(lago: FakeLago, call_id: str, customer: str, cost: Decimal, *,
