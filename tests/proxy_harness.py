@@ -318,6 +318,24 @@ def http(method: str, url: str, body: Any = None, *, key: str | None = MASTER_KE
                      exc.read().decode())
 
 
+def raw_exchange(base_url: str, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` as it is (malformed HTTP too) on a socket to ``base_url`` and read
+    until the server closes it or ``timeout`` passes without a byte."""
+    host, port = base_url.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                got = s.recv(65536)
+            except TimeoutError:
+                break
+            if not got:
+                break
+            chunks.append(got)
+        return b"".join(chunks)
+
+
 def assert_openai_error(reply: Reply, status: int, *, code: str | None = None,
                         param: str | None = None, error_type: str | None = None) -> dict[str, Any]:
     """The status and the exact OpenAI error shape {"error": {message,type,param,code}}."""
