@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import anthropic
@@ -42,6 +42,9 @@ from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.lago_server import TEST_API_KEY, FakeLago
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.server_base import run_in_thread
+
+if TYPE_CHECKING:
+    from google import genai
 
 T = TypeVar("T")
 
@@ -316,6 +319,16 @@ def http(method: str, url: str, body: Any = None, *, key: str | None = MASTER_KE
     except urllib.error.HTTPError as exc:
         return Reply(exc.code, {k.lower(): v for k, v in exc.headers.items()},
                      exc.read().decode())
+
+
+def gemini_client(base_url: str, key: str = MASTER_KEY) -> genai.Client:
+    """Google's google-genai SDK on the proxy's Gemini door (v1beta), one attempt a call."""
+    from google import genai
+    from google.genai import types
+
+    return genai.Client(api_key=key, http_options=types.HttpOptions(
+        base_url=base_url, api_version="v1beta",
+        retry_options=types.HttpRetryOptions(attempts=1)))
 
 
 def raw_exchange(base_url: str, data: bytes, timeout: float = 5.0) -> bytes:

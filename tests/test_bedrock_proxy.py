@@ -32,6 +32,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     await_for,
     billed,
     config_dict,
+    gemini_client,
     lago_env,
     lago_fixture,
     openai_client_fixture,
@@ -414,13 +415,10 @@ def test_responses_door_to_bedrock(client: openai.OpenAI, fake: FakeBedrock,
 # --- the Gemini door ----------------------------------------------------------------------
 
 def test_gemini_door_to_bedrock(proxy: RunningProxy, fake: FakeBedrock, lago: FakeLago) -> None:
-    from google import genai
     from google.genai import types
 
     fake.input_tokens, fake.output_tokens = 64, 9
-    gemini = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(
-        base_url=proxy.base_url, api_version="v1beta",
-        retry_options=types.HttpRetryOptions(attempts=1)))
+    gemini = gemini_client(proxy.base_url)
     config = types.GenerateContentConfig(system_instruction="Be brief.",
                                          labels={"user": "gem-1"})
     answer = gemini.models.generate_content(model="claude", contents="Say hi", config=config)

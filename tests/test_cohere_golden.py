@@ -37,12 +37,12 @@ from tests.golden_support import (  # noqa: F401  (the client fixture)
 from tests.proxy_harness import (
     CALL_ID_HEADER,
     COST_HEADER,
-    MASTER_KEY,
     UPSTREAM_KEY,
     RunningProxy,
     await_for,
     billed,
     config_dict,
+    gemini_client,
     lago_env,
     proxy_settings,
     run_proxy,
@@ -327,7 +327,6 @@ def test_responses_door_reaches_cohere(world: World, client: openai.OpenAI) -> N
 # --- legacy completions and the Gemini door -----------------------------------------------
 
 def test_completions_and_gemini_doors_reach_cohere(world: World, client: openai.OpenAI) -> None:
-    from google import genai
     from google.genai import types
 
     world.cohere.input_tokens, world.cohere.output_tokens = 13, 3
@@ -338,9 +337,7 @@ def test_completions_and_gemini_doors_reach_cohere(world: World, client: openai.
     ev = billed(world.lago, raw.headers[CALL_ID_HEADER], "acme")
     assert ev.properties["kind"] == "completion"
     assert Decimal(ev.properties["response_cost"]) == command_a_cost(13, 3)
-    gemini = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(
-        base_url=world.proxy.base_url, api_version="v1beta",
-        retry_options=types.HttpRetryOptions(attempts=1)))
+    gemini = gemini_client(world.proxy.base_url)
     config = types.GenerateContentConfig(system_instruction="Be brief.",
                                          labels={"user": "gem-co"})
     answer = gemini.models.generate_content(model="command", contents="Say hi", config=config)

@@ -38,6 +38,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     anthropic_upstream_fixture,
     billed,
     config_dict,
+    gemini_client,
     http,
     lago_env,
     lago_fixture,
@@ -148,9 +149,7 @@ def key_fixture(proxy: RunningProxy) -> str:
 
 
 def client(proxy: RunningProxy, key: str) -> genai.Client:
-    return genai.Client(api_key=key, http_options=types.HttpOptions(
-        base_url=proxy.base_url, api_version="v1beta",
-        retry_options=types.HttpRetryOptions(attempts=1)))
+    return gemini_client(proxy.base_url, key)
 
 
 def _script(gemini: FakeGemini, upstream: FakeOpenAI, claude: FakeAnthropic,

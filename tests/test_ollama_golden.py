@@ -34,11 +34,11 @@ from tests.golden_support import (  # noqa: F401  (the client fixture)
 from tests.proxy_harness import (
     CALL_ID_HEADER,
     COST_HEADER,
-    MASTER_KEY,
     RunningProxy,
     await_for,
     billed,
     config_dict,
+    gemini_client,
     lago_env,
     proxy_settings,
     run_proxy,
@@ -345,7 +345,6 @@ def test_responses_door_reaches_ollama(world: World, client: openai.OpenAI) -> N
 # --- legacy completions and the Gemini door -----------------------------------------------
 
 def test_completions_and_gemini_doors_reach_ollama(world: World, client: openai.OpenAI) -> None:
-    from google import genai
     from google.genai import types
 
     world.ollama.prompt_eval_count, world.ollama.eval_count = 9, 4
@@ -356,9 +355,7 @@ def test_completions_and_gemini_doors_reach_ollama(world: World, client: openai.
     ev = billed(world.lago, raw.headers[CALL_ID_HEADER], "lab")
     assert ev.properties["kind"] == "completion"
     assert Decimal(ev.properties["response_cost"]) == cost(9, 4)
-    gemini = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(
-        base_url=world.proxy.base_url, api_version="v1beta",
-        retry_options=types.HttpRetryOptions(attempts=1)))
+    gemini = gemini_client(world.proxy.base_url)
     config = types.GenerateContentConfig(labels={"user": "gem-ol"})
     text = "".join(c.text or "" for c in gemini.models.generate_content_stream(
         model="llama", contents="Say hi", config=config))
