@@ -295,11 +295,7 @@ class FakeCompat(FakeServer):
         if self.reasoning_text:
             message["reasoning_content"] = self.reasoning_text
         if self.tool_call is not None:
-            message["content"] = None
-            message["tool_calls"] = [{
-                "id": self.tool_call.id, "type": "function",
-                "function": {"name": self.tool_call.name,
-                             "arguments": orjson.dumps(self.tool_call.arguments).decode()}}]
+            self.tool_call.openai_message(message)
             finish = "tool_calls"
         if self.content_filtered:
             message["content"] = None

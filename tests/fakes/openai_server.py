@@ -166,11 +166,7 @@ class FakeOpenAI(FakeServer):
                                    "refusal": None, "annotations": []}
         finish = self.finish_reason
         if turn.tool_call is not None:
-            message["content"] = None
-            message["tool_calls"] = [{
-                "id": turn.tool_call.id, "type": "function",
-                "function": {"name": turn.tool_call.name,
-                             "arguments": orjson.dumps(turn.tool_call.arguments).decode()}}]
+            turn.tool_call.openai_message(message)
             finish = "tool_calls"
         n = int((request or {}).get("n") or 1) if self.bill_request else 1
         return {

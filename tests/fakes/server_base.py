@@ -49,6 +49,13 @@ class FakeToolCall:
     arguments: dict[str, Any]
     id: str = "call_fake_1"
 
+    def openai_message(self, message: dict[str, Any]) -> None:
+        """Make an OpenAI chat answer's ``message`` this tool call (its content None)."""
+        message["content"] = None
+        message["tool_calls"] = [{
+            "id": self.id, "type": "function",
+            "function": {"name": self.name, "arguments": orjson.dumps(self.arguments).decode()}}]
+
 
 @dataclass
 class FakeTurn:
