@@ -18,7 +18,13 @@ import openai
 import pytest
 
 from tests.fakes.lago_server import FakeLago
-from tests.proxy_harness import CALL_ID_HEADER, MASTER_KEY, RunningProxy, await_for
+from tests.proxy_harness import (
+    CALL_ID_HEADER,
+    MASTER_KEY,
+    RunningProxy,
+    await_for,
+    leave_stream,
+)
 
 MESSAGES: list[Any] = [{"role": "system", "content": "Be brief."},
                        {"role": "user", "content": "What is the weather in Paris?"}]
@@ -76,17 +82,8 @@ def _chat_stream_body(model: str, user: str) -> dict[str, Any]:
 
 async def leave_mid_stream(proxy: RunningProxy, model: str, user: str) -> str:
     """Start a chat stream, read six chunks and hang up; the call id."""
-    async with aiohttp.ClientSession() as s:
-        resp = await s.post(proxy.base_url + "/v1/chat/completions",
-                            json=_chat_stream_body(model, user),
-                            headers={"Authorization": f"Bearer {MASTER_KEY}"})
-        assert resp.status == 200
-        call_id = resp.headers[CALL_ID_HEADER]
-        got = b""
-        while got.count(b"data: ") < 6:
-            got += await resp.content.readany()
-        resp.close()
-    return call_id
+    return await leave_stream(proxy.base_url + "/v1/chat/completions",
+                              _chat_stream_body(model, user), count=6)
 
 
 async def read_chat_stream(proxy: RunningProxy, model: str, user: str) -> tuple[int, str, str]:

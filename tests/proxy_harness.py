@@ -331,6 +331,23 @@ def gemini_client(base_url: str, key: str = MASTER_KEY) -> genai.Client:
         retry_options=types.HttpRetryOptions(attempts=1)))
 
 
+async def leave_stream(url: str, body: Mapping[str, Any], *, count: int,
+                       marker: bytes = b"data: ",
+                       headers: Mapping[str, str] | None = None) -> str:
+    """POST a streamed call (as the master key unless ``headers`` say otherwise), read
+    until ``marker`` came ``count`` times and hang up mid-stream; the call id."""
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(url, json=dict(body), headers=dict(
+            headers or {"Authorization": f"Bearer {MASTER_KEY}"}))
+        assert resp.status == 200
+        call_id = resp.headers[CALL_ID_HEADER]
+        got = b""
+        while got.count(marker) < count:
+            got += await resp.content.readany()
+        resp.close()  # hang up mid-stream
+    return call_id
+
+
 def raw_exchange(base_url: str, data: bytes, timeout: float = 5.0) -> bytes:
     """Send ``data`` as it is (malformed HTTP too) on a socket to ``base_url`` and read
     until the server closes it or ``timeout`` passes without a byte."""

@@ -16,7 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anthropic
 import openai
 import pytest
@@ -35,6 +34,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     gemini_client,
     lago_env,
     lago_fixture,
+    leave_stream,
     openai_client_fixture,
     proxy_settings,
     run_proxy,
@@ -224,16 +224,8 @@ async def test_stream_aborted_by_the_client(proxy: RunningProxy, fake: FakeBedro
                                             lago: FakeLago) -> None:
     fake.reply_text = "word " * 100
     fake.stream_chunks, fake.chunk_delay = 100, 0.02  # two seconds if nobody leaves
-    async with aiohttp.ClientSession() as s:
-        resp = await s.post(proxy.base_url + "/v1/chat/completions", json={
-            "model": "claude", "messages": MESSAGES, "user": "leaver", "stream": True},
-            headers={"Authorization": f"Bearer {MASTER_KEY}"})
-        assert resp.status == 200
-        call_id = resp.headers[CALL_ID_HEADER]
-        got = b""
-        while got.count(b"data: ") < 5:
-            got += await resp.content.readany()
-        resp.close()
+    call_id = await leave_stream(proxy.base_url + "/v1/chat/completions", {
+        "model": "claude", "messages": MESSAGES, "user": "leaver", "stream": True}, count=5)
     await await_for(lambda: call_id in lago.events, timeout=10)
     p = lago.events[call_id].properties
     assert {"client_disconnected", "estimated_usage", "stream"} <= set(p["flags"].split(","))
