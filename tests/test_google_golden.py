@@ -24,7 +24,10 @@ import pytest
 from tests.fakes.gemini_server import FakeGemini, GeminiScript
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.server_base import FakeServer, FakeToolCall, run_in_thread
-from tests.fakes.vertex_server import FakeVertex, make_rsa_key
+from tests.fakes.vertex_server import FakeVertex
+from tests.google_fixtures import (  # noqa: F401  (fixtures)
+    rsa_key_fixture,
+)
 from tests.proxy_harness import (  # noqa: F401  (fixtures)
     CALL_ID_HEADER,
     COST_HEADER,
@@ -110,11 +113,6 @@ class Target:
             self.gemini.tool_call, self.gemini.reply_text = call, ""
         else:
             self.vertex.claude.tool_call, self.vertex.claude.reply_text = call, ""
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> tuple[str, str]:
-    return make_rsa_key()
 
 
 @pytest.fixture(name="gemini")
