@@ -344,13 +344,7 @@ class FakeCompat(FakeServer):
             frames += [chunk({"reasoning_content": p})
                        for p in split_text(self.reasoning_text, self.stream_chunks)]
         if self.tool_call is not None:
-            call = self.tool_call
-            frames.append(chunk({"role": "assistant", "content": None, "tool_calls": [{
-                "index": 0, "id": call.id, "type": "function",
-                "function": {"name": call.name, "arguments": ""}}]}))
-            args = orjson.dumps(call.arguments).decode()
-            frames += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})
-                       for p in split_text(args, self.stream_chunks)]
+            frames += [chunk(d) for d in self.tool_call.openai_deltas(self.stream_chunks)]
         elif message.get("content"):
             frames.append(chunk({"role": "assistant", "content": ""}))
             frames += [chunk({"content": p})

@@ -198,13 +198,7 @@ class FakeOpenAI(FakeServer):
             chunks += [chunk({"content": p}) for p in split_text(turn.reply_text,
                                                                   self.stream_chunks)]
         else:
-            call = turn.tool_call
-            chunks.append(chunk({"role": "assistant", "content": None, "tool_calls": [{
-                "index": 0, "id": call.id, "type": "function",
-                "function": {"name": call.name, "arguments": ""}}]}))
-            args = orjson.dumps(call.arguments).decode()
-            chunks += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})
-                       for p in split_text(args, self.stream_chunks)]
+            chunks += [chunk(d) for d in turn.tool_call.openai_deltas(self.stream_chunks)]
             finish = "tool_calls"
         chunks.append(chunk({}, finish))
         if include_usage:
