@@ -14,12 +14,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import openai
 import pytest
 
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.openai_compat_server import FakeCompat
 from tests.fakes.server_base import run_in_thread
-from tests.proxy_harness import RunningProxy, config_dict, lago_env, proxy_settings, run_proxy
+from tests.proxy_harness import (
+    MASTER_KEY,
+    RunningProxy,
+    config_dict,
+    lago_env,
+    proxy_settings,
+    run_proxy,
+)
 
 UPSTREAM_KEYS = {name: f"sk-{name.replace('_', '')}-secret-{i:04d}"
                  for i, name in enumerate((
@@ -200,3 +209,19 @@ def reset_fakes_fixture(request: pytest.FixtureRequest) -> None:
     if "clouds" in request.fixturenames:
         for fake in request.getfixturevalue("clouds").fakes.values():
             reset(fake)
+
+
+# The official SDKs as clients of the module's proxy (a test module imports those it uses).
+
+@pytest.fixture(scope="module", name="client")
+def client_fixture(clouds: Clouds) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=clouds.proxy.base_url + "/v1", api_key=MASTER_KEY,
+                       max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module", name="door")
+def door_fixture(clouds: Clouds) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=clouds.proxy.base_url, api_key=MASTER_KEY,
+                             max_retries=0) as c:
+        yield c

@@ -25,9 +25,11 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
+import anthropic
+import openai
 import pytest
 import yaml
 from aiohttp import web
@@ -40,6 +42,9 @@ from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.lago_server import TEST_API_KEY, FakeLago
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.server_base import run_in_thread
+
+if TYPE_CHECKING:
+    from google import genai
 
 T = TypeVar("T")
 
@@ -316,6 +321,51 @@ def http(method: str, url: str, body: Any = None, *, key: str | None = MASTER_KE
                      exc.read().decode())
 
 
+def gemini_client(base_url: str, key: str = MASTER_KEY) -> genai.Client:
+    """Google's google-genai SDK on the proxy's Gemini door (v1beta), one attempt a call."""
+    from google import genai
+    from google.genai import types
+
+    return genai.Client(api_key=key, http_options=types.HttpOptions(
+        base_url=base_url, api_version="v1beta",
+        retry_options=types.HttpRetryOptions(attempts=1)))
+
+
+async def leave_stream(url: str, body: Mapping[str, Any], *, count: int,
+                       marker: bytes = b"data: ",
+                       headers: Mapping[str, str] | None = None) -> str:
+    """POST a streamed call (as the master key unless ``headers`` say otherwise), read
+    until ``marker`` came ``count`` times and hang up mid-stream; the call id."""
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(url, json=dict(body), headers=dict(
+            headers or {"Authorization": f"Bearer {MASTER_KEY}"}))
+        assert resp.status == 200
+        call_id = resp.headers[CALL_ID_HEADER]
+        got = b""
+        while got.count(marker) < count:
+            got += await resp.content.readany()
+        resp.close()  # hang up mid-stream
+    return call_id
+
+
+def raw_exchange(base_url: str, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` as it is (malformed HTTP too) on a socket to ``base_url`` and read
+    until the server closes it or ``timeout`` passes without a byte."""
+    host, port = base_url.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                got = s.recv(65536)
+            except TimeoutError:
+                break
+            if not got:
+                break
+            chunks.append(got)
+        return b"".join(chunks)
+
+
 def assert_openai_error(reply: Reply, status: int, *, code: str | None = None,
                         param: str | None = None, error_type: str | None = None) -> dict[str, Any]:
     """The status and the exact OpenAI error shape {"error": {message,type,param,code}}."""
@@ -358,6 +408,23 @@ def anthropic_upstream_fixture() -> Iterator[FakeAnthropic]:
     with run_in_thread(FakeAnthropic()) as fake:
         fake.require_api_key = UPSTREAM_KEY
         yield fake
+
+
+# The official SDK as the client of a module's own ``proxy`` fixture (one of the two, as
+# ``client``), closed after the test with its pooled sockets.
+
+@pytest.fixture(name="client")
+def openai_client_fixture(proxy: RunningProxy) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=MASTER_KEY,
+                       max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture(name="client")
+def anthropic_client_fixture(proxy: RunningProxy) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=proxy.base_url, api_key=MASTER_KEY,
+                             max_retries=0) as client:
+        yield client
 
 
 def billed(lago: FakeLago, call_id: str, customer: str, *, timeout: float = 10.0) -> Any:

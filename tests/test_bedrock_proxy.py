@@ -16,7 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anthropic
 import openai
 import pytest
@@ -32,8 +31,11 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     await_for,
     billed,
     config_dict,
+    gemini_client,
     lago_env,
     lago_fixture,
+    leave_stream,
+    openai_client_fixture,
     proxy_settings,
     run_proxy,
     wait_for,
@@ -73,13 +75,6 @@ def proxy_fixture(tmp_path: Path, lago: FakeLago, fake: FakeBedrock) -> Iterator
     cfg["router_settings"] = {"num_retries": 0}
     with run_proxy(proxy_settings(tmp_path, cfg, lago_env(lago))) as proxy:
         yield proxy
-
-
-@pytest.fixture(name="client")
-def client_fixture(proxy: RunningProxy) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=MASTER_KEY,
-                       max_retries=0) as client:
-        yield client
 
 
 def assert_billed(lago: FakeLago, call_id: str, customer: str, cost: Decimal, *,
@@ -229,16 +224,8 @@ async def test_stream_aborted_by_the_client(proxy: RunningProxy, fake: FakeBedro
                                             lago: FakeLago) -> None:
     fake.reply_text = "word " * 100
     fake.stream_chunks, fake.chunk_delay = 100, 0.02  # two seconds if nobody leaves
-    async with aiohttp.ClientSession() as s:
-        resp = await s.post(proxy.base_url + "/v1/chat/completions", json={
-            "model": "claude", "messages": MESSAGES, "user": "leaver", "stream": True},
-            headers={"Authorization": f"Bearer {MASTER_KEY}"})
-        assert resp.status == 200
-        call_id = resp.headers[CALL_ID_HEADER]
-        got = b""
-        while got.count(b"data: ") < 5:
-            got += await resp.content.readany()
-        resp.close()
+    call_id = await leave_stream(proxy.base_url + "/v1/chat/completions", {
+        "model": "claude", "messages": MESSAGES, "user": "leaver", "stream": True}, count=5)
     await await_for(lambda: call_id in lago.events, timeout=10)
     p = lago.events[call_id].properties
     assert {"client_disconnected", "estimated_usage", "stream"} <= set(p["flags"].split(","))
@@ -420,13 +407,10 @@ def test_responses_door_to_bedrock(client: openai.OpenAI, fake: FakeBedrock,
 # --- the Gemini door ----------------------------------------------------------------------
 
 def test_gemini_door_to_bedrock(proxy: RunningProxy, fake: FakeBedrock, lago: FakeLago) -> None:
-    from google import genai
     from google.genai import types
 
     fake.input_tokens, fake.output_tokens = 64, 9
-    gemini = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(
-        base_url=proxy.base_url, api_version="v1beta",
-        retry_options=types.HttpRetryOptions(attempts=1)))
+    gemini = gemini_client(proxy.base_url)
     config = types.GenerateContentConfig(system_instruction="Be brief.",
                                          labels={"user": "gem-1"})
     answer = gemini.models.generate_content(model="claude", contents="Say hi", config=config)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +29,8 @@ from tests.fakes.anthropic_server import FakeAnthropic, FakeTurn
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.server_base import FakeToolCall, Received
+from tests.npm_tools import NPM_ROOT, npm_install, version_output
 from tests.proxy_harness import (  # noqa: F401  (fixtures)
-    REPO,
     UPSTREAM_KEY,
     RunningProxy,
     anthropic_entry,
@@ -51,41 +50,22 @@ CLAUDE_CODE = "@anthropic-ai/claude-code"
 CLAUDE_CODE_VERSION = "2.1.332"
 # Its own npm prefix, so that other npm-installed tools in .cache/npm (the Codex CLI) and
 # this one never prune each other.
-NPM_CACHE = REPO / ".cache" / "npm" / "claude-code"
+NPM_CACHE = NPM_ROOT / "claude-code"
 CLAUDE_BIN = NPM_CACHE / "node_modules" / ".bin" / "claude"
 MODEL = "claude-sonnet-4-5"
 SECRET = "pineapple"
 
 
 def _version() -> str | None:
-    if not CLAUDE_BIN.exists():
-        return None
-    try:
-        out = subprocess.run([str(CLAUDE_BIN), "--version"], capture_output=True, text=True,
-                             timeout=60, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                                              "HOME": str(NPM_CACHE), "DISABLE_AUTOUPDATER": "1"})
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.split()[0] if out.returncode == 0 and out.stdout else None
+    out = version_output(CLAUDE_BIN, NPM_CACHE, {"DISABLE_AUTOUPDATER": "1"})
+    return out.split()[0] if out else None
 
 
 def install_claude_code() -> Path:
     """``claude`` at the pinned version in ``.cache/npm``, installed from npm if needed."""
     if _version() == CLAUDE_CODE_VERSION:
         return CLAUDE_BIN
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is not on PATH: it is needed to install Claude Code "
-                    f"({CLAUDE_CODE}@{CLAUDE_CODE_VERSION}) for this test; install Node.js "
-                    "and npm (Debian: apt-get install nodejs npm)")
-    NPM_CACHE.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([npm, "install", "--prefix", str(NPM_CACHE), "--no-audit",
-                           "--no-fund", "--no-save", "--loglevel=error",
-                           f"{CLAUDE_CODE}@{CLAUDE_CODE_VERSION}"],
-                          capture_output=True, text=True, timeout=280)
-    if done.returncode != 0:
-        pytest.fail(f"npm could not install {CLAUDE_CODE}@{CLAUDE_CODE_VERSION} "
-                    f"(exit {done.returncode}):\n{done.stderr[-2000:]}")
+    npm_install(CLAUDE_CODE, CLAUDE_CODE_VERSION, NPM_CACHE, what="Claude Code")
     if _version() != CLAUDE_CODE_VERSION:
         # npm versions that hold back install scripts leave the native binary unlinked:
         # run the package's own postinstall, which links it.

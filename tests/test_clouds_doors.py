@@ -5,7 +5,6 @@ each call billed once with the provider's usage, at the hand-computed price."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,29 +19,17 @@ from tests.clouds_support import (  # noqa: F401  (fixtures)
     UPSTREAM_KEYS,
     Cloud,
     Clouds,
+    client_fixture,
     clouds_fixture,
+    door_fixture,
     expected_cost,
     reset_fakes_fixture,
 )
-from tests.proxy_harness import MASTER_KEY, billed
+from tests.proxy_harness import billed
 from tests.sdk_fixtures import SdkPaths
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 IDS = [c.flavor for c in CLOUDS]
-
-
-@pytest.fixture(scope="module")
-def door(clouds: Clouds) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=clouds.proxy.base_url, api_key=MASTER_KEY,
-                             max_retries=0) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def client(clouds: Clouds) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=clouds.proxy.base_url + "/v1", api_key=MASTER_KEY,
-                       max_retries=0) as c:
-        yield c
 
 
 def _check(cloud: Cloud, ev: Any, prompt: int, cached: int, output: int) -> None:

@@ -7,7 +7,6 @@ answer or the metrics."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -19,32 +18,20 @@ from tests.clouds_support import (  # noqa: F401  (fixtures)
     UPSTREAM_KEYS,
     Cloud,
     Clouds,
+    client_fixture,
     clouds_fixture,
+    door_fixture,
     reset_fakes_fixture,
 )
-from tests.proxy_harness import MASTER_KEY, http
+from tests.proxy_harness import http
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 IDS = [c.flavor for c in CLOUDS]
 
 
-@pytest.fixture(scope="module")
-def chat(clouds: Clouds) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=clouds.proxy.base_url + "/v1", api_key=MASTER_KEY,
-                       max_retries=0) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def door(clouds: Clouds) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=clouds.proxy.base_url, api_key=MASTER_KEY,
-                             max_retries=0) as c:
-        yield c
-
-
-def _ask(chat: openai.OpenAI, cloud: Cloud, **kwargs: Any) -> Any:
-    return chat.chat.completions.create(model=cloud.group, messages=MESSAGES,
-                                        user="err-user", **kwargs)
+def _ask(client: openai.OpenAI, cloud: Cloud, **kwargs: Any) -> Any:
+    return client.chat.completions.create(model=cloud.group, messages=MESSAGES,
+                                          user="err-user", **kwargs)
 
 
 def _door(door: anthropic.Anthropic, cloud: Cloud) -> Any:
@@ -53,29 +40,29 @@ def _door(door: anthropic.Anthropic, cloud: Cloud) -> Any:
 
 
 @pytest.mark.parametrize("cloud", CLOUDS, ids=IDS)
-def test_rate_limit_keeps_retry_after_in_both_shapes(clouds: Clouds, chat: openai.OpenAI,
+def test_rate_limit_keeps_retry_after_in_both_shapes(clouds: Clouds, client: openai.OpenAI,
                                                      door: anthropic.Anthropic,
                                                      cloud: Cloud) -> None:
     fake = clouds.fakes[cloud.flavor]
     fake.fail(429, "rate limited, slow down", headers={"Retry-After": "13"}, times=3)
     with pytest.raises(openai.RateLimitError) as err:
-        _ask(chat, cloud)
+        _ask(client, cloud)
     assert err.value.response.headers["retry-after"] == "13"
     assert "slow down" in err.value.message
     with pytest.raises(openai.RateLimitError):
-        _ask(chat, cloud, stream=True)
+        _ask(client, cloud, stream=True)
     with pytest.raises(anthropic.RateLimitError) as aerr:
         _door(door, cloud)
     assert aerr.value.response.headers["retry-after"] == "13"
     assert aerr.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
 
 
-def test_deepseek_insufficient_balance_is_a_402(clouds: Clouds, chat: openai.OpenAI,
+def test_deepseek_insufficient_balance_is_a_402(clouds: Clouds, client: openai.OpenAI,
                                                 door: anthropic.Anthropic) -> None:
     cloud = next(c for c in CLOUDS if c.flavor == "deepseek")
     clouds.fakes["deepseek"].fail_insufficient_balance()
     with pytest.raises(openai.APIStatusError) as err:
-        _ask(chat, cloud)
+        _ask(client, cloud)
     assert err.value.status_code == 402
     assert err.value.message == "Insufficient Balance" or "Insufficient Balance" in str(
         err.value)
@@ -92,14 +79,14 @@ def test_deepseek_insufficient_balance_is_a_402(clouds: Clouds, chat: openai.Ope
     ("openrouter", 402, openai.APIStatusError, "billing_error"),
     ("groq", 400, openai.BadRequestError, "invalid_request_error"),
 ])
-def test_provider_error_bodies_are_read(clouds: Clouds, chat: openai.OpenAI,
+def test_provider_error_bodies_are_read(clouds: Clouds, client: openai.OpenAI,
                                         door: anthropic.Anthropic, flavor: str, status: int,
                                         cls: type[Exception], atype: str) -> None:
     cloud = next(c for c in CLOUDS if c.flavor == flavor)
     message = f"{flavor} says no to this request"
     clouds.fakes[flavor].fail(status, message, times=2)
     with pytest.raises(cls) as err:
-        _ask(chat, cloud)
+        _ask(client, cloud)
     assert isinstance(err.value, openai.APIStatusError)
     assert err.value.status_code == status and message in err.value.message
     if flavor == "openrouter":
@@ -119,12 +106,12 @@ def test_mistral_validation_detail_is_passed_on(clouds: Clouds) -> None:
 
 
 @pytest.mark.parametrize("cloud", CLOUDS, ids=IDS)
-def test_failures_bill_nothing_and_5xx_are_502(clouds: Clouds, chat: openai.OpenAI,
+def test_failures_bill_nothing_and_5xx_are_502(clouds: Clouds, client: openai.OpenAI,
                                               cloud: Cloud) -> None:
     before = len(clouds.lago.stored)
     clouds.fakes[cloud.flavor].fail(503, "overloaded")
     with pytest.raises(openai.APIStatusError) as err:
-        _ask(chat, cloud)
+        _ask(client, cloud)
     assert err.value.status_code == 502
     assert len(clouds.lago.stored) == before
 

@@ -5,7 +5,6 @@ buckets the provider reported and the Decimal cost worked out by hand from them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -19,22 +18,16 @@ from tests.clouds_support import (  # noqa: F401  (fixtures)
     CLOUDS,
     Cloud,
     Clouds,
+    client_fixture,
     clouds_fixture,
     expected_cost,
     reset_fakes_fixture,
 )
 from tests.fakes.openai_compat_server import FakeToolCall
-from tests.proxy_harness import MASTER_KEY, billed
+from tests.proxy_harness import billed
 
 MESSAGES = [{"role": "user", "content": "What is a cache?"}]
 IDS = [c.flavor for c in CLOUDS]
-
-
-@pytest.fixture(scope="module")
-def client(clouds: Clouds) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=clouds.proxy.base_url + "/v1", api_key=MASTER_KEY,
-                       max_retries=0) as c:
-        yield c
 
 
 def _when(ev: Any) -> datetime:

@@ -5,7 +5,6 @@ and xAI's per-request charges, billed exactly or flagged."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +18,7 @@ from tests.clouds_support import (  # noqa: F401  (fixtures)
     BY_FLAVOR,
     MTOK,
     Clouds,
+    client_fixture,
     clouds_fixture,
     expected_cost,
     reset_fakes_fixture,
@@ -26,13 +26,6 @@ from tests.clouds_support import (  # noqa: F401  (fixtures)
 from tests.proxy_harness import MASTER_KEY, billed, http
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
-
-
-@pytest.fixture(scope="module")
-def client(clouds: Clouds) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=clouds.proxy.base_url + "/v1", api_key=MASTER_KEY,
-                       max_retries=0) as c:
-        yield c
 
 
 def _call(client: openai.OpenAI, group: str, customer: str, **kwargs: Any) -> tuple[Any, str]:

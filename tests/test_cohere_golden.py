@@ -16,8 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import anthropic
 import openai
 import pytest
 
@@ -25,15 +23,26 @@ from tallygate.estimate import estimate_prompt_tokens
 from tests.fakes.cohere_server import FakeCohere
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.server_base import FakeToolCall, run_in_thread
+from tests.golden_support import (  # noqa: F401  (the client fixture)
+    MESSAGES,
+    WEATHER_TOOL,
+    client_fixture,
+    event_after_stream_error,
+    leave_mid_stream,
+    messages_door_calls,
+    read_chat_stream,
+    reset_fake,
+    stream_chat,
+)
 from tests.proxy_harness import (
     CALL_ID_HEADER,
     COST_HEADER,
-    MASTER_KEY,
     UPSTREAM_KEY,
     RunningProxy,
     await_for,
     billed,
     config_dict,
+    gemini_client,
     lago_env,
     proxy_settings,
     run_proxy,
@@ -47,12 +56,6 @@ pytestmark = pytest.mark.timeout(60)
 COMMAND_A_INPUT = Decimal("2.50") / 1_000_000
 COMMAND_A_OUTPUT = Decimal("10.00") / 1_000_000
 EMBED_V4_INPUT = Decimal("0.12") / 1_000_000
-MESSAGES: list[Any] = [{"role": "system", "content": "Be brief."},
-                       {"role": "user", "content": "What is the weather in Paris?"}]
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
 
 
 @dataclass
@@ -86,17 +89,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.fixture(autouse=True)
 def fresh_fake(world: World) -> None:
     """Every test starts from the stand-in's defaults (one server serves the module)."""
-    for name, value in vars(FakeCohere()).items():
-        if name not in ("port", "_runner"):
-            setattr(world.cohere, name, value)
+    reset_fake(world.cohere, FakeCohere())
     world.cohere.require_api_key = UPSTREAM_KEY
-
-
-@pytest.fixture
-def client(world: World) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=world.proxy.base_url + "/v1", api_key=MASTER_KEY,
-                       max_retries=0) as c:
-        yield c
 
 
 def command_a_cost(input_tokens: int, output_tokens: int) -> Decimal:
@@ -148,11 +142,8 @@ def test_plain_call_bills_billed_units(world: World, client: openai.OpenAI, mode
 def test_stream_bills_the_message_end_usage(world: World, client: openai.OpenAI) -> None:
     world.cohere.input_tokens, world.cohere.output_tokens = 80, 44
     world.cohere.stream_chunks = 5
-    with client.chat.completions.with_streaming_response.create(
-            model="command", messages=MESSAGES, user="acme", stream=True,
-            stream_options={"include_usage": True}) as resp:
-        call_id = resp.headers[CALL_ID_HEADER]
-        chunks = list(resp.parse())
+    call_id, chunks = stream_chat(client, model="command", messages=MESSAGES, user="acme",
+                                  stream_options={"include_usage": True})
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == world.cohere.reply_text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
@@ -168,11 +159,8 @@ def test_tool_call_billed(world: World, client: openai.OpenAI, stream: bool) -> 
     world.cohere.tool_call = FakeToolCall("get_weather", {"city": "Paris"}, id="call_p1")
     world.cohere.input_tokens, world.cohere.output_tokens = 200, 25
     if stream:
-        with client.chat.completions.with_streaming_response.create(
-                model="command", messages=MESSAGES, user="acme", tools=[WEATHER_TOOL],
-                tool_choice="required", stream=True) as resp:
-            call_id = resp.headers[CALL_ID_HEADER]
-            chunks = list(resp.parse())
+        call_id, chunks = stream_chat(client, model="command", messages=MESSAGES, user="acme",
+                                      tools=[WEATHER_TOOL], tool_choice="required")
         deltas = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or ()]
         assert deltas[0].id == "call_p1" and deltas[0].function is not None
         assert deltas[0].function.name == "get_weather"
@@ -221,16 +209,7 @@ async def test_stream_aborted_by_the_client_is_billed_once(world: World) -> None
     fake.reply_text = "word " * 200
     fake.stream_chunks = 200
     fake.chunk_delay = 0.02  # four seconds if nobody leaves
-    async with aiohttp.ClientSession() as s:
-        resp = await s.post(world.proxy.base_url + "/v1/chat/completions", json={
-            "model": "command", "messages": MESSAGES, "user": "leaver", "stream": True},
-            headers={"Authorization": f"Bearer {MASTER_KEY}"})
-        assert resp.status == 200
-        call_id = resp.headers[CALL_ID_HEADER]
-        got = b""
-        while got.count(b"data: ") < 6:
-            got += await resp.content.readany()
-        resp.close()
+    call_id = await leave_mid_stream(world.proxy, "command", "leaver")
     await await_for(lambda: call_id in world.lago.events, timeout=10)
     ev = world.lago.events[call_id]
     p = ev.properties
@@ -305,41 +284,21 @@ def test_errors_keep_status_and_bill_nothing(world: World, client: openai.OpenAI
 async def test_generation_error_mid_stream_is_in_band_and_billed(world: World) -> None:
     world.cohere.stream_error = "internal generation failure"
     world.cohere.input_tokens, world.cohere.output_tokens = 50, 9
-    async with aiohttp.ClientSession() as s, s.post(
-            world.proxy.base_url + "/v1/chat/completions",
-            json={"model": "command", "messages": MESSAGES, "user": "acme", "stream": True},
-            headers={"Authorization": f"Bearer {MASTER_KEY}"}) as resp:
-        body = await resp.text()
-        status = resp.status
-        call_id = resp.headers[CALL_ID_HEADER]
+    status, call_id, body = await read_chat_stream(world.proxy, "command", "acme")
     assert '"error"' in body and "internal generation failure" in body
-    if status >= 500:
-        # The failure came before any byte reached the client (the router reads up to
-        # the first chunk before it commits): a failed attempt, billed nothing.
-        await asyncio.sleep(0.5)
-        assert call_id not in world.lago.events
+    ev = await event_after_stream_error(world.lago, status, call_id)
+    if ev is None:
         return
-    assert status == 200  # in-band after output began
-    await await_for(lambda: call_id in world.lago.events)
     # Cohere reported what it generated before failing: that is billed, as it said.
-    check_event(world.lago.events[call_id], "command", 50, 9, command_a_cost(50, 9))
+    check_event(ev, "command", 50, 9, command_a_cost(50, 9))
 
 
 # --- the Anthropic Messages door ---------------------------------------------------------
 
 def test_messages_door_reaches_cohere_with_top_k(world: World) -> None:
     world.cohere.input_tokens, world.cohere.output_tokens = 33, 7
-    with anthropic.Anthropic(base_url=world.proxy.base_url, api_key=MASTER_KEY,
-                             max_retries=0) as door:
-        raw = door.messages.with_raw_response.create(
-            model="command", max_tokens=100, system="Be brief.", extra_body={"top_k": 5},
-            messages=[{"role": "user", "content": "Hi"}], metadata={"user_id": "acme"})
-        message = raw.parse()
-        with door.messages.stream(model="command", max_tokens=100,
-                                  messages=[{"role": "user", "content": "Hi"}],
-                                  metadata={"user_id": "acme"}) as stream:
-            streamed = stream.get_final_message()
-            stream_call = stream.response.headers[CALL_ID_HEADER]
+    raw, message, streamed, stream_call = messages_door_calls(world.proxy, "command",
+                                                              "command", "acme")
     assert message.content[0].text == world.cohere.reply_text  # type: ignore[union-attr]
     assert (message.usage.input_tokens, message.usage.output_tokens) == (33, 7)
     assert streamed.usage.output_tokens == 7
@@ -368,7 +327,6 @@ def test_responses_door_reaches_cohere(world: World, client: openai.OpenAI) -> N
 # --- legacy completions and the Gemini door -----------------------------------------------
 
 def test_completions_and_gemini_doors_reach_cohere(world: World, client: openai.OpenAI) -> None:
-    from google import genai
     from google.genai import types
 
     world.cohere.input_tokens, world.cohere.output_tokens = 13, 3
@@ -379,9 +337,7 @@ def test_completions_and_gemini_doors_reach_cohere(world: World, client: openai.
     ev = billed(world.lago, raw.headers[CALL_ID_HEADER], "acme")
     assert ev.properties["kind"] == "completion"
     assert Decimal(ev.properties["response_cost"]) == command_a_cost(13, 3)
-    gemini = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(
-        base_url=world.proxy.base_url, api_version="v1beta",
-        retry_options=types.HttpRetryOptions(attempts=1)))
+    gemini = gemini_client(world.proxy.base_url)
     config = types.GenerateContentConfig(system_instruction="Be brief.",
                                          labels={"user": "gem-co"})
     answer = gemini.models.generate_content(model="command", contents="Say hi", config=config)

@@ -3,7 +3,6 @@ stream events, errors and embeddings back, over real HTTP from the Cohere stand-
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,25 +20,24 @@ from tallygate.providers.base import Deployment, StreamItem
 from tallygate.providers.cohere import CohereChatProvider, CohereProvider
 from tallygate.providers.registry import get_provider, split_model
 from tallygate.usage import Usage
+from tests.adapter_support import (  # noqa: F401  (the session fixture)
+    WEATHER,
+    request_body,
+    round_trip,
+    session_fixture,
+    streamed_text,
+    user,
+)
 from tests.fakes.cohere_server import FakeCohere
 from tests.fakes.server_base import FakeToolCall
 
 PROVIDER = CohereProvider()
 DEPLOYMENT = Deployment(provider="cohere", model="command-a-03-2025", api_key="co-secret")
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
 def body_for(params: dict[str, Any], stream: bool = False,
              deployment: Deployment = DEPLOYMENT) -> dict[str, Any]:
-    parsed = orjson.loads(PROVIDER.chat_request(deployment, params, stream).body)
-    assert isinstance(parsed, dict)
-    return parsed
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
+    return request_body(PROVIDER, deployment, params, stream)
 
 
 # --- registration, URL and auth ----------------------------------------------------------
@@ -187,34 +185,11 @@ def test_untranslatable_requests_are_400s(params: dict[str, Any], param: str) ->
 
 # --- answers, streams and usage over HTTP ------------------------------------------------
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def ask(session: aiohttp.ClientSession, fake: FakeCohere, params: dict[str, Any],
               stream: bool) -> tuple[dict[str, Any] | None, list[StreamItem], Any]:
     dep = Deployment(provider="cohere", model="command-a-03-2025", api_base=fake.url,
                      api_key="co-secret")
-    request = PROVIDER.chat_request(dep, params, stream)
-    async with session.post(request.url, data=request.body, headers=request.headers) as resp:
-        raw = await resp.read()
-        assert resp.status == 200, raw
-    if not stream:
-        result = PROVIDER.chat_response(dep, raw)
-        return result.body, [], result.usage
-    decoder = PROVIDER.chat_stream(dep, include_usage=True)
-    items: list[StreamItem] = []
-    for i in range(0, len(raw), 7):  # frames split at odd places
-        items += decoder.feed(raw[i:i + 7])
-    assert decoder.done
-    return None, items, decoder.usage
-
-
-def streamed_text(items: list[StreamItem], field: str = "content") -> str:
-    return "".join(i.data["choices"][0]["delta"].get(field) or "" for i in items
-                   if i.data["choices"])
+    return await round_trip(session, PROVIDER, dep, params, stream, split=7)
 
 
 async def test_answer_bills_billed_units_not_tokens(session: aiohttp.ClientSession) -> None:

@@ -10,7 +10,6 @@ clean 400, logged as one line with no traceback and no key, in-process and by th
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     openai_entry,
     openai_upstream_fixture,
     proxy_settings,
+    raw_exchange,
     run_cli,
     run_proxy,
 )
@@ -111,22 +111,6 @@ MALFORMED = (
 )
 
 
-def _raw(base_url: str, data: bytes) -> bytes:
-    host, port = base_url.rsplit("/", 1)[-1].split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(data)
-        chunks = []
-        while True:
-            try:
-                got = s.recv(65536)
-            except TimeoutError:
-                break
-            if not got:
-                break
-            chunks.append(got)
-        return b"".join(chunks)
-
-
 def _check_answers(answers: list[bytes]) -> None:
     for answer in answers:
         assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0], answer
@@ -139,7 +123,7 @@ def test_malformed_http_logs_no_key_in_process(tmp_path: Path, upstream: FakeOpe
     caplog.set_level(logging.DEBUG)
     cfg = config_dict([openai_entry("gpt", upstream.base_url)], tmp_path, lago=False)
     with run_proxy(proxy_settings(tmp_path, cfg)) as proxy:
-        answers = [_raw(proxy.base_url, raw) for raw in MALFORMED]
+        answers = [raw_exchange(proxy.base_url, raw) for raw in MALFORMED]
         assert http("POST", proxy.base_url + "/v1/chat/completions",
                     {"model": "gpt", "messages": MESSAGES, "user": "u"}).status == 200
     _check_answers(answers)
@@ -164,7 +148,7 @@ def _log_text(records: list[logging.LogRecord]) -> str:
 def test_malformed_http_logs_no_key_in_cli_stderr(tmp_path: Path, upstream: FakeOpenAI) -> None:
     cfg = config_dict([openai_entry("gpt", upstream.base_url)], tmp_path, lago=False)
     with run_cli(tmp_path, cfg, cli_env(), args=("--log-level", "DEBUG")) as proc:
-        answers = [_raw(proc.base_url, raw) for raw in MALFORMED]
+        answers = [raw_exchange(proc.base_url, raw) for raw in MALFORMED]
         assert proc.stop() == 0
     _check_answers(answers)
     err = proc.stderr

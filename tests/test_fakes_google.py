@@ -16,26 +16,19 @@ from google.oauth2 import service_account
 
 from tests.fakes.gemini_server import FakeGemini, FakeToolCall
 from tests.fakes.server_base import FakeTurn, run_in_thread
-from tests.fakes.vertex_server import CLOUD_PLATFORM, FakeVertex, make_rsa_key
+from tests.fakes.vertex_server import CLOUD_PLATFORM, FakeVertex
+from tests.google_fixtures import (  # noqa: F401  (fixtures)
+    rsa_key_fixture,
+    vertex_fixture,
+)
 
 KEY = "gemini-test-key"
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> tuple[str, str]:
-    return make_rsa_key()
 
 
 @pytest.fixture
 def gemini() -> Iterator[FakeGemini]:
     with run_in_thread(FakeGemini()) as fake:
         fake.require_api_key = KEY
-        yield fake
-
-
-@pytest.fixture
-def vertex(rsa_key: tuple[str, str]) -> Iterator[FakeVertex]:
-    with run_in_thread(FakeVertex(rsa_key)) as fake:
         yield fake
 
 

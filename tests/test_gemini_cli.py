@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +28,8 @@ from tests.fakes.gemini_server import FakeGemini
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.server_base import FakeToolCall, FakeTurn, Received, run_in_thread
+from tests.npm_tools import NPM_ROOT, npm_install, version_output
 from tests.proxy_harness import (  # noqa: F401  (fixtures)
-    REPO,
     UPSTREAM_KEY,
     RunningProxy,
     config_dict,
@@ -47,7 +46,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
 GEMINI_CLI = "@google/gemini-cli"
 GEMINI_CLI_VERSION = "0.61.0"
 # Its own npm prefix, so that other npm-installed tools in .cache/npm never prune it.
-NPM_CACHE = REPO / ".cache" / "npm" / "gemini-cli"
+NPM_CACHE = NPM_ROOT / "gemini-cli"
 GEMINI_BIN = NPM_CACHE / "node_modules" / ".bin" / "gemini"
 MODEL = "gemini-2.5-flash"
 SECRET = "pineapple"
@@ -55,35 +54,16 @@ CUSTOMER = "team-gem"
 
 
 def _version() -> str | None:
-    if not GEMINI_BIN.exists():
-        return None
-    try:
-        out = subprocess.run([str(GEMINI_BIN), "--version"], capture_output=True, text=True,
-                             timeout=60, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                                              "HOME": str(NPM_CACHE),
-                                              "GEMINI_CLI_NO_RELAUNCH": "1"})
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip().split()[-1] if out.returncode == 0 and out.stdout else None
+    out = version_output(GEMINI_BIN, NPM_CACHE, {"GEMINI_CLI_NO_RELAUNCH": "1"})
+    return out.strip().split()[-1] if out else None
 
 
 def install_gemini_cli() -> Path:
     """``gemini`` at the pinned version in ``.cache/npm``, installed from npm if needed."""
     if _version() == GEMINI_CLI_VERSION:
         return GEMINI_BIN
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is not on PATH: it is needed to install Gemini CLI "
-                    f"({GEMINI_CLI}@{GEMINI_CLI_VERSION}) for this test; install Node.js "
-                    "(20 or later) and npm (Debian: apt-get install nodejs npm)")
-    NPM_CACHE.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([npm, "install", "--prefix", str(NPM_CACHE), "--no-audit",
-                           "--no-fund", "--no-save", "--loglevel=error",
-                           f"{GEMINI_CLI}@{GEMINI_CLI_VERSION}"],
-                          capture_output=True, text=True, timeout=280)
-    if done.returncode != 0:
-        pytest.fail(f"npm could not install {GEMINI_CLI}@{GEMINI_CLI_VERSION} "
-                    f"(exit {done.returncode}):\n{done.stderr[-2000:]}")
+    npm_install(GEMINI_CLI, GEMINI_CLI_VERSION, NPM_CACHE, what="Gemini CLI",
+                node=" (20 or later)")
     if _version() != GEMINI_CLI_VERSION:
         pytest.fail(f"{GEMINI_BIN} --version is not {GEMINI_CLI_VERSION} after installing it")
     return GEMINI_BIN

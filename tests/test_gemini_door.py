@@ -38,9 +38,11 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     anthropic_upstream_fixture,
     billed,
     config_dict,
+    gemini_client,
     http,
     lago_env,
     lago_fixture,
+    leave_stream,
     openai_entry,
     openai_upstream_fixture,
     proxy_settings,
@@ -148,9 +150,7 @@ def key_fixture(proxy: RunningProxy) -> str:
 
 
 def client(proxy: RunningProxy, key: str) -> genai.Client:
-    return genai.Client(api_key=key, http_options=types.HttpOptions(
-        base_url=proxy.base_url, api_version="v1beta",
-        retry_options=types.HttpRetryOptions(attempts=1)))
+    return gemini_client(proxy.base_url, key)
 
 
 def _script(gemini: FakeGemini, upstream: FakeOpenAI, claude: FakeAnthropic,
@@ -420,7 +420,6 @@ async def test_stream_left_by_the_client(proxy: RunningProxy, lago: FakeLago, ke
                                          kind: str) -> None:
     """The client hangs up mid-stream: billed once, flagged, for what was generated (the
     prompt as the provider reported it, the output estimated from the streamed text)."""
-    import aiohttp
 
     gemini.script.reply_text, gemini.script.stream_chunks = "word " * 200, 200
     gemini.script.prompt_tokens, gemini.script.candidates_tokens = 700, 400
@@ -428,16 +427,10 @@ async def test_stream_left_by_the_client(proxy: RunningProxy, lago: FakeLago, ke
     upstream.prompt_tokens, upstream.completion_tokens = 700, 400
     server = gemini if kind == "gemini" else upstream
     server.chunk_delay = 0.02  # a 4 s stream if nobody leaves
-    async with aiohttp.ClientSession() as s:
-        resp = await s.post(f"{proxy.base_url}/v1beta/models/{kind}:streamGenerateContent"
-                            "?alt=sse", json={"contents": [{"parts": [{"text": "Talk."}]}]},
-                            headers={"x-goog-api-key": key})
-        assert resp.status == 200
-        call_id = resp.headers[CALL_ID_HEADER]
-        got = b""
-        while got.count(b"data: ") < 6:
-            got += await resp.content.readany()
-        resp.close()  # hang up mid-stream
+    call_id = await leave_stream(
+        f"{proxy.base_url}/v1beta/models/{kind}:streamGenerateContent?alt=sse",
+        {"contents": [{"parts": [{"text": "Talk."}]}]}, count=6,
+        headers={"x-goog-api-key": key})
     wait_for(lambda: call_id in lago.events)
     p = lago.events[call_id].properties
     assert lago.count(call_id) == 1

@@ -17,7 +17,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anthropic
 import openai
 import pytest
@@ -25,7 +24,10 @@ import pytest
 from tests.fakes.gemini_server import FakeGemini, GeminiScript
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.server_base import FakeServer, FakeToolCall, run_in_thread
-from tests.fakes.vertex_server import FakeVertex, make_rsa_key
+from tests.fakes.vertex_server import FakeVertex
+from tests.google_fixtures import (  # noqa: F401  (fixtures)
+    rsa_key_fixture,
+)
 from tests.proxy_harness import (  # noqa: F401  (fixtures)
     CALL_ID_HEADER,
     COST_HEADER,
@@ -37,6 +39,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     config_dict,
     lago_env,
     lago_fixture,
+    leave_stream,
     proxy_settings,
     run_proxy,
 )
@@ -110,11 +113,6 @@ class Target:
             self.gemini.tool_call, self.gemini.reply_text = call, ""
         else:
             self.vertex.claude.tool_call, self.vertex.claude.reply_text = call, ""
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> tuple[str, str]:
-    return make_rsa_key()
 
 
 @pytest.fixture(name="gemini")
@@ -314,16 +312,9 @@ async def test_stream_left_by_the_client(proxy: RunningProxy, lago: FakeLago,
     target.set_usage(uncached=700, output=400)
     target.set_reply("word " * 200, chunks=200)
     target.server.chunk_delay = 0.02  # a 4 s stream if nobody leaves
-    async with aiohttp.ClientSession() as s:
-        resp = await s.post(proxy.base_url + "/v1/chat/completions", json={
-            "model": target.model_name, "messages": ASK, "user": "cust-gone",
-            "stream": True}, headers={"Authorization": f"Bearer {MASTER_KEY}"})
-        assert resp.status == 200
-        call_id = resp.headers[CALL_ID_HEADER]
-        got = b""
-        while got.count(b"data: ") < 6:
-            got += await resp.content.readany()
-        resp.close()  # hang up mid-stream
+    call_id = await leave_stream(proxy.base_url + "/v1/chat/completions", {
+        "model": target.model_name, "messages": ASK, "user": "cust-gone", "stream": True},
+        count=6)
     await await_for(lambda: call_id in lago.events, timeout=10)
     p = lago.events[call_id].properties
     assert "client_disconnected" in p["flags"].split(",")

@@ -16,7 +16,11 @@ from tallygate.errors import BadRequestError
 from tests.fakes.gemini_server import FakeGemini
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.server_base import run_in_thread
-from tests.fakes.vertex_server import FakeVertex, make_rsa_key
+from tests.fakes.vertex_server import FakeVertex
+from tests.google_fixtures import (  # noqa: F401  (fixtures)
+    rsa_key_fixture,
+    vertex_fixture,
+)
 from tests.proxy_harness import wait_for
 from tests.sdk_fixtures import MESSAGES
 
@@ -24,21 +28,10 @@ MTOK = Decimal(1_000_000)
 GEMINI_KEY = "AIza-sdk-test"
 
 
-@pytest.fixture(scope="module")
-def rsa_key() -> tuple[str, str]:
-    return make_rsa_key()
-
-
 @pytest.fixture
 def gemini() -> Iterator[FakeGemini]:
     with run_in_thread(FakeGemini()) as fake:
         fake.require_api_key = GEMINI_KEY
-        yield fake
-
-
-@pytest.fixture
-def vertex(rsa_key: tuple[str, str]) -> Iterator[FakeVertex]:
-    with run_in_thread(FakeVertex(rsa_key)) as fake:
         yield fake
 
 

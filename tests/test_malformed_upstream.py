@@ -22,9 +22,14 @@ import pytest
 
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.openai_server import FakeOpenAI
-from tests.fakes.server_base import run_in_thread
-from tests.proxy_harness import MASTER_KEY, UPSTREAM_KEY, anthropic_entry, openai_entry, run_proxy
-from tests.upstream_checks import Gate, Outcome, check_call, gate_config, make_gate
+from tests.proxy_harness import MASTER_KEY, anthropic_entry, openai_entry
+from tests.upstream_checks import (  # noqa: F401  (the fakes fixture)
+    Gate,
+    Outcome,
+    check_call,
+    fakes_fixture,
+    serve_gate,
+)
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -50,22 +55,14 @@ CASES: list[tuple[str, bool, str, Outcome]] = [
 ]
 
 
-@pytest.fixture(scope="module", name="fakes")
-def fakes_fixture() -> Iterator[tuple[FakeOpenAI, FakeAnthropic]]:
-    with run_in_thread(FakeOpenAI()) as gpt, run_in_thread(FakeAnthropic()) as claude:
-        gpt.require_api_key = claude.require_api_key = UPSTREAM_KEY
-        yield gpt, claude
-
-
 @pytest.fixture(scope="module", name="gate")
 def gate_fixture(tmp_path_factory: pytest.TempPathFactory,
                  fakes: tuple[FakeOpenAI, FakeAnthropic]) -> Iterator[Gate]:
     gpt, claude = fakes
-    tmp = tmp_path_factory.mktemp("malformed")
-    settings = gate_config(tmp, [openai_entry("openai", gpt.base_url),
-                                 anthropic_entry("anthropic", claude.base_url)])
-    with run_proxy(settings) as proxy:
-        yield make_gate(proxy)
+    with serve_gate(tmp_path_factory.mktemp("malformed"), [
+            openai_entry("openai", gpt.base_url),
+            anthropic_entry("anthropic", claude.base_url)]) as gate:
+        yield gate
 
 
 @pytest.fixture(autouse=True)

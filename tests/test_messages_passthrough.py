@@ -26,6 +26,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     MASTER_KEY,
     UPSTREAM_KEY,
     RunningProxy,
+    anthropic_client_fixture,
     anthropic_entry,
     anthropic_upstream_fixture,
     billed,
@@ -94,13 +95,6 @@ def proxy_fixture(tmp_path: Path, lago: FakeLago, claude: FakeAnthropic,
     ], tmp_path)
     with run_proxy(proxy_settings(tmp_path, cfg, lago_env(lago))) as proxy:
         yield proxy
-
-
-@pytest.fixture(name="client")
-def client_fixture(proxy: RunningProxy) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=proxy.base_url, api_key=MASTER_KEY,
-                             max_retries=0) as client:
-        yield client
 
 
 def _usage(claude: FakeAnthropic) -> None:

@@ -13,8 +13,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import anthropic
 import openai
 import pytest
 
@@ -22,14 +20,25 @@ from tallygate.estimate import estimate_prompt_tokens
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.server_base import FakeToolCall, run_in_thread
+from tests.golden_support import (  # noqa: F401  (the client fixture)
+    MESSAGES,
+    WEATHER_TOOL,
+    client_fixture,
+    event_after_stream_error,
+    leave_mid_stream,
+    messages_door_calls,
+    read_chat_stream,
+    reset_fake,
+    stream_chat,
+)
 from tests.proxy_harness import (
     CALL_ID_HEADER,
     COST_HEADER,
-    MASTER_KEY,
     RunningProxy,
     await_for,
     billed,
     config_dict,
+    gemini_client,
     lago_env,
     proxy_settings,
     run_proxy,
@@ -42,12 +51,6 @@ pytestmark = pytest.mark.timeout(60)
 INPUT_PRICE = Decimal("0.0000001")
 OUTPUT_PRICE = Decimal("0.0000004")
 EMBED_PRICE = Decimal("0.00000002")
-MESSAGES: list[Any] = [{"role": "system", "content": "Be brief."},
-                       {"role": "user", "content": "What is the weather in Paris?"}]
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
 
 
 @dataclass
@@ -87,16 +90,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 @pytest.fixture(autouse=True)
 def fresh_fake(world: World) -> None:
-    for name, value in vars(FakeOllama()).items():
-        if name not in ("port", "_runner"):
-            setattr(world.ollama, name, value)
-
-
-@pytest.fixture
-def client(world: World) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=world.proxy.base_url + "/v1", api_key=MASTER_KEY,
-                       max_retries=0) as c:
-        yield c
+    reset_fake(world.ollama, FakeOllama())
 
 
 def cost(input_tokens: int, output_tokens: int) -> Decimal:
@@ -152,11 +146,8 @@ def test_ndjson_stream_billed_on_the_done_line(world: World, client: openai.Open
                                                model: str, provider: str) -> None:
     world.ollama.prompt_eval_count, world.ollama.eval_count = 31, 22
     world.ollama.stream_chunks = 5
-    with client.chat.completions.with_streaming_response.create(
-            model=model, messages=MESSAGES, user="lab", stream=True,
-            stream_options={"include_usage": True}) as resp:
-        call_id = resp.headers[CALL_ID_HEADER]
-        chunks = list(resp.parse())
+    call_id, chunks = stream_chat(client, model=model, messages=MESSAGES, user="lab",
+                                  stream_options={"include_usage": True})
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) \
         == world.ollama.reply_text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
@@ -172,11 +163,8 @@ def test_tool_call_billed(world: World, client: openai.OpenAI, stream: bool) -> 
     world.ollama.tool_call = FakeToolCall("get_weather", {"city": "Paris"})
     world.ollama.prompt_eval_count, world.ollama.eval_count = 122, 33
     if stream:
-        with client.chat.completions.with_streaming_response.create(
-                model="llama", messages=MESSAGES, user="lab", tools=[WEATHER_TOOL],
-                stream=True) as resp:
-            call_id = resp.headers[CALL_ID_HEADER]
-            chunks = list(resp.parse())
+        call_id, chunks = stream_chat(client, model="llama", messages=MESSAGES, user="lab",
+                                      tools=[WEATHER_TOOL])
         deltas = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or ()]
         assert len(deltas) == 1 and deltas[0].function is not None
         assert deltas[0].function.name == "get_weather"
@@ -222,11 +210,8 @@ def test_missing_prompt_count_is_estimated_never_zero(world: World,
     assert "estimated_usage" in ev.properties["flags"].split(",")
     usage = raw.parse().usage
     assert usage is not None and usage.prompt_tokens == estimate  # what the bill says
-    with client.chat.completions.with_streaming_response.create(
-            model="llama", messages=MESSAGES, user="lab", stream=True,
-            stream_options={"include_usage": True}) as resp:
-        call_id = resp.headers[CALL_ID_HEADER]
-        chunks = list(resp.parse())
+    call_id, chunks = stream_chat(client, model="llama", messages=MESSAGES, user="lab",
+                                  stream_options={"include_usage": True})
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == estimate
     check_event(billed(world.lago, call_id, "lab"), "llama", "ollama_chat", estimate, 12,
                 cost(estimate, 12), "estimated")
@@ -248,16 +233,7 @@ async def test_stream_aborted_by_the_client_is_billed_once(world: World) -> None
     fake.reply_text = "word " * 200
     fake.stream_chunks = 200
     fake.chunk_delay = 0.02
-    async with aiohttp.ClientSession() as s:
-        resp = await s.post(world.proxy.base_url + "/v1/chat/completions", json={
-            "model": "llama", "messages": MESSAGES, "user": "leaver", "stream": True},
-            headers={"Authorization": f"Bearer {MASTER_KEY}"})
-        assert resp.status == 200
-        call_id = resp.headers[CALL_ID_HEADER]
-        got = b""
-        while got.count(b"data: ") < 6:
-            got += await resp.content.readany()
-        resp.close()
+    call_id = await leave_mid_stream(world.proxy, "llama", "leaver")
     await await_for(lambda: call_id in world.lago.events, timeout=10)
     ev = world.lago.events[call_id]
     p = ev.properties
@@ -325,23 +301,12 @@ def test_errors_keep_status_and_bill_nothing(world: World, client: openai.OpenAI
 
 async def test_error_line_mid_stream_is_in_band_and_billed(world: World) -> None:
     world.ollama.stream_error = "model runner has unexpectedly stopped"
-    async with aiohttp.ClientSession() as s, s.post(
-            world.proxy.base_url + "/v1/chat/completions",
-            json={"model": "llama", "messages": MESSAGES, "user": "lab", "stream": True},
-            headers={"Authorization": f"Bearer {MASTER_KEY}"}) as resp:
-        body = await resp.text()
-        status = resp.status
-        call_id = resp.headers[CALL_ID_HEADER]
+    status, call_id, body = await read_chat_stream(world.proxy, "llama", "lab")
     assert '"error"' in body and "unexpectedly stopped" in body
-    if status >= 500:
-        # The failure came before any byte reached the client (the router reads up to
-        # the first chunk before it commits): a failed attempt, billed nothing.
-        await asyncio.sleep(0.5)
-        assert call_id not in world.lago.events
+    ev = await event_after_stream_error(world.lago, status, call_id)
+    if ev is None:
         return
-    assert status == 200  # in-band after output began
-    await await_for(lambda: call_id in world.lago.events)
-    p = world.lago.events[call_id].properties
+    p = ev.properties
     # What streamed before the failure is billed, estimated (the counts never came).
     assert p["usage_source"] == "estimated" and p["output_tokens"] > 0
     assert Decimal(p["response_cost"]) == cost(p["input_tokens"], p["output_tokens"])
@@ -351,17 +316,8 @@ async def test_error_line_mid_stream_is_in_band_and_billed(world: World) -> None
 
 def test_messages_door_reaches_ollama_with_top_k(world: World) -> None:
     world.ollama.prompt_eval_count, world.ollama.eval_count = 19, 6
-    with anthropic.Anthropic(base_url=world.proxy.base_url, api_key=MASTER_KEY,
-                             max_retries=0) as door:
-        raw = door.messages.with_raw_response.create(
-            model="llama", max_tokens=100, system="Be brief.", extra_body={"top_k": 5},
-            messages=[{"role": "user", "content": "Hi"}], metadata={"user_id": "lab"})
-        message = raw.parse()
-        with door.messages.stream(model="llama-gen", max_tokens=100,
-                                  messages=[{"role": "user", "content": "Hi"}],
-                                  metadata={"user_id": "lab"}) as stream:
-            streamed = stream.get_final_message()
-            stream_call = stream.response.headers[CALL_ID_HEADER]
+    raw, message, streamed, stream_call = messages_door_calls(world.proxy, "llama",
+                                                              "llama-gen", "lab")
     assert message.content[0].text == world.ollama.reply_text  # type: ignore[union-attr]
     assert (message.usage.input_tokens, message.usage.output_tokens) == (19, 6)
     assert streamed.usage.output_tokens == 6
@@ -389,7 +345,6 @@ def test_responses_door_reaches_ollama(world: World, client: openai.OpenAI) -> N
 # --- legacy completions and the Gemini door -----------------------------------------------
 
 def test_completions_and_gemini_doors_reach_ollama(world: World, client: openai.OpenAI) -> None:
-    from google import genai
     from google.genai import types
 
     world.ollama.prompt_eval_count, world.ollama.eval_count = 9, 4
@@ -400,9 +355,7 @@ def test_completions_and_gemini_doors_reach_ollama(world: World, client: openai.
     ev = billed(world.lago, raw.headers[CALL_ID_HEADER], "lab")
     assert ev.properties["kind"] == "completion"
     assert Decimal(ev.properties["response_cost"]) == cost(9, 4)
-    gemini = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(
-        base_url=world.proxy.base_url, api_version="v1beta",
-        retry_options=types.HttpRetryOptions(attempts=1)))
+    gemini = gemini_client(world.proxy.base_url)
     config = types.GenerateContentConfig(labels={"user": "gem-ol"})
     text = "".join(c.text or "" for c in gemini.models.generate_content_stream(
         model="llama", contents="Say hi", config=config))

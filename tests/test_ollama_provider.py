@@ -5,11 +5,9 @@ embeddings back, over real HTTP from the Ollama stand-in."""
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 
 from tallygate.errors import (
@@ -24,15 +22,20 @@ from tallygate.providers.base import Deployment, Provider, StreamItem
 from tallygate.providers.ollama import OllamaChatProvider, OllamaGenerateProvider
 from tallygate.providers.registry import get_provider, split_model
 from tallygate.usage import Usage
+from tests.adapter_support import (  # noqa: F401  (the session fixture)
+    WEATHER,
+    request_body,
+    round_trip,
+    session_fixture,
+    streamed_text,
+    user,
+)
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.server_base import FakeToolCall
 
 CHAT = OllamaChatProvider()
 GENERATE = OllamaGenerateProvider()
 PNG = base64.b64encode(b"\x89PNG fake").decode()
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
 def dep(provider: Provider, model: str = "llama3.2", **kwargs: Any) -> Deployment:
@@ -41,14 +44,7 @@ def dep(provider: Provider, model: str = "llama3.2", **kwargs: Any) -> Deploymen
 
 def body_for(provider: Provider, params: dict[str, Any], stream: bool = False,
              deployment: Deployment | None = None) -> dict[str, Any]:
-    request = provider.chat_request(deployment or dep(provider), params, stream)
-    parsed = orjson.loads(request.body)
-    assert isinstance(parsed, dict)
-    return parsed
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
+    return request_body(provider, deployment or dep(provider), params, stream)
 
 
 # --- registration, URLs, config ----------------------------------------------------------
@@ -182,36 +178,12 @@ def test_untranslatable_requests_are_400s(provider: Provider, params: dict[str, 
 
 # --- answers, streams and usage over HTTP ------------------------------------------------
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def ask(session: aiohttp.ClientSession, provider: Provider, fake: FakeOllama,
               params: dict[str, Any], stream: bool,
               model: str = "llama3.2") -> tuple[dict[str, Any] | None, list[StreamItem], Any]:
     d = dep(provider, model, api_base=fake.url)
-    request = provider.chat_request(d, params, stream)
-    async with session.post(request.url, data=request.body, headers=request.headers) as resp:
-        raw = await resp.read()
-        assert resp.status == 200, raw
-        if stream:
-            assert resp.headers["Content-Type"].startswith("application/x-ndjson")
-    if not stream:
-        result = provider.chat_response(d, raw)
-        return result.body, [], result.usage
-    decoder = provider.chat_stream(d, include_usage=True)
-    items: list[StreamItem] = []
-    for i in range(0, len(raw), 9):  # lines split at odd places
-        items += decoder.feed(raw[i:i + 9])
-    assert decoder.done
-    return None, items, decoder.usage
-
-
-def streamed(items: list[StreamItem], field: str = "content") -> str:
-    return "".join(i.data["choices"][0]["delta"].get(field) or "" for i in items
-                   if i.data["choices"])
+    return await round_trip(session, provider, d, params, stream, split=9,
+                            stream_type="application/x-ndjson")
 
 
 @pytest.mark.parametrize("provider", [CHAT, GENERATE], ids=["chat", "generate"])
@@ -230,7 +202,7 @@ async def test_answers_and_streams_read_the_counts(session: aiohttp.ClientSessio
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"]["prompt_tokens"] == 40 and body["usage"]["completion_tokens"] == 15
     assert items[0].data["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert streamed(items) == fake.reply_text
+    assert streamed_text(items) == fake.reply_text
     assert [i.data["choices"][0]["finish_reason"] for i in items if i.data["choices"]][-1] \
         == "stop"
     assert items[-1].data["choices"] == [] and items[-1].data["usage"]["total_tokens"] == 55
@@ -246,8 +218,8 @@ async def test_length_and_thinking(session: aiohttp.ClientSession) -> None:
     assert body is not None
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["choices"][0]["message"]["reasoning_content"] == "Let me think."
-    assert streamed(items, "reasoning_content") == "Let me think."
-    assert streamed(items) == fake.reply_text
+    assert streamed_text(items, "reasoning_content") == "Let me think."
+    assert streamed_text(items) == fake.reply_text
 
 
 async def test_tool_calls_plain_and_streamed(session: aiohttp.ClientSession) -> None:

@@ -31,6 +31,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     http,
     lago_env,
     lago_fixture,
+    openai_client_fixture,
     openai_entry,
     openai_upstream_fixture,
     proxy_settings,
@@ -57,13 +58,6 @@ def proxy_fixture(tmp_path: Path, lago: FakeLago, upstream: FakeOpenAI,
     ], tmp_path)
     with run_proxy(proxy_settings(tmp_path, cfg, lago_env(lago))) as proxy:
         yield proxy
-
-
-@pytest.fixture(name="client")
-def client_fixture(proxy: RunningProxy) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=MASTER_KEY,
-                       max_retries=0) as client:
-        yield client
 
 
 # --- /v1/completions -----------------------------------------------------------------------

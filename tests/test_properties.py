@@ -24,9 +24,13 @@ from hypothesis import strategies as st
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.malformed import RawAnswer
 from tests.fakes.openai_server import FakeOpenAI
-from tests.fakes.server_base import run_in_thread
 from tests.proxy_harness import MASTER_KEY, UPSTREAM_KEY, anthropic_entry, openai_entry, run_proxy
-from tests.upstream_checks import Gate, gate_config, make_gate
+from tests.upstream_checks import (  # noqa: F401  (the fakes fixture)
+    Gate,
+    fakes_fixture,
+    gate_config,
+    make_gate,
+)
 
 BOUNDED = settings(max_examples=40, deadline=None, derandomize=True,
                    suppress_health_check=[HealthCheck.too_slow,
@@ -47,13 +51,6 @@ class _Collect(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
-
-
-@pytest.fixture(scope="module", name="fakes")
-def fakes_fixture() -> Iterator[tuple[FakeOpenAI, FakeAnthropic]]:
-    with run_in_thread(FakeOpenAI()) as gpt, run_in_thread(FakeAnthropic()) as claude:
-        gpt.require_api_key = claude.require_api_key = UPSTREAM_KEY
-        yield gpt, claude
 
 
 @pytest.fixture(scope="module", name="env")

@@ -14,7 +14,6 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from google import genai
 from google.genai import types
 
 from tallygate.model_info import get_supported_openai_params
@@ -31,6 +30,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     anthropic_entry,
     anthropic_upstream_fixture,
     config_dict,
+    gemini_client,
     http,
     lago_env,
     lago_fixture,
@@ -208,9 +208,7 @@ def test_messages_door_names_what_gemini_has_no_field_for(proxy: RunningProxy,
 
 def test_gemini_door_names_what_anthropic_has_no_field_for(proxy: RunningProxy,
                                                           claude: FakeAnthropic) -> None:
-    client = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(
-        base_url=proxy.base_url, api_version="v1beta",
-        retry_options=types.HttpRetryOptions(attempts=1)))
+    client = gemini_client(proxy.base_url)
     raw = client.models.generate_content(
         model="claude", contents="Say hi",
         config=types.GenerateContentConfig(seed=4, temperature=0.2, max_output_tokens=40))

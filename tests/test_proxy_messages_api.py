@@ -12,7 +12,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anthropic
 import pytest
 
@@ -33,6 +32,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     http,
     lago_env,
     lago_fixture,
+    leave_stream,
     openai_entry,
     openai_upstream_fixture,
     proxy_settings,
@@ -529,16 +529,10 @@ async def test_client_disconnect_raw(proxy: RunningProxy, lago: FakeLago,
     upstream.reply_text = "word " * 200
     upstream.stream_chunks = 200
     upstream.chunk_delay = 0.02
-    async with aiohttp.ClientSession() as s:
-        resp = await s.post(proxy.base_url + "/v1/messages", json={
-            "model": "gpt", "max_tokens": 500, "messages": MESSAGES, "stream": True,
-            "metadata": {"user_id": "raw-leaver"}}, headers={"x-api-key": MASTER_KEY})
-        assert resp.status == 200
-        call_id = resp.headers[CALL_ID_HEADER]
-        got = b""
-        while got.count(b"event: content_block_delta") < 5:
-            got += await resp.content.readany()
-        resp.close()
+    call_id = await leave_stream(proxy.base_url + "/v1/messages", {
+        "model": "gpt", "max_tokens": 500, "messages": MESSAGES, "stream": True,
+        "metadata": {"user_id": "raw-leaver"}}, count=5, marker=b"event: content_block_delta",
+        headers={"x-api-key": MASTER_KEY})
     await await_for(lambda: call_id in lago.events)
     ev = lago.events[call_id]
     assert ev.external_subscription_id == "raw-leaver"

@@ -30,6 +30,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     http,
     lago_env,
     lago_fixture,
+    leave_stream,
     openai_entry,
     openai_upstream_fixture,
     proxy_settings,
@@ -158,15 +159,9 @@ async def test_client_leaves_mid_stream(proxy: RunningProxy, lago: FakeLago,
                                         upstream: FakeOpenAI) -> None:
     upstream.reply_text = "word " * 200
     upstream.stream_chunks, upstream.chunk_delay = 200, 0.02
-    async with aiohttp.ClientSession() as s:
-        resp = await s.post(proxy.base_url + "/v1/responses", json={
-            "model": "gpt", "input": "Say hi", "user": "leaver", "stream": True},
-            headers={"Authorization": f"Bearer {MASTER_KEY}"})
-        call_id = resp.headers[CALL_ID_HEADER]
-        got = b""
-        while got.count(b"response.output_text.delta") < 5:
-            got += await resp.content.readany()
-        resp.close()
+    call_id = await leave_stream(proxy.base_url + "/v1/responses", {
+        "model": "gpt", "input": "Say hi", "user": "leaver", "stream": True}, count=5,
+        marker=b"response.output_text.delta")
     await await_for(lambda: call_id in lago.events)
     ev = lago.events[call_id]
     flags = ev.properties["flags"].split(",")

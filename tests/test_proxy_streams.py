@@ -27,6 +27,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     config_dict,
     lago_env,
     lago_fixture,
+    leave_stream,
     openai_entry,
     openai_upstream_fixture,
     proxy_settings,
@@ -119,17 +120,9 @@ async def test_client_disconnect_mid_stream(tmp_path: Path, lago: FakeLago,
         fake.prompt_tokens, fake.completion_tokens = 50, 200
         cfg = config_dict([openai_entry("gpt", fake.base_url)], tmp_path)
         with run_proxy(proxy_settings(tmp_path, cfg, lago_env(lago))) as proxy:
-            async with aiohttp.ClientSession() as s:
-                resp = await s.post(proxy.base_url + "/v1/chat/completions", json={
-                    "model": "gpt", "messages": MESSAGES, "user": "leaver", "stream": True,
-                    "stream_options": {"include_usage": True}},
-                    headers={"Authorization": f"Bearer {MASTER_KEY}"})
-                assert resp.status == 200
-                call_id = resp.headers[CALL_ID_HEADER]
-                got = b""
-                while got.count(b"data: ") < 5:
-                    got += await resp.content.readany()
-                resp.close()  # hang up mid-stream
+            call_id = await leave_stream(proxy.base_url + "/v1/chat/completions", {
+                "model": "gpt", "messages": MESSAGES, "user": "leaver", "stream": True,
+                "stream_options": {"include_usage": True}}, count=5)
             await await_for(lambda: call_id in lago.events, timeout=10)
             ev = lago.events[call_id]
             assert ev.external_subscription_id == "leaver"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,8 @@ from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.lago_server import FakeLago
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.server_base import FakeToolCall
+from tests.npm_tools import NPM_ROOT, npm_install
 from tests.proxy_harness import (  # noqa: F401  (fixtures)
-    REPO,
     RunningProxy,
     anthropic_entry,
     anthropic_upstream_fixture,
@@ -44,7 +43,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
 )
 
 CODEX_VERSION = "0.171.0"
-NPM_CACHE = REPO / ".cache" / "npm"
+NPM_CACHE = NPM_ROOT
 MARKER = "codex-ran-this-4711"
 
 
@@ -56,16 +55,7 @@ def codex_fixture() -> Path:
     package = NPM_CACHE / "node_modules" / "@openai" / "codex" / "package.json"
     if package.exists() and json.loads(package.read_text())["version"] == CODEX_VERSION:
         return binary
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is not on PATH: the Codex CLI test installs @openai/codex "
-                    f"{CODEX_VERSION} with it (apt-get install npm)")
-    NPM_CACHE.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([npm, "install", "--prefix", str(NPM_CACHE), "--no-audit",
-                           "--no-fund", "--loglevel=error", f"@openai/codex@{CODEX_VERSION}"],
-                          capture_output=True, text=True, timeout=280)
-    if done.returncode != 0:
-        pytest.fail(f"npm install @openai/codex@{CODEX_VERSION} failed:\n{done.stderr}")
+    npm_install("@openai/codex", CODEX_VERSION, NPM_CACHE, what="the Codex CLI", save=True)
     return binary
 
 

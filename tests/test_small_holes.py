@@ -8,7 +8,6 @@ route's API shape; ``service_tier`` is priced where the price is known, else ref
 
 from __future__ import annotations
 
-import socket
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.proxy_harness import (  # noqa: F401  (fixtures)
     openai_entry,
     openai_upstream_fixture,
     proxy_settings,
+    raw_exchange,
     run_proxy,
 )
 from tests.test_access_keys import generate, mock_entry, settings
@@ -92,20 +92,9 @@ def test_a_restricted_key_lists_only_its_models(tmp_path: Path) -> None:
 
 
 def _raw(base_url: str, data: bytes, wait_s: float) -> tuple[bytes, float]:
-    host, port = base_url.rsplit("/", 1)[-1].split(":")
     started = time.monotonic()
-    with socket.create_connection((host, int(port)), timeout=wait_s) as s:
-        s.sendall(data)
-        chunks = []
-        while True:
-            try:
-                got = s.recv(65536)
-            except TimeoutError:
-                break
-            if not got:
-                break
-            chunks.append(got)
-    return b"".join(chunks), time.monotonic() - started
+    answer = raw_exchange(base_url, data, wait_s)
+    return answer, time.monotonic() - started
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/key/generate"])

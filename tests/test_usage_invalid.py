@@ -16,9 +16,13 @@ import pytest
 from tallygate.usage import Usage
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.openai_server import FakeOpenAI
-from tests.fakes.server_base import run_in_thread
-from tests.proxy_harness import UPSTREAM_KEY, anthropic_entry, http, openai_entry, run_proxy
-from tests.upstream_checks import Gate, check_call, gate_config, make_gate
+from tests.proxy_harness import anthropic_entry, http, openai_entry
+from tests.upstream_checks import (  # noqa: F401  (the fakes fixture)
+    Gate,
+    check_call,
+    fakes_fixture,
+    serve_gate,
+)
 
 HI = [{"role": "user", "content": "hello there, how are you today?"}]
 
@@ -52,23 +56,15 @@ def test_valid_usage_still_reads() -> None:
         input_tokens=3, output_tokens=4)
 
 
-@pytest.fixture(scope="module", name="fakes")
-def fakes_fixture() -> Iterator[tuple[FakeOpenAI, FakeAnthropic]]:
-    with run_in_thread(FakeOpenAI()) as gpt, run_in_thread(FakeAnthropic()) as claude:
-        gpt.require_api_key = claude.require_api_key = UPSTREAM_KEY
-        yield gpt, claude
-
-
 @pytest.fixture(scope="module", name="gate")
 def gate_fixture(tmp_path_factory: pytest.TempPathFactory,
                  fakes: tuple[FakeOpenAI, FakeAnthropic]) -> Iterator[Gate]:
     gpt, claude = fakes
-    settings = gate_config(tmp_path_factory.mktemp("usage"), [
-        openai_entry("openai", gpt.base_url),
-        openai_entry("embedder", gpt.base_url, model="text-embedding-3-small"),
-        anthropic_entry("anthropic", claude.base_url)])
-    with run_proxy(settings) as proxy:
-        yield make_gate(proxy)
+    with serve_gate(tmp_path_factory.mktemp("usage"), [
+            openai_entry("openai", gpt.base_url),
+            openai_entry("embedder", gpt.base_url, model="text-embedding-3-small"),
+            anthropic_entry("anthropic", claude.base_url)]) as gate:
+        yield gate
 
 
 @pytest.fixture(autouse=True)

@@ -27,14 +27,12 @@ from tallygate.providers.registry import get_provider
 from tallygate.providers.vertex_ai import VertexAIProvider
 from tests.fakes.server_base import run_in_thread
 from tests.fakes.vertex_server import FakeVertex, make_rsa_key
+from tests.google_fixtures import (  # noqa: F401  (fixtures)
+    rsa_key_fixture,
+)
 from tests.sdk_fixtures import MESSAGES
 
 KEY_MARK = "PRIVATE KEY"
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> tuple[str, str]:
-    return make_rsa_key()
 
 
 @pytest.fixture

@@ -3,11 +3,25 @@ what was billed (the spend ledger, with its flags), and that no reservation is l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.proxy_harness import RunningProxy, config_dict, http, proxy_settings
+import pytest
+
+from tests.fakes.anthropic_server import FakeAnthropic
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.server_base import run_in_thread
+from tests.proxy_harness import (
+    UPSTREAM_KEY,
+    RunningProxy,
+    config_dict,
+    http,
+    proxy_settings,
+    run_proxy,
+)
 from tests.test_access_keys import generate
 
 Outcome = Literal["billed", "incomplete", "502"]
@@ -48,6 +62,14 @@ class Gate:
         return self.proxy.call(read())
 
 
+@pytest.fixture(scope="module", name="fakes")
+def fakes_fixture() -> Iterator[tuple[FakeOpenAI, FakeAnthropic]]:
+    """An OpenAI and an Anthropic stand-in for a module, both requiring the upstream key."""
+    with run_in_thread(FakeOpenAI()) as gpt, run_in_thread(FakeAnthropic()) as claude:
+        gpt.require_api_key = claude.require_api_key = UPSTREAM_KEY
+        yield gpt, claude
+
+
 def gate_config(tmp_path: Path, models: list[dict[str, Any]]) -> Any:
     return proxy_settings(tmp_path, config_dict(models, tmp_path, lago=False))
 
@@ -55,6 +77,13 @@ def gate_config(tmp_path: Path, models: list[dict[str, Any]]) -> Any:
 def make_gate(proxy: RunningProxy) -> Gate:
     key = generate(proxy.base_url, customer_id="acme", max_budget=1000)["key"]
     return Gate(proxy, key)
+
+
+@contextmanager
+def serve_gate(tmp_path: Path, models: list[dict[str, Any]]) -> Iterator[Gate]:
+    """A proxy serving ``models`` (no Lago), with its budgeted key."""
+    with run_proxy(gate_config(tmp_path, models)) as proxy:
+        yield make_gate(proxy)
 
 
 def check_call(gate: Gate, door: str, stream: bool, reply: Any, outcome: Outcome,

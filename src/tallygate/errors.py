@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from tallygate.scrub import scrub
@@ -148,6 +149,12 @@ _UPSTREAM_BY_STATUS: dict[int, type[UpstreamError]] = {
     401: UpstreamAuthenticationError, 403: UpstreamPermissionDeniedError,
     404: UpstreamNotFoundError, 429: UpstreamRateLimitError,
 }
+
+
+def retry_after_of(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upstream's Retry-After, as the header to pass on to our caller (none if absent)."""
+    retry_after = headers.get("retry-after") or headers.get("Retry-After")
+    return {"Retry-After": retry_after} if retry_after else {}
 
 
 def upstream_error_for(status: int, message: str, *, param: str | None = None,

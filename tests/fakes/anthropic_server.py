@@ -135,13 +135,18 @@ class FakeAnthropic(FakeServer):
                            "name": turn.tool_call.name, "input": turn.tool_call.arguments})
         return blocks
 
-    async def _messages(self, request: web.Request) -> web.StreamResponse:
+    async def _admit(self, request: web.Request) -> tuple[Received, web.Response | None]:
+        """Record a request; the answer it gets instead when its key or its
+        anthropic-version is wrong, or when a scripted error is due."""
         got = await self.record(request)
         if self.require_api_key is not None and api_key_of(got) != self.require_api_key:
-            return self.error(401, "invalid x-api-key")
+            return got, self.error(401, "invalid x-api-key")
         if not got.headers.get("anthropic-version"):
-            return self.error(400, "anthropic-version: header is required")
-        refusal = self.take_error()
+            return got, self.error(400, "anthropic-version: header is required")
+        return got, self.take_error()
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        got, refusal = await self._admit(request)
         if refusal is not None:
             return refusal
         raw = self.take_raw()
@@ -179,12 +184,7 @@ class FakeAnthropic(FakeServer):
         return await self.send_json(request, message)
 
     async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
-        got = await self.record(request)
-        if self.require_api_key is not None and api_key_of(got) != self.require_api_key:
-            return self.error(401, "invalid x-api-key")
-        if not got.headers.get("anthropic-version"):
-            return self.error(400, "anthropic-version: header is required")
-        refusal = self.take_error()
+        got, refusal = await self._admit(request)
         if refusal is not None:
             return refusal
         body = got.body or {}

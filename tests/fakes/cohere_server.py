@@ -25,7 +25,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.server_base import FakeServer, FakeToolCall, run_in_thread, split_text
+from tests.fakes.server_base import (
+    FakeServer,
+    FakeToolCall,
+    Received,
+    run_in_thread,
+    split_text,
+)
 
 __all__ = ["FakeCohere", "FakeToolCall", "run_in_thread"]
 
@@ -73,6 +79,14 @@ class FakeCohere(FakeServer):
             return True
         return request.headers.get("Authorization") == f"Bearer {self.require_api_key}"
 
+    async def _admit(self, request: web.Request) -> tuple[Received, web.Response | None]:
+        """Record a request; the answer it gets instead when unauthorised or when a
+        scripted error is due."""
+        got = await self.record(request)
+        if not self._authorised(request):
+            return got, self.error(401, "invalid api token")
+        return got, self.take_error()
+
     def usage(self) -> dict[str, Any]:
         usage: dict[str, Any] = {"tokens": {
             "input_tokens": self.input_tokens + self.template_tokens,
@@ -103,10 +117,7 @@ class FakeCohere(FakeServer):
         return None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        got = await self.record(request)
-        if not self._authorised(request):
-            return self.error(401, "invalid api token")
-        refusal = self.take_error()
+        got, refusal = await self._admit(request)
         if refusal is not None:
             return refusal
         body = got.body or {}
@@ -171,10 +182,7 @@ class FakeCohere(FakeServer):
         return events
 
     async def _embed(self, request: web.Request) -> web.StreamResponse:
-        got = await self.record(request)
-        if not self._authorised(request):
-            return self.error(401, "invalid api token")
-        refusal = self.take_error()
+        got, refusal = await self._admit(request)
         if refusal is not None:
             return refusal
         body = got.body or {}

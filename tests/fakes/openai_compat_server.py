@@ -295,11 +295,7 @@ class FakeCompat(FakeServer):
         if self.reasoning_text:
             message["reasoning_content"] = self.reasoning_text
         if self.tool_call is not None:
-            message["content"] = None
-            message["tool_calls"] = [{
-                "id": self.tool_call.id, "type": "function",
-                "function": {"name": self.tool_call.name,
-                             "arguments": orjson.dumps(self.tool_call.arguments).decode()}}]
+            self.tool_call.openai_message(message)
             finish = "tool_calls"
         if self.content_filtered:
             message["content"] = None
@@ -348,13 +344,7 @@ class FakeCompat(FakeServer):
             frames += [chunk({"reasoning_content": p})
                        for p in split_text(self.reasoning_text, self.stream_chunks)]
         if self.tool_call is not None:
-            call = self.tool_call
-            frames.append(chunk({"role": "assistant", "content": None, "tool_calls": [{
-                "index": 0, "id": call.id, "type": "function",
-                "function": {"name": call.name, "arguments": ""}}]}))
-            args = orjson.dumps(call.arguments).decode()
-            frames += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})
-                       for p in split_text(args, self.stream_chunks)]
+            frames += [chunk(d) for d in self.tool_call.openai_deltas(self.stream_chunks)]
         elif message.get("content"):
             frames.append(chunk({"role": "assistant", "content": ""}))
             frames += [chunk({"content": p})

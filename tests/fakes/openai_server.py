@@ -166,11 +166,7 @@ class FakeOpenAI(FakeServer):
                                    "refusal": None, "annotations": []}
         finish = self.finish_reason
         if turn.tool_call is not None:
-            message["content"] = None
-            message["tool_calls"] = [{
-                "id": turn.tool_call.id, "type": "function",
-                "function": {"name": turn.tool_call.name,
-                             "arguments": orjson.dumps(turn.tool_call.arguments).decode()}}]
+            turn.tool_call.openai_message(message)
             finish = "tool_calls"
         n = int((request or {}).get("n") or 1) if self.bill_request else 1
         return {
@@ -202,13 +198,7 @@ class FakeOpenAI(FakeServer):
             chunks += [chunk({"content": p}) for p in split_text(turn.reply_text,
                                                                   self.stream_chunks)]
         else:
-            call = turn.tool_call
-            chunks.append(chunk({"role": "assistant", "content": None, "tool_calls": [{
-                "index": 0, "id": call.id, "type": "function",
-                "function": {"name": call.name, "arguments": ""}}]}))
-            args = orjson.dumps(call.arguments).decode()
-            chunks += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})
-                       for p in split_text(args, self.stream_chunks)]
+            chunks += [chunk(d) for d in turn.tool_call.openai_deltas(self.stream_chunks)]
             finish = "tool_calls"
         chunks.append(chunk({}, finish))
         if include_usage:

@@ -49,6 +49,22 @@ class FakeToolCall:
     arguments: dict[str, Any]
     id: str = "call_fake_1"
 
+    def openai_deltas(self, pieces: int) -> list[dict[str, Any]]:
+        """The stream deltas of this tool call: its head, then its arguments in pieces."""
+        args = orjson.dumps(self.arguments).decode()
+        return [{"role": "assistant", "content": None, "tool_calls": [{
+                    "index": 0, "id": self.id, "type": "function",
+                    "function": {"name": self.name, "arguments": ""}}]},
+                *({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}
+                  for p in split_text(args, pieces))]
+
+    def openai_message(self, message: dict[str, Any]) -> None:
+        """Make an OpenAI chat answer's ``message`` this tool call (its content None)."""
+        message["content"] = None
+        message["tool_calls"] = [{
+            "id": self.id, "type": "function",
+            "function": {"name": self.name, "arguments": orjson.dumps(self.arguments).decode()}}]
+
 
 @dataclass
 class FakeTurn:

@@ -267,8 +267,7 @@ class MessagesRoute:
         self.calls = CallFrame(gw)
 
     def _headers(self, call_id: str) -> dict[str, str]:
-        return {CALL_ID_HEADER: call_id, ANTHROPIC_REQUEST_ID_HEADER: call_id,
-                REQUEST_ID_HEADER: call_id, **self.gw.access.response_headers(call_id)}
+        return {ANTHROPIC_REQUEST_ID_HEADER: call_id, **self.calls.answer_headers(call_id)}
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         return await self.calls.run(request, "messages", admission_params, self._create,

@@ -147,8 +147,7 @@ class GeminiRoute:
         self.calls = CallFrame(gw)
 
     def _headers(self, call_id: str) -> dict[str, str]:
-        return {CALL_ID_HEADER: call_id, REQUEST_ID_HEADER: call_id,
-                **self.gw.access.response_headers(call_id)}
+        return self.calls.answer_headers(call_id)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         try:

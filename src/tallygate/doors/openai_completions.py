@@ -34,10 +34,8 @@ from tallygate.providers.base import Deployment, NativeCompletions
 from tallygate.providers.openai import DONE_FRAME
 from tallygate.providers.registry import get_provider
 from tallygate.proxy.calls import (
-    CALL_ID_HEADER,
     COST_HEADER,
     DROPPED_HEADER,
-    REQUEST_ID_HEADER,
     CallFrame,
     dropped_header,
     serve_stream,
@@ -53,8 +51,7 @@ class CompletionsRoute:
         self.calls = CallFrame(gw)
 
     def _headers(self, call_id: str) -> dict[str, str]:
-        return {CALL_ID_HEADER: call_id, REQUEST_ID_HEADER: call_id,
-                **self.gw.access.response_headers(call_id)}
+        return self.calls.answer_headers(call_id)
 
     def _billed(self, body: bytes, event: UsageEvent, headers: dict[str, str]) -> web.Response:
         if event.cost is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from tallygate.errors import BadRequestError, UpstreamError, upstream_error_for
+from tallygate.errors import BadRequestError, UpstreamError, retry_after_of, upstream_error_for
 from tallygate.providers.base import (
     ChatResult,
     Deployment,
@@ -386,10 +386,7 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upst
     if isinstance(err, dict):
         message = str(err.get("message") or message)
         err_type = err.get("type") if isinstance(err.get("type"), str) else None
-    keep = {}
-    retry_after = headers.get("retry-after") or headers.get("Retry-After")
-    if retry_after:
-        keep["Retry-After"] = retry_after
+    keep = retry_after_of(headers)
     # 529 (overloaded) and every 5xx are the provider's fault: a bad gateway for us.
     return upstream_error_for(status, message, error_type=err_type, headers=keep)
 

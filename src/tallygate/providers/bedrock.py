@@ -23,6 +23,7 @@ from tallygate.errors import (
     UpstreamError,
     UpstreamPermissionDeniedError,
     UpstreamTimeoutError,
+    retry_after_of,
     upstream_error_for,
 )
 from tallygate.estimate import estimate_text_tokens
@@ -94,10 +95,7 @@ def bedrock_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstr
         text = parsed.get("message") or parsed.get("Message")
         if isinstance(text, str) and text:
             message = text
-    keep = {}
-    retry_after = headers.get("retry-after") or headers.get("Retry-After")
-    if retry_after:
-        keep["Retry-After"] = retry_after
+    keep = retry_after_of(headers)
     code = err_type or f"http_{status}"
     if err_type in _UNAVAILABLE or (err_type is None and status == 503):
         return UpstreamError(message, status_code=503, code=code,

@@ -19,6 +19,7 @@ from tallygate.errors import (
     BadRequestError,
     ConfigError,
     UpstreamError,
+    retry_after_of,
     upstream_error_for,
 )
 from tallygate.estimate import estimate_text_tokens
@@ -95,20 +96,13 @@ def _user_content(content: object, where: str) -> str | list[dict[str, Any]]:
                 image["detail"] = detail
             out.append({"type": "image_url", "image_url": image})
         else:
-            raise BadRequestError(f"content part type {kind!r} is not supported for "
-                                  f"{LABEL} models", param=where)
+            raise tr.unsupported_part(kind, LABEL, where)
     return out
 
 
 def _tool_calls(calls: object, where: str) -> list[dict[str, Any]]:
-    if not isinstance(calls, list):
-        raise BadRequestError("tool_calls must be a list", param=where)
     out = []
-    for call in calls:
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not fn.get("name"):
-            raise BadRequestError("tool_calls entries need a function with a name",
-                                  param=where)
+    for call, fn in tr.call_functions(calls, where):
         args = fn.get("arguments")
         out.append({"id": str(call.get("id") or tr.new_id("call_")), "type": "function",
                     "function": {"name": fn["name"],
@@ -120,13 +114,8 @@ def _tool_calls(calls: object, where: str) -> list[dict[str, Any]]:
 def translate_messages(messages: object) -> list[dict[str, Any]]:
     """OpenAI messages as v2 Chat messages. An assistant turn's text beside its tool
     calls is Cohere's ``tool_plan`` (the answers give the plan back as that text)."""
-    if not isinstance(messages, list) or not messages:
-        raise BadRequestError("messages must be a non-empty list", param="messages")
     out: list[dict[str, Any]] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise BadRequestError("each message must be an object", param=where)
+    for where, message in tr.message_list(messages):
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
@@ -154,8 +143,7 @@ def translate_messages(messages: object) -> list[dict[str, Any]]:
             out.append({"role": "tool", "tool_call_id": str(message["tool_call_id"]),
                         "content": result})
         else:
-            raise BadRequestError(f"message role {role!r} is not supported for {LABEL} "
-                                  "models", param=f"{where}.role")
+            raise tr.unsupported_role(role, LABEL, where)
     return out
 
 
@@ -172,14 +160,7 @@ def translate_tools(tools: object, choice: object) -> tuple[list[dict[str, Any]]
             raise BadRequestError(f"tool_choice names {named!r}, which is not in tools",
                                   param="tool_choice")
         choice = "required"
-    out = []
-    for fn in functions:
-        entry: dict[str, Any] = {
-            "name": fn["name"],
-            "parameters": fn.get("parameters") or {"type": "object", "properties": {}}}
-        if fn.get("description"):
-            entry["description"] = fn["description"]
-        out.append({"type": "function", "function": entry})
+    out = tr.function_tool_entries(functions)
     if choice in (None, "auto"):
         return out, None, strict
     if choice in ("required", "none"):
@@ -299,17 +280,8 @@ def translate_response(parsed: Mapping[str, Any], model: str) -> ChatResult:
 def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
     """A Cohere error answer ``{"id": ..., "message": ...}`` with its status; 498
     (invalid token) is the 401 it means, 499 (cancelled) a failed upstream."""
-    message = f"Cohere answered {status}"
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
-        message = parsed["message"]
-    keep = {}
-    retry_after = headers.get("retry-after") or headers.get("Retry-After")
-    if retry_after:
-        keep["Retry-After"] = retry_after
+    message = tr.error_message(body, "message", f"Cohere answered {status}")
+    keep = retry_after_of(headers)
     if status == 498:
         status = 401
     elif status == 499:
@@ -421,10 +393,7 @@ def embed_body(model: str, params: Mapping[str, Any], extra: Mapping[str, Any]) 
     truncate = params.get("truncate") or extra.get("truncate")
     if truncate:
         body["truncate"] = truncate
-    fmt = params.get("encoding_format")
-    if fmt not in (None, "float", "base64"):
-        raise BadRequestError("encoding_format must be 'float' or 'base64'",
-                              param="encoding_format")
+    tr.check_encoding_format(params)
     return body
 
 
@@ -488,10 +457,7 @@ class CohereProvider(Provider):
                                body=orjson.dumps(body))
 
     def chat_response(self, deployment: Deployment, body: bytes) -> ChatResult:
-        parsed = orjson.loads(body)
-        if not isinstance(parsed, dict):
-            raise UpstreamError("Cohere answered with a non-object body")
-        return translate_response(parsed, deployment.model)
+        return translate_response(tr.json_object(body, LABEL), deployment.model)
 
     def chat_stream(self, deployment: Deployment, include_usage: bool) -> StreamDecoder:
         return CohereStreamDecoder(include_usage, deployment.model)
@@ -507,10 +473,7 @@ class CohereProvider(Provider):
                                headers=self._headers(deployment), body=orjson.dumps(body))
 
     def embedding_response(self, deployment: Deployment, body: bytes) -> ChatResult:
-        parsed = orjson.loads(body)
-        if not isinstance(parsed, dict):
-            raise UpstreamError("Cohere answered with a non-object body")
-        return embed_response(parsed, deployment.model)
+        return embed_response(tr.json_object(body, LABEL), deployment.model)
 
 
     def media_request(self, deployment: Deployment, path: str, body: bytes,

@@ -17,7 +17,13 @@ from typing import Any
 
 import orjson
 
-from tallygate.errors import BadRequestError, ConfigError, UpstreamError, upstream_error_for
+from tallygate.errors import (
+    BadRequestError,
+    ConfigError,
+    UpstreamError,
+    retry_after_of,
+    upstream_error_for,
+)
 from tallygate.estimate import estimate_text_tokens
 from tallygate.providers import translate as tr
 from tallygate.providers.base import (
@@ -129,20 +135,13 @@ def _text_and_images(content: object, where: str) -> tuple[str, list[str]]:
         elif kind == "image_url":
             images.append(tr.data_url_base64(tr.image_url(part, where)[0], LABEL, where))
         else:
-            raise BadRequestError(f"content part type {kind!r} is not supported for "
-                                  f"{LABEL} models", param=where)
+            raise tr.unsupported_part(kind, LABEL, where)
     return "".join(texts), images
 
 
 def _tool_calls(calls: object, where: str) -> list[dict[str, Any]]:
-    if not isinstance(calls, list):
-        raise BadRequestError("tool_calls must be a list", param=where)
     out = []
-    for call in calls:
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not fn.get("name"):
-            raise BadRequestError("tool_calls entries need a function with a name",
-                                  param=where)
+    for _call, fn in tr.call_functions(calls, where):
         out.append({"function": {"name": fn["name"],
                                  "arguments": tr.arguments_object(fn.get("arguments"), where)}})
     return out
@@ -151,14 +150,9 @@ def _tool_calls(calls: object, where: str) -> list[dict[str, Any]]:
 def chat_messages(messages: object) -> list[dict[str, Any]]:
     """OpenAI messages as /api/chat messages. A tool result names its tool
     (``tool_name``), found from the assistant call its ``tool_call_id`` answers."""
-    if not isinstance(messages, list) or not messages:
-        raise BadRequestError("messages must be a non-empty list", param="messages")
     names: dict[str, str] = {}
     out: list[dict[str, Any]] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise BadRequestError("each message must be an object", param=where)
+    for where, message in tr.message_list(messages):
         role = message.get("role")
         if role in ("system", "developer"):
             out.append({"role": "system",
@@ -185,8 +179,7 @@ def chat_messages(messages: object) -> list[dict[str, Any]]:
                 turn["tool_name"] = name
             out.append(turn)
         else:
-            raise BadRequestError(f"message role {role!r} is not supported for {LABEL} "
-                                  "models", param=f"{where}.role")
+            raise tr.unsupported_role(role, LABEL, where)
     return out
 
 
@@ -203,30 +196,17 @@ def chat_tools(params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
         raise BadRequestError(f"Ollama cannot force a tool (tool_choice {choice!r}); "
                               "use 'auto' or 'none'", param="tool_choice",
                               code="unsupported_parameter")
-    out = []
-    for fn in tr.function_tools(tools):
-        entry: dict[str, Any] = {
-            "name": fn["name"],
-            "parameters": fn.get("parameters") or {"type": "object", "properties": {}}}
-        if fn.get("description"):
-            entry["description"] = fn["description"]
-        out.append({"type": "function", "function": entry})
-    return out
+    return tr.function_tool_entries(tr.function_tools(tools))
 
 
 def generate_prompt(messages: object) -> tuple[str, str | None, list[str]]:
     """(prompt, system, images) for /api/generate, which takes one prompt: a lone user
     turn is the prompt as it is (the model's template frames it); a conversation is
     written out turn by turn. Tool turns need /api/chat (``ollama_chat/``)."""
-    if not isinstance(messages, list) or not messages:
-        raise BadRequestError("messages must be a non-empty list", param="messages")
     system: list[str] = []
     turns: list[tuple[str, str]] = []
     images: list[str] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise BadRequestError("each message must be an object", param=where)
+    for where, message in tr.message_list(messages):
         role = message.get("role")
         if role in ("tool",) or message.get("tool_calls"):
             raise BadRequestError("tool calls need Ollama's chat API: use the model as "
@@ -238,8 +218,7 @@ def generate_prompt(messages: object) -> tuple[str, str | None, list[str]]:
             turns.append((str(role), text))
             images += found
         else:
-            raise BadRequestError(f"message role {role!r} is not supported for {LABEL} "
-                                  "models", param=f"{where}.role")
+            raise tr.unsupported_role(role, LABEL, where)
     if len(turns) == 1 and turns[0][0] == "user":
         prompt = turns[0][1]
     else:
@@ -306,18 +285,8 @@ def translate_answer(parsed: Mapping[str, Any], model: str) -> ChatResult:
 
 def upstream_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
     """Ollama's error answer ``{"error": "..."}`` with its status."""
-    message = f"Ollama answered {status}"
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        message = parsed["error"]
-    keep = {}
-    retry_after = headers.get("retry-after") or headers.get("Retry-After")
-    if retry_after:
-        keep["Retry-After"] = retry_after
-    return upstream_error_for(status, message, headers=keep)
+    message = tr.error_message(body, "error", f"Ollama answered {status}")
+    return upstream_error_for(status, message, headers=retry_after_of(headers))
 
 
 # --- stream: NDJSON lines -> OpenAI chat.completion.chunk --------------------------------
@@ -440,9 +409,7 @@ class _OllamaBase(Provider):
                                body=orjson.dumps(self.body(deployment, params, stream)))
 
     def chat_response(self, deployment: Deployment, body: bytes) -> ChatResult:
-        parsed = orjson.loads(body)
-        if not isinstance(parsed, dict):
-            raise UpstreamError("Ollama answered with a non-object body")
+        parsed = tr.json_object(body, LABEL)
         if isinstance(parsed.get("error"), str):
             raise UpstreamError(f"Ollama failed: {parsed['error']}")
         return translate_answer(parsed, deployment.model)
@@ -467,9 +434,7 @@ class _OllamaBase(Provider):
         opts = {k: v for k, v in deployment.params.items() if k in OPTION_NAMES}
         if opts:
             body["options"] = opts
-        if params.get("encoding_format") not in (None, "float", "base64"):
-            raise BadRequestError("encoding_format must be 'float' or 'base64'",
-                                  param="encoding_format")
+        tr.check_encoding_format(params)
         return UpstreamRequest(url=self._base(deployment) + "/api/embed",
                                headers=self._headers(deployment), body=orjson.dumps(body))
 

@@ -11,12 +11,12 @@ import base64
 import os
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from tallygate.errors import BadRequestError
+from tallygate.errors import BadRequestError, UpstreamError
 from tallygate.providers.base import StreamItem
 from tallygate.usage import Usage
 
@@ -138,6 +138,56 @@ def function_tools(tools: object) -> list[dict[str, Any]]:
     return out
 
 
+def function_tool_entries(functions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Checked ``function`` objects as the tools list both Cohere and Ollama take: name,
+    parameters (an empty object schema when none) and the description when given."""
+    out = []
+    for fn in functions:
+        entry: dict[str, Any] = {
+            "name": fn["name"],
+            "parameters": fn.get("parameters") or {"type": "object", "properties": {}}}
+        if fn.get("description"):
+            entry["description"] = fn["description"]
+        out.append({"type": "function", "function": entry})
+    return out
+
+
+def call_functions(calls: object,
+                   where: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(call, function) of an assistant turn's OpenAI ``tool_calls``, each checked (as
+    it is reached) to have a function with a name."""
+    if not isinstance(calls, list):
+        raise BadRequestError("tool_calls must be a list", param=where)
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not fn.get("name"):
+            raise BadRequestError("tool_calls entries need a function with a name",
+                                  param=where)
+        yield call, fn
+
+
+def message_list(messages: object) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, message) of OpenAI ``messages``, checked to be a non-empty list of
+    objects; ``where`` names the message in errors (``messages[2]``)."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError("messages must be a non-empty list", param="messages")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise BadRequestError("each message must be an object", param=where)
+        yield where, message
+
+
+def unsupported_role(role: object, label: str, where: str) -> BadRequestError:
+    return BadRequestError(f"message role {role!r} is not supported for {label} models",
+                           param=f"{where}.role")
+
+
+def unsupported_part(kind: object, label: str, where: str) -> BadRequestError:
+    return BadRequestError(f"content part type {kind!r} is not supported for {label} models",
+                           param=where)
+
+
 def new_id(prefix: str) -> str:
     return prefix + os.urandom(12).hex()
 
@@ -167,6 +217,25 @@ def assistant_message(text: str, tool_calls: Sequence[dict[str, Any]],
     if tool_calls:
         message["tool_calls"] = list(tool_calls)
     return message
+
+
+def json_object(body: bytes, label: str) -> dict[str, Any]:
+    """An upstream's JSON answer, which must be an object."""
+    parsed = orjson.loads(body)
+    if not isinstance(parsed, dict):
+        raise UpstreamError(f"{label} answered with a non-object body")
+    return parsed
+
+
+def error_message(body: bytes, field: str, default: str) -> str:
+    """The string ``field`` of a JSON error answer; ``default`` when there is none."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get(field), str):
+        return str(parsed[field])
+    return default
 
 
 def tool_call(ident: str, name: str, arguments: str) -> dict[str, Any]:
@@ -206,6 +275,13 @@ def embedding_inputs(value: object, label: str) -> list[str]:
         raise BadRequestError(f"{label} embeddings take input as a string or a list of "
                               "strings (not token arrays)", param="input")
     return items
+
+
+def check_encoding_format(params: Mapping[str, Any]) -> None:
+    """Float vectors are asked for upstream; the engine packs them for base64."""
+    if params.get("encoding_format") not in (None, "float", "base64"):
+        raise BadRequestError("encoding_format must be 'float' or 'base64'",
+                              param="encoding_format")
 
 
 def embedding_list(vectors: Sequence[Sequence[float]], model: str,

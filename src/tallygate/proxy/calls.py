@@ -165,6 +165,12 @@ class CallFrame:
         # Metric labels: configured names only, never a name a client made up.
         self._known_models = frozenset(gw.router.groups) | frozenset(gw.router.names())
 
+    def answer_headers(self, call_id: str) -> dict[str, str]:
+        """The headers every door's answer carries: the call id (also as the request id
+        clients log) and what the access layer adds (the key's limits)."""
+        return {CALL_ID_HEADER: call_id, REQUEST_ID_HEADER: call_id,
+                **self.gw.access.response_headers(call_id)}
+
     def observe(self, route: str, model: str | None, status: int, started: float) -> None:
         label = model if model in self._known_models else "unknown"  # never client-chosen
         m = self.gw.metrics
