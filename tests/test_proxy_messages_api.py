@@ -480,6 +480,9 @@ def test_stream_error_in_band(proxy: RunningProxy, lago: FakeLago,
     """An upstream error after the stream began: an Anthropic ``error`` event the SDK
     raises, and what was generated is billed."""
     claude.stream_error_type = "overloaded_error"
+    # Frames apart: the stream has begun (bytes reached the client) when the error comes;
+    # an error in the same read as the first event is a failed attempt instead.
+    claude.chunk_delay = 0.2
     manager = client.messages.stream(model="claude", max_tokens=10, messages=MESSAGES,
                                              metadata={"user_id": "broken"})
     with pytest.raises(anthropic.APIStatusError) as info, manager as stream:
