@@ -1,11 +1,10 @@
 """A call's settlement as data: what its ledger row and its budgets need.
 
-An answered, billed call's settlement is written with its usage event's outbox rows
-(before the answer's last byte): on SQLite in the insert's own transaction, on
-PostgreSQL as a row of the outbox's ``ledger`` sink that the delivery worker writes. Either
-way it is the ledger row and, only when that row is new, the budget spend and the release
-of the call's reservation, in one transaction. So after any crash every answered call has
-one ledger row and its spend counted once.
+An answered, billed call's settlement travels with its usage event in the outbox (the
+same atomic insert, before the answer's last byte), and the outbox's ``ledger`` sink
+writes it: the ledger row and, only when that row is new, the budget spend and the
+release of the call's reservation, in one transaction. So after any crash every
+answered call has one ledger row and its spend counted once.
 """
 
 from __future__ import annotations
