@@ -21,7 +21,7 @@ from tallygate.access import budgets
 from tallygate.access.budgets import to_micros
 from tallygate.access.db import database_for
 from tallygate.access.ledger_sink import LedgerSink
-from tallygate.access.settlement import settlement_data, settlement_of
+from tallygate.access.settlement import settlement_data
 from tallygate.event import UsageEvent
 from tallygate.metering.rowcodec import decode_event, encode_event
 from tallygate.usage import Usage
@@ -140,44 +140,3 @@ async def test_a_settlement_delivered_twice_counts_once(tmp_path: Path, backend:
         await db.close()
         if backend == "postgres":
             await drop_pg_schema(schema)
-
-
-async def test_a_settlement_commits_with_its_outbox_rows_or_not_at_all(tmp_path: Path) -> None:
-    """On SQLite the gateway writes a call's settlement in its event's insert
-    transaction: a failure in either leaves neither (nothing half-written)."""
-    from tallygate.metering.sqlite_outbox import SQLiteOutbox
-
-    path = str(tmp_path / "outbox.db")
-    outbox = SQLiteOutbox(path)
-    await outbox.open()
-    db = database_for(path)
-    await db.open()
-    try:
-        await db.execute("INSERT INTO access_budgets (scope, id, max_micros, spend_micros, "
-                         "reserved_micros) VALUES ('key', 'k1', 10000000, 0, 0)")
-        scopes = [("key", "k1")]
-        assert await budgets.reserve_many(db, [("c1", scopes, 500_000)]) == [None]
-        data = settlement_data(key_token="k1", key_alias="a", team_id=None,
-                               customer_id="acme", scopes=scopes, reserved=scopes)
-        event = _event("c1", "0.25")
-        item = settlement_of(event, data)
-
-        def broken(conn: sqlite3.Connection) -> None:
-            budgets.settle_many_sqlite(conn, [item])
-            raise sqlite3.OperationalError("disk I/O error")
-
-        with pytest.raises(sqlite3.OperationalError):
-            await outbox.enqueue_many([event], ["lago"], broken)
-        assert (await outbox.stats()).pending == 0
-        assert await db.fetch("SELECT call_id FROM access_ledger") == []
-        assert _budget(tmp_path / "outbox.db") == (0, 500_000, 500_000)
-
-        await outbox.enqueue_many([event], ["lago"],
-                                  lambda conn: budgets.settle_many_sqlite(conn, [item]))
-        assert (await outbox.stats()).pending == 1
-        assert _budget(tmp_path / "outbox.db") == (250_000, 0, 0)
-        assert await db.fetch("SELECT call_id, cost FROM access_ledger") == [
-            {"call_id": "c1", "cost": "0.25"}]
-    finally:
-        await db.close()
-        await outbox.close()

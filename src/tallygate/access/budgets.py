@@ -295,18 +295,15 @@ async def settle_many(db: Database, items: Sequence[Settlement]) -> None:
     """``settle`` for many calls (call_id, scopes, reserved, cost_micros, ledger_row) in
     one transaction: one commit serves every call that finished together."""
     if isinstance(db, SQLiteDatabase):
-        await db.write(lambda conn: settle_many_sqlite(conn, items))
+        def run(conn: sqlite3.Connection) -> None:
+            for call_id, scopes, reserved, cost, row in items:
+                _settle_sqlite(conn, call_id, scopes, set(reserved), cost, row)
+
+        await db.write(run)
         return
     assert isinstance(db, PostgresDatabase)
     async with db.pool.acquire() as conn, conn.transaction():
         await conn.executemany(_PG_SETTLE, [_pg_settle_args(*item) for item in items])
-
-
-def settle_many_sqlite(conn: sqlite3.Connection, items: Sequence[Settlement]) -> None:
-    """``settle_many``'s statements inside a transaction the caller holds on ``conn``
-    (the outbox insert's own, so that a call's event and its settlement commit as one)."""
-    for call_id, scopes, reserved, cost, row in items:
-        _settle_sqlite(conn, call_id, scopes, set(reserved), cost, row)
 
 
 def _pg_settle_args(call_id: str, scopes: Sequence[Scope], reserved: Sequence[Scope],

@@ -422,15 +422,14 @@ class VirtualKeyPolicy:
             customer_id=call.customer_id if call else event.customer,
             scopes=call.scopes if call else (), reserved=call.reserved if call else ())
 
-    async def settle(self, event: UsageEvent, settled: bool = False) -> None:
-        """The call is answered. A billed call whose settlement went with its event into
-        the outbox (``settled``) is settled there: in the insert's transaction, or by the
-        outbox's ledger sink (its reservation holds until then); any other call is
-        settled here, before the answer."""
+    async def settle(self, event: UsageEvent) -> None:
+        """The call is answered. A billed call whose event carries its settlement is
+        settled by the outbox's ledger sink (durable with the event; its reservation
+        holds until then); any other call is settled here, before the answer."""
         call = self._calls.pop(event.call_id, None)
         if self.db is None:
             return
-        if not settled and event.settlement is None:
+        if event.settlement is None:
             data = self._settlement_data(event, call)
             if not event.customer:
                 # A held call: its ledger row (with the whole event) is the one durable

@@ -241,24 +241,9 @@ class SQLiteOutbox:
         """Commit one row per sink on this thread; a row already there is left alone."""
         self.enqueue_many_sync([event], sinks)
 
-    def enqueue_many_sync(self, events: Sequence[UsageEvent], sinks: Sequence[str],
-                          also: Callable[[sqlite3.Connection], None] | None = None) -> None:
-        """``also`` runs in the insert's transaction on the same connection: another
-        room's writes (the calls' settlements) that must commit with the rows or not at
-        all."""
+    def enqueue_many_sync(self, events: Sequence[UsageEvent], sinks: Sequence[str]) -> None:
         if self._closed:
             raise RuntimeError("SQLiteOutbox is closed")
-        if also is not None:
-            conn = self._conn()
-            with _write_transaction(conn):
-                self.insert_rows(conn, events, sinks)
-                also(conn)
-            return
-        self.insert_rows(self._conn(), events, sinks)
-
-    @staticmethod
-    def insert_rows(conn: sqlite3.Connection, events: Sequence[UsageEvent],
-                sinks: Sequence[str]) -> None:
         if not events or not sinks:
             return
         now = wall_ms()
@@ -268,18 +253,17 @@ class SQLiteOutbox:
             for sink in sinks:
                 params += (sink, event.call_id, data, now, now, now)
         rows = len(events) * len(sinks)
-        # Alone, one statement is one atomic transaction: no BEGIN/COMMIT round needed.
+        # One statement is one atomic transaction: no BEGIN/COMMIT round needed.
         sql = _INSERT_HEAD + ", ".join([_INSERT_ROW] * rows) + _INSERT_TAIL
-        conn.execute(sql, params)
+        self._conn().execute(sql, params)
 
     async def enqueue(self, event: UsageEvent, sinks: Sequence[str]) -> None:
         await self.enqueue_many([event], sinks)
 
-    async def enqueue_many(self, events: Sequence[UsageEvent], sinks: Sequence[str],
-                           also: Callable[[sqlite3.Connection], None] | None = None) -> None:
+    async def enqueue_many(self, events: Sequence[UsageEvent], sinks: Sequence[str]) -> None:
         # On the writer thread: the insert may wait on the write lock (a claim of
         # another process), and the loop must not wait with it.
-        await self._write(self.enqueue_many_sync, events, sinks, also)
+        await self._write(self.enqueue_many_sync, events, sinks)
 
     # -- worker side ---------------------------------------------------------------
 

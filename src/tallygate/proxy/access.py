@@ -43,9 +43,8 @@ class AccessPolicy(Protocol):
         enough for the dearest of them (grow it), or raise 429 when the budget cannot."""
         ...
 
-    async def settle(self, event: UsageEvent, settled: bool = False) -> None:
-        """The call succeeded: turn its reservation into real spend (``settled``: the
-        gateway already wrote its settlement with its outbox rows)."""
+    async def settle(self, event: UsageEvent) -> None:
+        """The call succeeded: turn its reservation into real spend."""
         ...
 
     async def release(self, failure: FailureEvent) -> None:

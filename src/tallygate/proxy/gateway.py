@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tallygate.access import budgets
-from tallygate.access.db import SQLiteDatabase
 from tallygate.access.ledger_sink import LedgerSink
 from tallygate.access.ratelimit import RedisLimiter
-from tallygate.access.settlement import LEDGER_SINK, settlement_of
+from tallygate.access.settlement import LEDGER_SINK
 from tallygate.config import ProxySettings
 from tallygate.event import FailureEvent, UsageEvent
 from tallygate.metering.delivery import DeliveryWorker
 from tallygate.metering.group_commit import GroupCommitter
 from tallygate.metering.outbox import Outbox
-from tallygate.metering.sqlite_outbox import SQLiteOutbox
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
 from tallygate.proxy import loop_lag
@@ -52,11 +48,6 @@ def effective_sinks(settings: ProxySettings, environ: Mapping[str, str]) -> tupl
     return ("jsonl",)
 
 
-# What a finished call leaves for the outbox write: its event, the sinks it goes to, and
-# (SQLite) the settlement written in the same transaction.
-_OutboxItem = tuple[UsageEvent, tuple[str, ...], "budgets.Settlement | None"]
-
-
 class Gateway:
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
@@ -64,10 +55,7 @@ class Gateway:
         self.metrics = Metrics()
         self.sinks: list[Sink] = []
         self.outbox: Outbox | None = None
-        self._writer: GroupCommitter[_OutboxItem] | None = None
-        # SQLite with the access tables in the outbox's file: a call's settlement is
-        # written in its event's insert transaction (see ``start``).
-        self._settle_with_insert = False
+        self._writer: GroupCommitter[tuple[UsageEvent, tuple[str, ...]]] | None = None
         self.worker: DeliveryWorker | None = None
         self.ledger_sink: LedgerSink | None = None
         interval = loop_lag.interval_from_env(settings.extra.get("environ") or os.environ)
@@ -226,13 +214,8 @@ class Gateway:
         await self.router.start()
         self.health.start()
         assert self.keys.db is not None
-        # A billed call's settlement is as durable as its usage event (see
-        # tallygate.access.settlement): on SQLite it commits in the event's own insert
-        # transaction; on PostgreSQL it is a row of the outbox's ``ledger`` sink. The
-        # sink also drains ledger rows an earlier version left in a SQLite outbox.
-        # (Both were opened from ``url``: on SQLite they are one file.)
-        self._settle_with_insert = (isinstance(self.outbox, SQLiteOutbox)
-                                    and isinstance(self.keys.db, SQLiteDatabase))
+        # The spend ledger is a sink of the outbox: a billed call's settlement is as
+        # durable as its usage event (see tallygate.access.settlement).
         self.ledger_sink = LedgerSink(self.keys.db)
         self.worker = DeliveryWorker(self.outbox, [*self.sinks, self.ledger_sink],
                                      batch_size=self.settings.outbox_batch_size,
@@ -327,51 +310,31 @@ class Gateway:
             attempt.settled(event.usage.total_tokens)
         sinks = [n for n in self._sink_names if sink_accepts(n, event.customer is not None)]
         settlement = self.keys.settlement_for(event) if self.access is self.keys else None
-        with_insert = None
         if settlement is not None:
-            if self._settle_with_insert:  # written in the insert's transaction
-                with_insert = settlement_of(event, settlement)
-            else:  # a ledger row of the same outbox insert as the event
-                event = replace(event, settlement=settlement)
-                sinks.append(LEDGER_SINK)
+            # The settlement rides in the same outbox insert as the event.
+            event = replace(event, settlement=settlement)
+            sinks.append(LEDGER_SINK)
         if event.customer is None:
             self.metrics.inc("tallygate_unattributed_total", (("model", event.model),))
             log.warning("call %s is unattributed: no customer to bill; held, not sent to "
                         "Lago (`tallygate outbox held` lists it, `assign` bills it)",
                         event.call_id)
-        if sinks or with_insert is not None:
+        if sinks:
             assert self._writer is not None, "gateway not started"
-            await self._writer.submit((event, tuple(sinks), with_insert))
+            await self._writer.submit((event, tuple(sinks)))
             self.metrics.inc("tallygate_outbox_enqueued_total", (),
-                             len(sinks) - (LEDGER_SINK in sinks))
+                             len(sinks) - (settlement is not None))
         self._count(event)
-        await self.access.settle(event, settled=settlement is not None)
+        await self.access.settle(event)
 
-    async def _write_outbox(self, items: Sequence[_OutboxItem]) -> None:
+    async def _write_outbox(self, items: Sequence[tuple[UsageEvent, tuple[str, ...]]]) -> None:
         """One outbox write for every call that finished in this turn of the loop."""
         assert self.outbox is not None
         by_sinks: dict[tuple[str, ...], list[UsageEvent]] = {}
-        settlements: list[budgets.Settlement] = []
-        for event, sinks, settlement in items:
-            if sinks:
-                by_sinks.setdefault(sinks, []).append(event)
-            if settlement is not None:
-                settlements.append(settlement)
-        if settlements:
-            assert isinstance(self.outbox, SQLiteOutbox)
-            # Every event and settlement of this turn in one transaction: one commit.
-            groups = list(by_sinks.items())
-
-            def also(conn: sqlite3.Connection) -> None:
-                for sinks, events in groups[1:]:
-                    SQLiteOutbox.insert_rows(conn, events, sinks)
-                budgets.settle_many_sqlite(conn, settlements)
-
-            first_sinks, first_events = groups[0] if groups else ((), [])
-            await self.outbox.enqueue_many(first_events, first_sinks, also)
-        else:
-            for sinks, events in by_sinks.items():
-                await self.outbox.enqueue_many(events, sinks)
+        for event, sinks in items:
+            by_sinks.setdefault(sinks, []).append(event)
+        for sinks, events in by_sinks.items():
+            await self.outbox.enqueue_many(events, sinks)
         assert self.worker is not None
         self.worker.notify()
 
