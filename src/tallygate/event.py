@@ -141,7 +141,8 @@ class UsageEvent:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UsageEvent:
+    def from_dict(cls, data: Mapping[str, Any],
+                  settlement: Mapping[str, Any] | None = None) -> UsageEvent:
         u = data["usage"]
         cost = data.get("cost")
         provider_cost = data.get("provider_cost")
@@ -172,6 +173,7 @@ class UsageEvent:
             first_chunk_ms=data.get("first_chunk_ms"),
             provider_cost=None if provider_cost is None else Decimal(provider_cost),
             routing=Routing.from_dict(data.get("routing")),
+            settlement=settlement,
         )
 
 

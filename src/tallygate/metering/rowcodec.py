@@ -6,7 +6,6 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import replace
 
 import orjson
 
@@ -30,11 +29,8 @@ def encode_event(event: UsageEvent) -> bytes:
 
 def decode_event(data: bytes | str) -> UsageEvent:
     raw = orjson.loads(data)
-    event = UsageEvent.from_dict(raw)
     settlement = raw.get(SETTLEMENT_KEY)
-    if isinstance(settlement, dict):
-        event = replace(event, settlement=settlement)
-    return event
+    return UsageEvent.from_dict(raw, settlement if isinstance(settlement, dict) else None)
 
 
 def wall_ms() -> int:

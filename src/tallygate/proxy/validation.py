@@ -46,6 +46,8 @@ async def read_in_time(request: web.Request, timeout_s: float, limit: int | None
     """The body, or a 408 when it does not arrive within ``timeout_s`` (a body shorter
     than its Content-Length would otherwise hold the connection open for ever)."""
     try:
+        if request.content.is_eof():  # all of it arrived with the headers: no wait
+            return await request.read()
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except TimeoutError:
