@@ -47,17 +47,19 @@ class CallFilter:
     risk: bool = False
 
     def where(self, before: tuple[int, int] | None) -> tuple[str, list[Any]]:
+        # One upper bound on ts_ms (SQLite's planner keeps only one for the index range):
+        # a page after ``before`` starts at its time.
+        until = self.until_ms if before is None else min(self.until_ms, before[0] + 1)
         parts = ["ts_ms >= ?", "ts_ms < ?"]
-        args: list[Any] = [self.since_ms, self.until_ms]
+        args: list[Any] = [self.since_ms, until]
         for column, value in self.equal:
             parts.append(f"{column} = ?")
             args.append(value)
         if self.risk:
             parts.append(RISK)
-        if before is not None:
-            # ts_ms <= t keeps the index's range; the OR breaks ties on seq.
-            parts.append("ts_ms <= ? AND (ts_ms < ? OR seq < ?)")
-            args.extend((before[0], before[0], before[1]))
+        if before is not None:   # the OR breaks ties on seq
+            parts.append("(ts_ms < ? OR seq < ?)")
+            args.extend((before[0], before[1]))
         return " AND ".join(parts), args
 
 
