@@ -158,7 +158,6 @@ async def test_calls_list_pages_filters_and_streams_the_exact_ledger(url: str,
             async with http.get(base + "/ui/calls?key=nobody") as r:
                 text = await r.text()
             assert "no key has the alias" in text and _call_ids(text) == []
-            # A virtual key's session cannot read the calls list.
     finally:
         await runner.cleanup()
 
