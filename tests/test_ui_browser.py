@@ -278,7 +278,8 @@ def test_virtual_key_sees_only_its_own_spend(browser: Any, proxy: RunningProxy) 
         total = sum((Decimal(c) for _, c in own), Decimal(0))
         assert Decimal(page.inner_text("[data-card='spend (USD)'] b")) == total
         screenshot(page, "virtual-key")
-        for path in ("/ui/keys", "/ui/billing", "/ui/customers", "/ui/models"):
+        for path in ("/ui/keys", "/ui/billing", "/ui/customers", "/ui/models", "/ui/calls",
+                     "/ui/calls?csv=calls"):
             response = page.goto(proxy.base_url + path)
             assert response is not None and response.status == 403, path
         refused = page.request.post(proxy.base_url + "/ui/keys/delete",
@@ -326,7 +327,8 @@ def test_models_page_names_prices_and_their_source(admin: Any, proxy: RunningPro
 
 def test_no_key_in_any_page_or_log(admin: Any, proxy: RunningProxy,
                                    caplog: pytest.LogCaptureFixture) -> None:
-    for path in ("/ui", "/ui/keys", "/ui/billing", "/ui/customers", "/ui/models"):
+    for path in ("/ui", "/ui/keys", "/ui/billing", "/ui/customers", "/ui/models",
+                 "/ui/calls"):
         admin.goto(proxy.base_url + path)
         html = admin.content()
         assert MASTER_KEY not in html and UPSTREAM_KEY not in html, path

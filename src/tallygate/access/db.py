@@ -117,8 +117,12 @@ def _migrations(d: Dialect) -> Steps:
         # A held (unattributed) call keeps its whole UsageEvent (JSON) in its ledger
         # row, so that `tallygate outbox assign` can bill it later.
         (2, ("ALTER TABLE access_ledger ADD COLUMN event TEXT",)),
-        # The hourly spend rollup the dashboard reads, kept by triggers (spend_rollup.py).
+        # The daily spend rollup the dashboard reads, kept by triggers (spend_rollup.py).
         (3, spend_rollup.migration(d)),
+        # The dashboard's calls list filtered by model group, newest first (ui/calls.py).
+        (4, ("CREATE INDEX access_ledger_model ON access_ledger (model, ts_ms)",)),
+        # The hourly spend rollup beside the daily one (today per hour, two-day ranges).
+        (5, spend_rollup.migration_hourly(d)),
     )
 
 

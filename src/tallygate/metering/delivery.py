@@ -102,6 +102,9 @@ class _Lane:
     claims: int = 0                                  # claims begun
     idle_claim: int = 0                              # the last claim that found nothing
     idled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set while a flush_sink() waits: a reader is waiting, so the lane skips its linger.
+    flush_now: asyncio.Event = field(default_factory=asyncio.Event)
+    flush_waiters: int = 0
 
     def note_error(self, error: str) -> None:
         self.counters.last_error = clip_error(error)
@@ -253,15 +256,22 @@ class DeliveryWorker:
             return False
         target = lane.claims + 1
         deadline = self._loop.time() + timeout_s
-        while lane.idle_claim < target:
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                return False
-            lane.idled.clear()
-            lane.wake.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lane.idled.wait(), remaining)
-        return True
+        lane.flush_waiters += 1
+        lane.flush_now.set()
+        try:
+            while lane.idle_claim < target:
+                remaining = deadline - self._loop.time()
+                if remaining <= 0:
+                    return False
+                lane.idled.clear()
+                lane.wake.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lane.idled.wait(), remaining)
+            return True
+        finally:
+            lane.flush_waiters -= 1
+            if not lane.flush_waiters:
+                lane.flush_now.clear()
 
     # -- state -------------------------------------------------------------------
 
@@ -329,7 +339,8 @@ class DeliveryWorker:
             if woken and self.linger_s > 0:
                 # Let a batch build up: under load one send carries many events, and a
                 # lone call does not cost a claim, a send and a mark of its own at once.
-                await _wait_any(self._stop, timeout=self.linger_s)
+                # Not while a reader waits in flush_sink (a dashboard page, say).
+                await _wait_any(self._stop, lane.flush_now, timeout=self.linger_s)
         await self._drain_lane(lane)
 
     async def _drain_lane(self, lane: _Lane) -> None:

@@ -85,7 +85,8 @@ def form(action: str, csrf: str, inner: str, button: str, *, cls: str = "") -> H
                 f'{inner}<button type="submit">{esc(button)}</button></form>')
 
 
-NAV = (("Overview", "/ui"), ("Customers", "/ui/customers"), ("Keys and teams", "/ui/keys"),
+NAV = (("Overview", "/ui"), ("Customers", "/ui/customers"), ("Calls", "/ui/calls"),
+       ("Keys and teams", "/ui/keys"),
        ("Billing health", "/ui/billing"), ("Models", "/ui/models"))
 
 STYLE = """

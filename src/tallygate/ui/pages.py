@@ -190,5 +190,7 @@ async def customer(view: View, ident: str) -> Page:
                 + info.html(view.query) + _cards(o) + _series(view, r, o, tables)
                 + f"<h2>Keys</h2>{key_table.html(view.query)}"
                 + "<h2>Recent calls (call id = Lago transaction_id)</h2>"
-                + call_t.html(view.query))
+                + call_t.html(view.query)
+                + f'<p><a href="/ui/calls?customer={quote(ident, safe="")}">all its calls'
+                  "</a></p>")
     return Page(f"Customer {ident}", body, tables)

@@ -1,6 +1,7 @@
 """What the dashboard reads, all from the shared database (never one process's memory).
 
-Spend over time comes from the hourly rollup (access/spend_rollup.py); single calls from
+Spend over time comes from the daily and hourly rollups (access/spend_rollup.py); single
+calls from
 the ledger; keys, teams and customers through access/keys.py's store; held calls,
 assigning them and reconciling through the same functions as the ``tallygate outbox``
 and ``tallygate reconcile`` commands.
@@ -19,7 +20,7 @@ from tallygate.access import commands as access_commands
 from tallygate.access import held as held_calls
 from tallygate.access.budgets import from_micros
 from tallygate.access.db import Database, Row, placeholders
-from tallygate.access.spend_rollup import FOLD_PG, PICO_DIGITS, daily_source, ledger_select
+from tallygate.access.spend_rollup import FOLD_PG, PICO_DIGITS, ledger_select, rollup_source
 from tallygate.metering.outbox import Outbox
 
 DAY_MS = 86_400_000
@@ -83,15 +84,18 @@ _SUMS = ", ".join(f"sum({m}) AS {m}" for m in (
 async def overview(db: Database, since_ms: int, until_ms: int, bucket_ms: int, *,
                    key_token: str | None = None, customer_id: str | None = None) -> Overview:
     """Spend per time bucket and per customer, model, provider, key and team: from the
-    daily rollup when the range is whole days counted per day, else from the ledger's
-    rows in that range (today per hour). Each grouping is its own GROUP BY, so the
-    database adds and Python gets a few rows."""
-    whole_days = bucket_ms % DAY_MS == 0 and since_ms % DAY_MS == 0 and until_ms % DAY_MS == 0
-    table = daily_source(db.dialect)
+    daily rollup when the range is whole days counted per day, from the hourly one when
+    it is whole hours counted per hour or more (today, two custom days), else from the
+    ledger's rows in that range. Each grouping is its own GROUP BY, so the database adds
+    and Python gets a few rows."""
+    unit = next((u for u in (DAY_MS, HOUR_MS) if bucket_ms % u == 0
+                 and since_ms % u == 0 and until_ms % u == 0), None)
     source_args: list[Any] = []
-    if whole_days and db.dialect == "postgres":
-        await db.execute(FOLD_PG)   # keeps the deltas the next read adds up few
-    if not whole_days:
+    if unit is not None:
+        table = rollup_source(db.dialect, unit)
+        if db.dialect == "postgres":
+            await db.execute(FOLD_PG)   # keeps the deltas the next read adds up few
+    else:
         table = f"({ledger_select(db.dialect)} WHERE l.ts_ms >= ? AND l.ts_ms < ?) r"
         source_args = [since_ms, until_ms]
     where = "start_ms >= ? AND start_ms < ?"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -20,7 +20,7 @@ from tallygate.access.keys import hash_key
 from tallygate.access.policy import VirtualKeyPolicy
 from tallygate.errors import TallygateError
 from tallygate.proxy.gateway import Gateway
-from tallygate.ui import admin_pages, pages, queries
+from tallygate.ui import admin_pages, calls, pages, queries
 from tallygate.ui.html import Html, esc, page
 from tallygate.ui.session import Session, Sessions, clear_cookie, same_origin, set_cookie
 from tallygate.ui.view import Page, View
@@ -34,6 +34,7 @@ HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                                       "frame-ancestors 'none'"}
 
 PageFn = Callable[[View], Awaitable[Page]]
+CsvStream = Callable[[View, Mapping[str, str]], Awaitable[web.StreamResponse]]
 
 
 def _html(body: str, status: int = 200) -> web.Response:
@@ -109,8 +110,9 @@ class UiRoutes:
 
     # -- pages ---------------------------------------------------------------------------
 
-    def get(self, fn: PageFn, *, master: bool = True) -> Callable[[web.Request],
-                                                                  Awaitable[web.StreamResponse]]:
+    def get(self, fn: PageFn, *, master: bool = True, stream: CsvStream | None = None
+            ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``stream``: writes the page's big table itself when its CSV is asked for."""
         async def handler(request: web.Request) -> web.StreamResponse:
             session = await self._session(request)
             if session is None:
@@ -122,6 +124,8 @@ class UiRoutes:
             view = View(request, self.gw, session, self.sessions.csrf_token(session))
             # Spend pages read the ledger: this gateway's due settlements first.
             await self.policy.flush_settlements()
+            if stream is not None and view.arg("csv") == calls.CSV_NAME:
+                return await stream(view, HEADERS)
             result = await fn(view)
             return self._render(view, result)
         return handler
@@ -237,6 +241,7 @@ def add_ui_routes(app: web.Application, gw: Gateway) -> None:
     r.add_get("/ui/login", ui.get(pages.overview, master=False))
     r.add_get("/ui/customers", ui.get(pages.customers))
     r.add_get("/ui/customers/{customer_id}", ui.get(ui.customer))
+    r.add_get("/ui/calls", ui.get(calls.page, stream=calls.stream_csv))
     r.add_get("/ui/keys", ui.get(admin_pages.keys))
     r.add_get("/ui/billing", ui.get(admin_pages.billing))
     r.add_get("/ui/models", ui.get(admin_pages.models))
