@@ -59,6 +59,29 @@ async def test_enqueue_twice_is_a_no_op_and_each_sink_gets_a_row(outbox: SQLiteO
     assert len(await outbox.claim("jsonl", 10, 60)) == 1
 
 
+async def test_a_claim_gets_what_the_row_holds_not_what_was_enqueued_last(
+        outbox: SQLiteOutbox, tmp_path: Path) -> None:
+    """Claims reuse the events this process just wrote instead of parsing them again,
+    but only where the row's stored text is that event's: a second enqueue of the same
+    call (left out by the unique row) or a row written by another process is read from
+    the database."""
+    first = make_event("call-1", cost="0.001")
+    await outbox.enqueue(first, ["lago"])
+    await outbox.enqueue(make_event("call-1", cost="0.999"), ["lago"])  # a no-op row-wise
+    [row] = await outbox.claim("lago", 10, 60)
+    assert row.event == first and row.event.cost == first.cost
+    # Another writer of the same file: this process never saw its event.
+    other = SQLiteOutbox(outbox.path)
+    await other.open()
+    try:
+        theirs = make_event("call-2")
+        await other.enqueue(theirs, ["lago"])
+    finally:
+        await other.close()
+    [row] = await outbox.claim("lago", 10, 60)
+    assert row.event == theirs
+
+
 async def test_enqueue_many_commits_every_event(outbox: SQLiteOutbox) -> None:
     events = [make_event() for _ in range(50)]
     await outbox.enqueue_many(events, ["lago"])

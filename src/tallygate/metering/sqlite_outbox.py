@@ -35,6 +35,7 @@ from tallygate import sqlite_writer
 from tallygate.errors import ConfigError
 from tallygate.event import UsageEvent
 from tallygate.metering.outbox import DeadRow, OutboxRow, OutboxStats
+from tallygate.metering.recent_events import RecentEvents
 from tallygate.metering.rowcodec import (
     clip_error,
     decode_event,
@@ -130,6 +131,7 @@ class SQLiteOutbox:
         self._writer: ThreadPoolExecutor | None = None
         self._last_checkpoint = 0.0
         self._closed = False
+        self._recent = RecentEvents()
 
     # -- connections -------------------------------------------------------------
 
@@ -248,8 +250,10 @@ class SQLiteOutbox:
             return
         now = wall_ms()
         params: list[object] = []
+        recent = self._recent
         for event in events:
             data = encode_event(event).decode()
+            recent.put(event.call_id, data, event)
             for sink in sinks:
                 params += (sink, event.call_id, data, now, now, now)
         rows = len(events) * len(sinks)
@@ -282,9 +286,11 @@ class SQLiteOutbox:
                                ).fetchall()
         rows: list[OutboxRow] = []
         corrupt: dict[int, str] = {}
+        recent = self._recent
         for row_id, row_sink, call_id, data, attempts in raw:
             try:
-                rows.append(OutboxRow(row_id, row_sink, decode_event(data), attempts))
+                event = recent.get(call_id, data) or decode_event(data)
+                rows.append(OutboxRow(row_id, row_sink, event, attempts))
             except (ValueError, KeyError, TypeError) as exc:
                 corrupt[row_id] = clip_error(f"unreadable event {call_id}: {exc!r}")
         if corrupt:
