@@ -12,8 +12,8 @@ window is too small with a context-window fallback. Each must show:
 - every successful call billed exactly once, at the answering deployment's price;
 - no budget reservation left behind, and the budget spent the sum of the bills.
 
-400 calls a scenario here (``TALLYGATE_ROUTER_FAULT_CALLS=1000``: the issue's figure, slower on
-a shared machine); ``pytest -rP`` shows each scenario's figures.
+1,000 calls a scenario at 20 concurrent, the issue's figure (``TALLYGATE_ROUTER_FAULT_CALLS``
+sets another count); ``pytest -rP`` shows each scenario's figures.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from tests.router_support import (
     spend_micros,
 )
 
-CALLS = int(os.environ.get("TALLYGATE_ROUTER_FAULT_CALLS", "400"))
+CALLS = int(os.environ.get("TALLYGATE_ROUTER_FAULT_CALLS", "1000"))
 CONCURRENCY = 20
 ALLOWED_FAILS = 2
 COOLDOWN_S = 1.0
