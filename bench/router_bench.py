@@ -111,7 +111,8 @@ def write_section(path: Path, results: dict[str, float]) -> None:
              "`Router.run` around an attempt that does nothing, minus awaiting the attempt "
              "directly: CPU time of the thread, best of five rounds (issue 12's target: "
              f"at most {TARGET_US:.0f} µs a call; the failure path is two attempts, for "
-             "scale).", "", "| case | µs per call | target |", "|---|---:|---|"]
+             f"scale). Taken {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             "| case | µs per call | target |", "|---|---:|---|"]
     for name, us in results.items():
         verdict = "for scale" if "failure" in name else (
             "met" if us <= TARGET_US else "**missed**")

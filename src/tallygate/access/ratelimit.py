@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 WINDOW_S = 60
@@ -30,10 +30,11 @@ class Limit:
     kind: Kind
     limit: int
     cost: int           # 1 request, or the call's estimated tokens
+    # The counter's name, made once (it is read for every call the limit counts).
+    base: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def base(self) -> str:
-        return f"tg:rl:{self.scope}:{self.ident}:{self.kind}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", f"tg:rl:{self.scope}:{self.ident}:{self.kind}")
 
 
 @dataclass(frozen=True, slots=True)
