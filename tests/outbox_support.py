@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from tallygate.event import UsageEvent, new_call_id, now_ms
 from tallygate.sinks.base import BatchResult
@@ -126,3 +128,19 @@ def claim_all_in_process(path: str, sink: str, limit: int, start: Any, out: Any)
         return ids
 
     out.put(asyncio.run(run()))
+
+
+@pytest.fixture(name="url",
+                params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def backend_url_fixture(request: pytest.FixtureRequest,
+                              tmp_path: Path) -> AsyncIterator[str]:
+    """A database URL for each backend: a SQLite file, then a PostgreSQL schema of its own
+    (dropped after the test)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "outbox.db")
+        return
+    schema = unique_pg_schema()
+    try:
+        yield f"{PG_DSN}?schema={schema}"
+    finally:
+        await drop_pg_schema(schema)

@@ -8,13 +8,11 @@ import csv
 import io
 import random
 import re
-from collections.abc import AsyncIterator
 from html import unescape
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from tallygate.access import ledger
@@ -22,7 +20,7 @@ from tallygate.access.db import SQLiteDatabase, database_for
 from tallygate.config import parse_config
 from tallygate.proxy.app import create_app
 from tallygate.ui import calls
-from tests.outbox_support import PG_DSN, drop_pg_schema, unique_pg_schema
+from tests.outbox_support import backend_url_fixture  # noqa: F401 (the url fixture)
 from tests.proxy_harness import free_port
 
 MASTER = "sk-calls-master"
@@ -30,18 +28,6 @@ NOW = 1_800_000_000_000
 COLS = ("call_id, ts_ms, key_token, key_alias, customer_id, team_id, model, provider, "
         "provider_model, kind, input_tokens, cache_read_tokens, cache_write_tokens, "
         "output_tokens, cost, status, flags")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "outbox.db")
-        return
-    schema = unique_pg_schema()
-    try:
-        yield f"{PG_DSN}?schema={schema}"
-    finally:
-        await drop_pg_schema(schema)
 
 
 async def _fill(url: str, now_ms: int) -> None:

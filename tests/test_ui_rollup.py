@@ -6,12 +6,8 @@ migration runs, kept exact (Decimal to the last digit) by the triggers on insert
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tallygate.access import ledger
 from tallygate.access.db import (
@@ -23,24 +19,12 @@ from tallygate.access.db import (
     database_for,
 )
 from tallygate.ui import queries
-from tests.outbox_support import PG_DSN, drop_pg_schema, unique_pg_schema
+from tests.outbox_support import backend_url_fixture  # noqa: F401 (the url fixture)
 
 COLS = ("call_id, ts_ms, key_token, key_alias, customer_id, team_id, model, provider, "
         "provider_model, kind, input_tokens, cache_read_tokens, cache_write_tokens, "
         "output_tokens, cost, status, flags")
 HOUR = 3_600_000
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "outbox.db")
-        return
-    schema = unique_pg_schema()
-    try:
-        yield f"{PG_DSN}?schema={schema}"
-    finally:
-        await drop_pg_schema(schema)
 
 
 async def _at_version_2(db: Database, version: int = 2) -> None:
