@@ -317,8 +317,11 @@ def http(method: str, url: str, body: Any = None, *, key: str | None = MASTER_KE
             return Reply(resp.status, {k.lower(): v for k, v in resp.headers.items()},
                          resp.read().decode())
     except urllib.error.HTTPError as exc:
-        return Reply(exc.code, {k.lower(): v for k, v in exc.headers.items()},
-                     exc.read().decode())
+        # Closed here: an error kept alive by its traceback would hold its socket until
+        # the garbage collector, which reports it as a leak (a ResourceWarning).
+        with exc:
+            return Reply(exc.code, {k.lower(): v for k, v in exc.headers.items()},
+                         exc.read().decode())
 
 
 def gemini_client(base_url: str, key: str = MASTER_KEY) -> genai.Client:

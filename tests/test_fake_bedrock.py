@@ -195,6 +195,7 @@ def test_unknown_members_and_bad_unions_are_refused(fake: FakeBedrock) -> None:
         assert info.value.code == 400
         assert info.value.headers["x-amzn-errortype"].startswith("ValidationException:")
         assert expected in orjson.loads(info.value.read())["message"]
+        info.value.close()
 
 
 def test_boto3_sts_assume_role_then_bedrock(fake: FakeBedrock) -> None:
