@@ -16,6 +16,7 @@ mid-call does not hold budget forever: ``sweep_stale`` gives back old ones.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -132,7 +133,7 @@ async def reserve_many(db: Database, items: Sequence[Reservation]
     if isinstance(db, SQLiteDatabase):
         return await db.write(lambda conn: [
             _reserve_sqlite(conn, call_id, scopes, amount, now) if scopes else None
-            for call_id, scopes, amount in items])
+            for call_id, scopes, amount in items], urgent=True)
     assert isinstance(db, PostgresDatabase)
     out: list[Exceeded | Exception | None] = []
     for call_id, scopes, amount in items:
@@ -193,7 +194,9 @@ async def grow(db: Database, call_id: str, scopes: Sequence[Scope],
     maximum. Returns the first budget it does not fit (nothing changed), else None.
     The settlement later gives back the whole, grown reservation."""
     if isinstance(db, SQLiteDatabase):
-        return db.transaction(lambda conn: _grow_sqlite(conn, call_id, scopes, extra_micros))
+        # On the writer thread, ahead of delivery work: the call waits on it.
+        return await db.write(lambda conn: _grow_sqlite(conn, call_id, scopes, extra_micros),
+                              urgent=True)
     assert isinstance(db, PostgresDatabase)
     async with db.pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
@@ -245,6 +248,13 @@ LEDGER_COLUMNS = ("call_id", "ts_ms", "key_token", "key_alias", "user_id", "team
 _LEDGER_INSERT_SQLITE = (f"INSERT INTO access_ledger ({', '.join(LEDGER_COLUMNS)}) VALUES "
                          f"({', '.join('?' for _ in LEDGER_COLUMNS)}) "
                          "ON CONFLICT (call_id) DO NOTHING")
+# The same for many rows at once: a JSON array of rows (LEDGER_COLUMNS order).
+_LEDGER_BULK_SQLITE = (
+    f"INSERT INTO access_ledger ({', '.join(LEDGER_COLUMNS)}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(LEDGER_COLUMNS)))
+    + " FROM json_each(?) WHERE true ON CONFLICT (call_id) DO NOTHING")
+_LEDGER_PRESENT_SQLITE = ("SELECT call_id FROM access_ledger "
+                          "WHERE call_id IN (SELECT value FROM json_each(?))")
 
 # The ledger row goes in first: only a call with no row yet moves its reservation to
 # its spend, so a settlement delivered twice (a redelivery after a crash) counts once.
@@ -274,14 +284,15 @@ SELECT ok FROM go"""
 
 async def settle(db: Database, call_id: str, scopes: Sequence[Scope],
                  reserved: Sequence[Scope], cost_micros: int,
-                 ledger_row: Sequence[Any] | None) -> None:
+                 ledger_row: Sequence[Any] | None, *, urgent: bool = False) -> None:
     """Move the call's reservation to its real cost on every budget in ``scopes`` and
     write its ledger row, in one transaction. ``cost_micros`` 0 and no ledger row is a
-    release. A call whose ledger row is already there is left alone (settled once)."""
+    release. A call whose ledger row is already there is left alone (settled once).
+    ``urgent``: a caller waits on it to answer (a failed call's release)."""
     held = set(reserved)
     if isinstance(db, SQLiteDatabase):
         await db.write(lambda conn: _settle_sqlite(conn, call_id, scopes, held, cost_micros,
-                                                   ledger_row))
+                                                   ledger_row), urgent=urgent)
         return
     assert isinstance(db, PostgresDatabase)
     await db.pool.fetchval(_PG_SETTLE, *_pg_settle_args(call_id, scopes, reserved,
@@ -291,15 +302,22 @@ async def settle(db: Database, call_id: str, scopes: Sequence[Scope],
 Settlement = tuple[str, Sequence[Scope], Sequence[Scope], int, Sequence[Any] | None]
 
 
-async def settle_many(db: Database, items: Sequence[Settlement]) -> None:
-    """``settle`` for many calls (call_id, scopes, reserved, cost_micros, ledger_row) in
-    one transaction: one commit serves every call that finished together."""
-    if isinstance(db, SQLiteDatabase):
-        def run(conn: sqlite3.Connection) -> None:
-            for call_id, scopes, reserved, cost, row in items:
-                _settle_sqlite(conn, call_id, scopes, set(reserved), cost, row)
+# A ledger batch is written in transactions of this many calls on SQLite: the writes a
+# call waits on (outbox inserts, reservations) go in between, not after the whole batch.
+SQLITE_SETTLE_CHUNK = 32
 
-        await db.write(run)
+
+async def settle_many(db: Database, items: Sequence[Settlement], *,
+                      urgent: bool = False) -> None:
+    """``settle`` for many calls (call_id, scopes, reserved, cost_micros, ledger_row): one
+    commit serves every call that finished together (on SQLite, one per chunk of
+    ``SQLITE_SETTLE_CHUNK``). Each call is all or nothing, and settled once whatever
+    is retried. ``urgent``: a caller waits on it (not the ledger sink's batches)."""
+    if isinstance(db, SQLiteDatabase):
+        for start in range(0, len(items), SQLITE_SETTLE_CHUNK):
+            await db.write(functools.partial(
+                _settle_many_sqlite, items=items[start:start + SQLITE_SETTLE_CHUNK]),
+                urgent=urgent)
         return
     assert isinstance(db, PostgresDatabase)
     async with db.pool.acquire() as conn, conn.transaction():
@@ -318,11 +336,41 @@ def _pg_settle_args(call_id: str, scopes: Sequence[Scope], reserved: Sequence[Sc
             [s in held for s in scopes], cost_micros, *row, ledger_row is not None]
 
 
+def _settle_many_sqlite(conn: sqlite3.Connection, items: Sequence[Settlement]) -> None:
+    """Every call's ledger row in one INSERT (one statement, so the writer thread hands
+    the GIL back and forth once, not once a row), then the budgets of those with scopes.
+    A call whose row is there already (a redelivery) changes nothing."""
+    fresh: dict[str, tuple[Settlement, Sequence[Any]]] = {}
+    for item in items:
+        row = item[4]
+        if row is None:  # a release: no ledger row
+            _settle_sqlite(conn, item[0], item[1], set(item[2]), item[3], None)
+        else:
+            fresh.setdefault(item[0], (item, row))  # a call twice in a batch counts once
+    if not fresh:
+        return
+    ids = orjson.dumps(list(fresh)).decode()
+    for (call_id,) in conn.execute(_LEDGER_PRESENT_SQLITE, (ids,)).fetchall():
+        del fresh[call_id]
+    if not fresh:
+        return
+    rows = orjson.dumps([list(row) for _, row in fresh.values()]).decode()
+    conn.execute(_LEDGER_BULK_SQLITE, (rows,))
+    for (call_id, scopes, reserved, cost, _), _row in fresh.values():
+        if scopes:
+            _move_reservation(conn, call_id, scopes, set(reserved), cost)
+
+
 def _settle_sqlite(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Scope],
                    held: set[Scope], cost: int, ledger_row: Sequence[Any] | None) -> None:
     if ledger_row is not None and conn.execute(_LEDGER_INSERT_SQLITE,
                                                tuple(ledger_row)).rowcount == 0:
         return  # settled before (a redelivery after a crash): nothing counts twice
+    _move_reservation(conn, call_id, scopes, held, cost)
+
+
+def _move_reservation(conn: sqlite3.Connection, call_id: str, scopes: Sequence[Scope],
+                      held: set[Scope], cost: int) -> None:
     amount = 0
     if held:  # only calls that reserved have a reservation row
         deleted = conn.execute("DELETE FROM access_reservations WHERE call_id = ? "

@@ -21,7 +21,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -168,7 +167,7 @@ class SQLiteDatabase(Database):
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._writer: ThreadPoolExecutor | None = None
+        self._writer: sqlite_writer.Writer | None = None
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -195,11 +194,12 @@ class SQLiteDatabase(Database):
             conn.execute("COMMIT")
         return result
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``transaction(fn)`` on the file's writer thread, awaited from the loop."""
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
+        """``transaction(fn)`` on the file's writer thread, awaited from the loop;
+        ``urgent``: a call waits on it to answer (see ``tallygate.sqlite_writer``)."""
         if self._writer is None:
             self._writer = sqlite_writer.acquire(self.path)
-        return await sqlite_writer.run(self._writer, self.transaction, fn)
+        return await sqlite_writer.run(self._writer, self.transaction, fn, urgent=urgent)
 
     async def open(self, *, migrate: bool = True) -> None:
         if migrate:

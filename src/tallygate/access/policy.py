@@ -437,7 +437,7 @@ class VirtualKeyPolicy:
                 # written before the answer, and a failure fails the call, as a failed
                 # outbox write does.
                 data["event"] = encode_event(event).decode()
-            await budgets.settle_many(self.db, [settlement_of(event, data)])
+            await budgets.settle_many(self.db, [settlement_of(event, data)], urgent=True)
         if call is not None and call.token_limits:
             try:
                 await self.limiter.adjust(call.token_limits,
@@ -472,7 +472,8 @@ class VirtualKeyPolicy:
             return
         try:
             if call.reserved:
-                await budgets.settle(self.db, call_id, call.reserved, call.reserved, 0, None)
+                await budgets.settle(self.db, call_id, call.reserved, call.reserved, 0, None,
+                                     urgent=True)
             if call.token_limits:
                 await self.limiter.adjust(call.token_limits, -call.token_estimate)
         except Exception:

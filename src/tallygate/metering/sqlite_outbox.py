@@ -128,7 +128,7 @@ class SQLiteOutbox:
         self._conns: dict[threading.Thread, sqlite3.Connection] = {}
         self._conns_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
-        self._writer: ThreadPoolExecutor | None = None
+        self._writer: sqlite_writer.Writer | None = None
         self._last_checkpoint = 0.0
         self._closed = False
         self._recent = RecentEvents()
@@ -169,11 +169,11 @@ class SQLiteOutbox:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
-    async def _write(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn`` on the file's writer thread."""
+    async def _write(self, fn: Callable[..., T], *args: object, urgent: bool = False) -> T:
+        """``fn`` on the file's writer thread (``urgent``: a caller waits to answer)."""
         if self._writer is None:
             raise RuntimeError("SQLiteOutbox is not open")
-        return await sqlite_writer.run(self._writer, fn, *args)
+        return await sqlite_writer.run(self._writer, fn, *args, urgent=urgent)
 
     def _maybe_checkpoint(self) -> None:
         loop = asyncio.get_running_loop()
@@ -267,7 +267,7 @@ class SQLiteOutbox:
     async def enqueue_many(self, events: Sequence[UsageEvent], sinks: Sequence[str]) -> None:
         # On the writer thread: the insert may wait on the write lock (a claim of
         # another process), and the loop must not wait with it.
-        await self._write(self.enqueue_many_sync, events, sinks)
+        await self._write(self.enqueue_many_sync, events, sinks, urgent=True)
 
     # -- worker side ---------------------------------------------------------------
 

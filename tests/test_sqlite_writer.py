@@ -1,0 +1,119 @@
+"""The writer thread of a SQLite file: urgent writes (a call waits on them) go before
+background ones, in turn when both wait, and nothing queued is lost or left hanging."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from tallygate import sqlite_writer
+from tallygate.access import budgets
+from tallygate.access.budgets import LEDGER_COLUMNS
+from tallygate.access.db import SQLiteDatabase
+
+
+def _blocked_writer() -> tuple[sqlite_writer.Writer, threading.Event, list[str]]:
+    """A writer whose thread is held by a first write until the event is set."""
+    writer = sqlite_writer.Writer()
+    gate, running = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def hold() -> None:
+        running.set()
+        gate.wait()
+
+    writer.submit(hold, urgent=False)
+    assert running.wait(5)
+    return writer, gate, order
+
+
+def test_urgent_writes_go_first_and_take_turns_with_background_ones() -> None:
+    writer, gate, order = _blocked_writer()
+    futures = [writer.submit(lambda n=n: order.append(f"b{n}"), urgent=False) for n in range(3)]
+    futures += [writer.submit(lambda n=n: order.append(f"u{n}"), urgent=True) for n in range(3)]
+    futures.append(writer.submit(lambda: order.append("u3"), urgent=True))
+    gate.set()
+    for f in futures:
+        f.result(timeout=5)
+    # Not first come, first served (b0 b1 b2 u0 ...): an urgent write waits for at most
+    # one background write, and background work still gets every other turn.
+    assert order == ["u0", "b0", "u1", "b1", "u2", "b2", "u3"]
+    writer.shutdown(wait=True)
+
+
+def test_a_failed_write_fails_its_caller_only() -> None:
+    writer, gate, _ = _blocked_writer()
+    bad = writer.submit(lambda: 1 // 0, urgent=True)
+    good = writer.submit(lambda: "ok", urgent=True)
+    gate.set()
+    with pytest.raises(ZeroDivisionError):
+        bad.result(timeout=5)
+    assert good.result(timeout=5) == "ok"
+    writer.shutdown(wait=True)
+
+
+def test_shutdown_finishes_what_is_queued_then_refuses_more() -> None:
+    writer, gate, order = _blocked_writer()
+    queued = [writer.submit(lambda n=n: order.append(str(n)), urgent=n % 2 == 0)
+              for n in range(4)]
+    writer.shutdown(wait=False)
+    with pytest.raises(RuntimeError):
+        writer.submit(lambda: None, urgent=True)
+    gate.set()
+    writer.shutdown(wait=True)
+    assert all(f.done() for f in queued) and sorted(order) == ["0", "1", "2", "3"]
+
+
+async def test_a_cancelled_caller_s_write_that_has_not_started_is_skipped() -> None:
+    writer, gate, order = _blocked_writer()
+    task = asyncio.ensure_future(sqlite_writer.run(writer, order.append, "cancelled",
+                                                   urgent=True))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    after = asyncio.ensure_future(sqlite_writer.run(writer, order.append, "after"))
+    gate.set()
+    await after
+    assert order == ["after"]
+    writer.shutdown(wait=True)
+
+
+def _row(call_id: str, cost: str) -> tuple[object, ...]:
+    row = dict.fromkeys(LEDGER_COLUMNS)
+    row.update(call_id=call_id, ts_ms=1_700_000_000_000, key_token="k1", customer_id="acme",
+               billed_to="acme", model="gpt", provider="p", provider_model="pm", kind="chat",
+               input_tokens=10, cache_read_tokens=0, cache_write_tokens=0, output_tokens=5,
+               cost=cost, status="billed", flags="")
+    return tuple(row[c] for c in LEDGER_COLUMNS)
+
+
+async def test_a_ledger_batch_in_chunks_settles_each_call_once(tmp_path: Path) -> None:
+    """The ledger sink's batch is written in chunks, one INSERT each: a call settled
+    before, a call twice in the batch and a release among them each count once."""
+    db = SQLiteDatabase(str(tmp_path / "access.db"))
+    await db.open()
+    try:
+        await db.write(lambda conn: conn.execute(
+            "INSERT INTO access_budgets (scope, id, max_micros, spend_micros, reserved_micros)"
+            " VALUES ('key', 'k1', 10000000, 0, 0)"))
+        scope = [("key", "k1")]
+        n = budgets.SQLITE_SETTLE_CHUNK * 2 + 5
+        items = [(f"c{i}", scope, [], 100, _row(f"c{i}", "0.0001")) for i in range(n)]
+        await budgets.settle_many(db, items[:3])                 # settled before
+        batch = [*items, items[10], ("released", scope, [], 0, None)]
+        await budgets.settle_many(db, batch)
+        await budgets.settle_many(db, batch)                      # a redelivery
+        rows = await db.fetchone("SELECT count(*) AS n, count(DISTINCT call_id) AS d, "
+                                 "sum(input_tokens) AS t FROM access_ledger")
+        assert rows is not None and (rows["n"], rows["d"], rows["t"]) == (n, n, 10 * n)
+        spend = await db.fetchone("SELECT spend_micros FROM access_budgets WHERE id = 'k1'")
+        assert spend is not None and spend["spend_micros"] == 100 * n
+        cost = await db.fetchone("SELECT cost, ts_ms FROM access_ledger WHERE call_id = 'c7'")
+        assert cost is not None and (cost["cost"], cost["ts_ms"]) == ("0.0001",
+                                                                      1_700_000_000_000)
+    finally:
+        await db.close()
