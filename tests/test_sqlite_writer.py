@@ -4,8 +4,12 @@ background ones, in turn when both wait, and nothing queued is lost or left hang
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +121,47 @@ async def test_a_ledger_batch_in_chunks_settles_each_call_once(tmp_path: Path) -
                                                                       1_700_000_000_000)
     finally:
         await db.close()
+
+
+def _write_in_child(path: str, out: Any) -> None:
+    """A second process's write to the same file: when did it run?"""
+    writer = sqlite_writer.Writer(path)
+    out.send(writer.submit(time.monotonic, urgent=True).result(timeout=10))
+    writer.shutdown(wait=True)
+
+
+def test_writes_of_two_processes_to_one_file_take_turns(tmp_path: Path) -> None:
+    """Each write holds the file's lock (an flock beside it): another process's write
+    starts only when this one has ended, and it is handed on at once, not polled."""
+    path = str(tmp_path / "shared.db")
+    writer = sqlite_writer.Writer(path)
+    running, gate = threading.Event(), threading.Event()
+
+    def long_write() -> float:
+        running.set()
+        gate.wait(10)
+        return time.monotonic()
+
+    first = writer.submit(long_write, urgent=True)
+    assert running.wait(5)
+    ctx = multiprocessing.get_context("fork")
+    theirs, mine = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_write_in_child, args=(path, mine))
+    child.start()
+    time.sleep(0.3)  # the child's write is queued on its own thread by now
+    assert not theirs.poll()  # ...and waits for ours
+    gate.set()
+    ended = first.result(timeout=5)
+    assert theirs.poll(10)
+    started = theirs.recv()
+    child.join(10)
+    assert child.exitcode == 0
+    assert ended <= started < ended + 0.1
+    assert os.path.exists(path + sqlite_writer.LOCK_SUFFIX)
+    writer.shutdown(wait=True)
+
+
+def test_no_lock_file_for_an_in_memory_database() -> None:
+    writer = sqlite_writer.Writer(":memory:")
+    assert writer.submit(lambda: 42, urgent=False).result(timeout=5) == 42
+    writer.shutdown(wait=True)

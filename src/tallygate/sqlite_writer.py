@@ -12,6 +12,12 @@ reservation) before it answers, while nobody waits on background work (delivery'
 claims and marks, ledger batches) but the outbox. When both wait, the thread takes them
 in turn: an urgent write waits for at most one background write (they are kept small),
 not for every one queued before it, and delivery keeps pace under any load.
+
+Between processes (``--workers N``, CLI commands) the writer threads of one file take
+turns through an ``flock`` on a lock file beside it, held for each write. SQLite's own
+busy handler would also keep them apart, but it polls: a write that finds the file
+locked sleeps 1 ms, then 2, 5, 10..., far longer than the write it waits for; the
+kernel hands an flock on at once.
 """
 
 from __future__ import annotations
@@ -19,13 +25,20 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows: SQLite's busy handler alone
+    fcntl = None  # type: ignore[assignment]
+
 T = TypeVar("T")
+LOCK_SUFFIX = "-writelock"
 
 _Job = tuple[Callable[[], Any], "Future[Any]"]
 
@@ -33,7 +46,10 @@ _Job = tuple[Callable[[], Any], "Future[Any]"]
 class Writer:
     """The writer thread of one file: ``submit`` queues a write, urgent ones first."""
 
-    def __init__(self, name: str = "tallygate-writer") -> None:
+    def __init__(self, path: str | None = None, name: str = "tallygate-writer") -> None:
+        """``path``: the database file, whose lock file orders this process's writes
+        with other processes' (None, or a file that cannot have one: no lock)."""
+        self._lock_fd = _open_lock(path)
         self._urgent: collections.deque[_Job] = collections.deque()
         self._background: collections.deque[_Job] = collections.deque()
         self._ready = threading.Condition(threading.Lock())
@@ -71,17 +87,45 @@ class Writer:
             return (self._urgent if self._urgent_last else self._background).popleft()
 
     def _run(self) -> None:
-        while (job := self._next()) is not None:
-            fn, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn()
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-            del fn, future, job  # nothing of a done write stays alive in the thread
+        try:
+            while (job := self._next()) is not None:
+                fn, future = job
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    with self._other_processes_out():
+                        result = fn()
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+                del fn, future, job  # nothing of a done write stays alive in the thread
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+
+    @contextlib.contextmanager
+    def _other_processes_out(self) -> Iterator[None]:
+        fd = self._lock_fd
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _open_lock(path: str | None) -> int | None:
+    """The lock file of the database at ``path`` (made when missing), or None for an
+    in-memory database, a URI, no fcntl, or a folder where it cannot be made."""
+    if fcntl is None or not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    try:
+        return os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None  # SQLite's busy timeout still keeps the writes apart
 
 
 _lock = threading.Lock()
@@ -98,7 +142,7 @@ def acquire(path: str) -> Writer:
     with _lock:
         writer, users = _writers.get(key, (None, 0))
         if writer is None:
-            writer = Writer()
+            writer = Writer(path)
         _writers[key] = (writer, users + 1)
         return writer
 
