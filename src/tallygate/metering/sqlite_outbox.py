@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -85,17 +85,22 @@ _INSERT_HEAD = """INSERT INTO outbox (sink, call_id, event, next_attempt_at_ms, 
     updated_at_ms) VALUES """
 _INSERT_TAIL = " ON CONFLICT (sink, call_id) DO NOTHING"
 
-_CLAIM = """
-UPDATE outbox SET state = 'inflight', owner = ?, lease_until_ms = ?, next_attempt_at_ms = ?,
-    attempts = attempts + 1, updated_at_ms = ?
-WHERE id IN (
-    SELECT id FROM outbox
+# A claim is two statements of one step each (not one UPDATE ... RETURNING, which the
+# writer thread would step through row by row, trading the GIL with the event loop once
+# a row): the due rows as one JSON array, then their lease.
+_CLAIM_SELECT = """
+SELECT json_group_array(json_array(id, call_id, CAST(event AS TEXT), attempts)) FROM (
+    SELECT id, call_id, event, attempts FROM outbox
     WHERE sink = ? AND state IN ('pending', 'inflight') AND {due}
     ORDER BY next_attempt_at_ms, id LIMIT ?)
-RETURNING id, sink, call_id, event, attempts
 """
-_CLAIM_DUE = _CLAIM.format(due="next_attempt_at_ms <= ?")
-_CLAIM_FLUSH = _CLAIM.format(due="(next_attempt_at_ms <= ? OR state = 'pending')")
+_CLAIM_DUE = _CLAIM_SELECT.format(due="next_attempt_at_ms <= ?")
+_CLAIM_FLUSH = _CLAIM_SELECT.format(due="(next_attempt_at_ms <= ? OR state = 'pending')")
+_CLAIM_LEASE = """
+UPDATE outbox SET state = 'inflight', owner = ?, lease_until_ms = ?, next_attempt_at_ms = ?,
+    attempts = attempts + 1, updated_at_ms = ?
+WHERE id IN (SELECT value FROM json_each(?))
+"""
 
 _IDS = "(SELECT value FROM json_each(?))"
 
@@ -282,15 +287,18 @@ class SQLiteOutbox:
         until = now + int(lease_s * 1000)
         with _write_transaction(conn):
             sql = _CLAIM_FLUSH if ignore_backoff else _CLAIM_DUE
-            raw = conn.execute(sql, (self.owner, until, until, now, sink, now, limit)
-                               ).fetchall()
+            (found,) = conn.execute(sql, (sink, now, limit)).fetchone()
+            raw: list[list[Any]] = orjson.loads(found)  # [id, call_id, event, attempts]
+            if raw:
+                conn.execute(_CLAIM_LEASE, (self.owner, until, until, now,
+                                            _ids_json([r[0] for r in raw])))
         rows: list[OutboxRow] = []
         corrupt: dict[int, str] = {}
         recent = self._recent
-        for row_id, row_sink, call_id, data, attempts in raw:
+        for row_id, call_id, data, attempts in raw:
             try:
                 event = recent.get(call_id, data) or decode_event(data)
-                rows.append(OutboxRow(row_id, row_sink, event, attempts))
+                rows.append(OutboxRow(row_id, sink, event, attempts + 1))
             except (ValueError, KeyError, TypeError) as exc:
                 corrupt[row_id] = clip_error(f"unreadable event {call_id}: {exc!r}")
         if corrupt:
