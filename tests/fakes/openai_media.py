@@ -13,6 +13,7 @@ files as ``{"filename", "content_type", "size"}``.
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 import time
 from collections.abc import Callable
@@ -71,8 +72,9 @@ class MediaAPI:
         body: dict[str, Any] = {}
         for name, value in form.items():
             if isinstance(value, web.FileField):
+                value.file.seek(0, io.SEEK_END)  # aiohttp spooled it: its size, unread
                 body[name] = {"filename": value.filename, "content_type": value.content_type,
-                              "size": len(value.file.read())}
+                              "size": value.file.tell()}
             else:
                 body[name] = str(value)
         return body, self._gate(request, body)
