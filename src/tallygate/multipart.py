@@ -18,6 +18,7 @@ examples send ``-F file=@audio.mp3 -F model=whisper-1``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -29,8 +30,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from tallygate.errors import BadRequestError, RequestTimeoutError, RequestTooLargeError
 
+log = logging.getLogger("tallygate.proxy")
+
 # Up to this much of a call's files stays in memory; the rest goes to a temporary file.
-SPOOL_MEMORY_BYTES = 1024 * 1024
+SPOOL_MEMORY_BYTES = 512 * 1024
 CHUNK_BYTES = 64 * 1024
 # A text field (a prompt, a language code) is read into memory: it is bounded on its own.
 TEXT_FIELD_BYTES = 1024 * 1024
@@ -174,6 +177,12 @@ async def read_form(request: web.Request, limit: int, timeout_s: float,
                                   ) from None
     except (ValueError, AssertionError, RuntimeError, HttpProcessingError, UnicodeError):
         raise _malformed() from None  # aiohttp's reader says so with these
+    except ConnectionError:
+        # An ordinary event, not a gateway fault: nothing was admitted, so nothing is
+        # held or billed; the answer goes nowhere.
+        log.info("the client left before its upload ended")
+        raise BadRequestError("the connection closed before the upload ended",
+                              code="client_disconnected") from None
 
 
 async def _read_parts(request: web.Request, limit: int,
