@@ -171,11 +171,17 @@ def test_retry_and_fallback_send_the_whole_upload_again(
     assert [e.external_subscription_id for e in lago.events.values()].count("retried") == 1
 
 
-async def _chunked_upload(url: str, key: str, size: int) -> tuple[int, dict[str, Any]]:
-    """A form sent chunked (no Content-Length): only counting what arrives can stop it."""
+async def _chunked_upload(url: str, key: str, size: int, *,
+                          no_boundary: bool = False) -> tuple[int, dict[str, Any]]:
+    """A form sent chunked (no Content-Length): only counting what arrives can stop it.
+    ``no_boundary``: short lines that never reach the first boundary."""
     boundary = "chunkedboundary"
 
     async def body() -> AsyncIterator[bytes]:
+        if no_boundary:
+            for _ in range(size // (256 * 1024)):
+                yield (b"n" * 1022 + b"\r\n") * 256  # 256 KiB of lines, none a boundary
+            return
         yield (f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
                f'whisper\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; '
                f'filename="a.mp3"\r\nContent-Type: audio/mpeg\r\n\r\n').encode()
@@ -206,6 +212,9 @@ def test_too_large_is_413_with_nothing_billed_or_reserved(
     assert status == 413
     assert answer["error"]["type"] == "invalid_request_error", answer
     assert f"{LIMIT_MB * MB}-byte limit" in answer["error"]["message"]
+    status, answer = asyncio.run(_chunked_upload(base + "/v1/audio/transcriptions", key,
+                                                 (LIMIT_MB + 2) * MB, no_boundary=True))
+    assert (status, answer["error"]["type"]) == (413, "invalid_request_error"), answer
     assert upstream.media.uploads == [] and upstream.received == []
     assert proxy.call(_reserved(proxy)) == 0
     assert ledger_rows(base, key_alias="uploader")["logs"] == []

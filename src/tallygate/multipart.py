@@ -21,11 +21,12 @@ import asyncio
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import cast
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from tallygate.errors import BadRequestError, RequestTimeoutError, RequestTooLargeError
@@ -185,23 +186,54 @@ async def read_form(request: web.Request, limit: int, timeout_s: float,
                               code="client_disconnected") from None
 
 
+class _Bounded:
+    """The request's body stream as aiohttp's multipart reader reads it, refusing to read
+    past the size limit: every byte received counts, framing and preamble included, so a
+    body with no Content-Length (or a false one) stops at most a read buffer past it.
+    Bytes the reader hands back are kept here (StreamReader.unread_data is deprecated)."""
+
+    def __init__(self, content: StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self._back = b""
+
+    def _check(self) -> None:
+        if self._content.total_bytes > self._limit:
+            raise RequestTooLargeError(f"the request body is over the {self._limit}-byte limit")
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._back:
+            data, self._back = (self._back, b"") if n < 0 else (self._back[:n], self._back[n:])
+            return data
+        data = await self._content.read(n)
+        self._check()
+        return data
+
+    async def readline(self, *, max_line_length: int | None = None) -> bytes:
+        head = b""
+        if self._back:
+            end = self._back.find(b"\n") + 1
+            if end:
+                head, self._back = self._back[:end], self._back[end:]
+                return head
+            head, self._back = self._back, b""
+        data = await self._content.readline(max_line_length=max_line_length)
+        self._check()
+        return head + data
+
+    def at_eof(self) -> bool:
+        return not self._back and self._content.at_eof()
+
+    def unread_data(self, data: bytes) -> None:
+        self._back = data + self._back
+
+
 async def _read_parts(request: web.Request, limit: int,
                       spool: Spool) -> list[tuple[str, FormValue]]:
-    content = request.content
-
-    def check_size() -> None:
-        # Bytes received so far, framing included: a body without a Content-Length (or
-        # with a false one) stops here, at most a read buffer past the limit.
-        if content.total_bytes > limit:
-            raise RequestTooLargeError(f"the request body is over the {limit}-byte limit")
-
+    content = cast(StreamReader, _Bounded(request.content, limit))
     reader = MultipartReader(request.headers, content)
     fields: list[tuple[str, FormValue]] = []
-    while True:
-        part = await reader.next()
-        check_size()
-        if part is None:
-            break
+    while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             raise _malformed(": a part is itself multipart")
         name = part.name
@@ -213,13 +245,11 @@ async def _read_parts(request: web.Request, limit: int,
             # still encoded.
             raise _malformed(f": Content-Transfer-Encoding {encoding[:20]!r} is not taken")
         if part.filename is None:
-            fields.append((name, await _text(part, name, check_size)))
+            fields.append((name, await _text(part, name)))
             continue
         offset = spool.size
         while chunk := await part.read_chunk(CHUNK_BYTES):
-            check_size()
             spool.append(chunk)
-        check_size()
         ctype = part.headers.get("Content-Type") or "application/octet-stream"
         fields.append((name, FilePart(part.filename, Spooled(spool, offset, spool.size - offset),
                                       ctype)))
@@ -228,10 +258,9 @@ async def _read_parts(request: web.Request, limit: int,
     return fields
 
 
-async def _text(part: BodyPartReader, name: str, check_size: Callable[[], None]) -> str:
+async def _text(part: BodyPartReader, name: str) -> str:
     data = bytearray()
     while chunk := await part.read_chunk(CHUNK_BYTES):
-        check_size()
         data += chunk
         if len(data) > TEXT_FIELD_BYTES:
             raise BadRequestError(f"the form field {name[:64]!r} is over "
