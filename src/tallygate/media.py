@@ -30,7 +30,7 @@ from tallygate.errors import BadRequestError, TallygateError, UpstreamError
 from tallygate.estimate import estimate_text_tokens
 from tallygate.event import CallKind, UsageEvent
 from tallygate.image_prices import image_variant
-from tallygate.multipart import FilePart, FormValue, encode_form
+from tallygate.multipart import FilePart, FormBody, FormValue, encode_form
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
 from tallygate.providers.registry import get_provider
@@ -65,7 +65,7 @@ class MediaRequest:
 
     kind: CallKind
     path: str
-    body: bytes
+    body: bytes | FormBody  # a form streams its files from the upload's spool
     content_type: str
     read_usage: Callable[[MediaAnswer], Usage]
     variant: str | None = None  # the price variant (an image's quality/size)
@@ -112,8 +112,8 @@ def image_edit_request(model: str, fields: Sequence[tuple[str, FormValue]]) -> M
         raise BadRequestError("'image' is required (an uploaded file)", param="image")
     if not isinstance(values.get("prompt"), str):
         raise BadRequestError("'prompt' is required", param="prompt")
-    body, ctype = encode_form(_form_with_model(fields, model))
-    return MediaRequest("image", "images/edits", body, ctype, image_usage,
+    body = encode_form(_form_with_model(fields, model))
+    return MediaRequest("image", "images/edits", body, body.content_type, image_usage,
                         image_variant(values.get("size"), values.get("quality")))
 
 
@@ -152,9 +152,11 @@ def transcription_request(model: str, fields: Sequence[tuple[str, FormValue]], *
     upload = next((v for n, v in fields if n == "file" and isinstance(v, FilePart)), None)
     if upload is None:
         raise BadRequestError("'file' is required (an uploaded audio file)", param="file")
-    body, ctype = encode_form(_form_with_model(fields, model))
+    body = encode_form(_form_with_model(fields, model))
     path = "audio/translations" if translation else "audio/transcriptions"
-    return MediaRequest("transcription", path, body, ctype, transcription_usage(len(upload.data)))
+    # The file's size is only the fallback measure (an answer without a duration).
+    return MediaRequest("transcription", path, body, body.content_type,
+                        transcription_usage(upload.size))
 
 
 def speech_request(model: str, params: Mapping[str, Any]) -> MediaRequest:

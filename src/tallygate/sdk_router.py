@@ -4,7 +4,9 @@
 ``model_info``) and the constructor's routing arguments are ``router_settings``' keys,
 so both are read by the config's own parser (``tallygate.config``) and run by
 ``tallygate.routing.Router``: the same strategies, retries, fallbacks and cooldowns as
-the proxy, each call billed once, priced on the deployment that answered.
+the proxy, each call billed once, priced on the deployment that answered. Its media
+methods (``aimage_generation``, ``aimage_edit``, ``atranscription``, ``aspeech``,
+``arerank``, ``amoderation``: those LiteLLM's Router has) run the same way.
 
 LiteLLM constructor arguments that tallygate does not implement are refused when set
 (a ConfigError naming them); the few that only change LiteLLM's own logging are warned
@@ -23,8 +25,11 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+from tallygate import media
 from tallygate.config import ProxySettings, parse_config
 from tallygate.errors import BadRequestError, ConfigError
+from tallygate.event import UsageEvent
+from tallygate.media import MediaAnswer
 from tallygate.pricing import default_price_book
 from tallygate.providers.base import PER_REQUEST_PRICE_KEY, PRICE_KEYS, Deployment
 from tallygate.response import ModelResponse
@@ -38,6 +43,14 @@ from tallygate.sdk import (
     _context,
     routed_chat,
     routed_embedding,
+)
+from tallygate.sdk_media import (
+    Build,
+    SpeechResponse,
+    image_edit_build,
+    json_answer,
+    routed_media,
+    transcription_build,
 )
 from tallygate.sdk_routing import Routed, provider_kwargs
 from tallygate.usage import Usage
@@ -274,6 +287,72 @@ class Router:
 
     def text_completion(self, model: str, prompt: Any, **kwargs: Any) -> ModelResponse:
         return runtime.run(self.atext_completion(model, prompt, **kwargs))
+
+    # -- media calls: LiteLLM's Router has these (and of them, only image_generation in
+    # a sync form), each routed and billed like completion's ---------------------------
+
+    async def _media(self, model: str, build: Build, kwargs: dict[str, Any], *,
+                     user: str | None, metadata: Mapping[str, Any] | None,
+                     callbacks: Sequence[Any] | None) -> tuple[MediaAnswer, UsageEvent]:
+        route = await self._route(model, kwargs)
+        params, ctx, recorder = _context(model, kwargs, None, user=user, metadata=metadata,
+                                         callbacks=callbacks)
+        return await routed_media(route, build, params, ctx, recorder)
+
+    async def aimage_generation(self, prompt: str, model: str, *, user: str | None = None,
+                                metadata: Mapping[str, Any] | None = None,
+                                callbacks: Sequence[Any] | None = None,
+                                **kwargs: Any) -> ModelResponse:
+        kwargs["prompt"] = prompt
+        answer, event = await self._media(model, media.image_generation_request, kwargs,
+                                          user=user, metadata=metadata, callbacks=callbacks)
+        return json_answer(answer, event)
+
+    def image_generation(self, prompt: str, model: str, **kwargs: Any) -> ModelResponse:
+        return runtime.run(self.aimage_generation(prompt, model, **kwargs))
+
+    async def aimage_edit(self, *, model: str, image: Any, prompt: str, mask: Any = None,
+                          user: str | None = None, metadata: Mapping[str, Any] | None = None,
+                          callbacks: Sequence[Any] | None = None,
+                          **kwargs: Any) -> ModelResponse:
+        kwargs["prompt"] = prompt
+        answer, event = await self._media(model, image_edit_build(image, mask), kwargs,
+                                          user=user, metadata=metadata, callbacks=callbacks)
+        return json_answer(answer, event)
+
+    async def atranscription(self, file: Any, model: str, *, user: str | None = None,
+                             metadata: Mapping[str, Any] | None = None,
+                             callbacks: Sequence[Any] | None = None,
+                             **kwargs: Any) -> ModelResponse:
+        answer, event = await self._media(model, transcription_build(file), kwargs,
+                                          user=user, metadata=metadata, callbacks=callbacks)
+        return json_answer(answer, event)
+
+    async def aspeech(self, model: str, input: str, voice: Any = None, *,
+                      user: str | None = None, metadata: Mapping[str, Any] | None = None,
+                      callbacks: Sequence[Any] | None = None, **kwargs: Any) -> SpeechResponse:
+        kwargs.update(input=input, voice=voice)
+        answer, event = await self._media(model, media.speech_request, kwargs, user=user,
+                                          metadata=metadata, callbacks=callbacks)
+        return SpeechResponse(answer.body, answer.content_type, event)
+
+    async def arerank(self, model: str, query: str, documents: list[Any],
+                      top_n: int | None = None, *, user: str | None = None,
+                      metadata: Mapping[str, Any] | None = None,
+                      callbacks: Sequence[Any] | None = None, **kwargs: Any) -> ModelResponse:
+        kwargs.update(query=query, documents=documents, top_n=top_n)
+        answer, event = await self._media(model, media.rerank_request, kwargs, user=user,
+                                          metadata=metadata, callbacks=callbacks)
+        return json_answer(answer, event)
+
+    async def amoderation(self, model: str, input: Any, *, user: str | None = None,
+                          metadata: Mapping[str, Any] | None = None,
+                          callbacks: Sequence[Any] | None = None,
+                          **kwargs: Any) -> ModelResponse:
+        kwargs["input"] = input
+        answer, event = await self._media(model, media.moderation_request, kwargs,
+                                          user=user, metadata=metadata, callbacks=callbacks)
+        return json_answer(answer, event)
 
 
 def _unknown(d: Deployment) -> None:

@@ -13,7 +13,7 @@ import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
@@ -91,6 +91,16 @@ def _url(request: UpstreamRequest) -> str | URL:
     return URL(request.url, encoded=True) if request.encoded_url else request.url
 
 
+def _body(request: UpstreamRequest) -> tuple[Any, dict[str, str]]:
+    """What aiohttp sends: the bytes, or a streamed upload (a fresh iteration each post,
+    so a post again sends it whole) with its exact length, not chunked (not every
+    provider takes a chunked upload)."""
+    if request.upload is None:
+        return request.body, request.headers
+    return (request.upload.chunks(),
+            {**request.headers, "Content-Length": str(request.upload.length)})
+
+
 def _late(timeout: float | None) -> str:
     return f"upstream did not answer within {timeout or DEFAULT_TIMEOUT_S}s"
 
@@ -110,8 +120,9 @@ def _stream_timeout(total: float | None) -> aiohttp.ClientTimeout:
 
 async def post(request: UpstreamRequest, timeout: float | None) -> UpstreamResponse:
     """POST and read the whole answer; network failures become Upstream*Error."""
+    data, headers = _body(request)
     try:
-        async with session().post(_url(request), data=request.body, headers=request.headers,
+        async with session().post(_url(request), data=data, headers=headers,
                                   timeout=_timeout(timeout)) as resp:
             body = await resp.read()
             return UpstreamResponse(resp.status, resp.headers, body)
@@ -147,8 +158,9 @@ class UpstreamStream:
 async def open_stream(request: UpstreamRequest,
                       timeout: float | None) -> AsyncIterator[UpstreamStream]:
     """POST and hand back the answer unread, for streaming; closes it on exit."""
+    data, headers = _body(request)
     try:
-        resp = await session().post(_url(request), data=request.body, headers=request.headers,
+        resp = await session().post(_url(request), data=data, headers=headers,
                                     timeout=_stream_timeout(timeout))
     except TimeoutError:
         raise UpstreamTimeoutError(_late(timeout)) from None

@@ -7,12 +7,14 @@ Knobs on ``FakeOpenAI.media``: ``transcript``, ``audio_seconds`` (whisper-1's
 ``usage.type = duration``; ``gpt-4o-transcribe``-style models answer token usage from
 ``audio_tokens`` / ``text_tokens`` / ``output_tokens``), ``image_tokens`` (gpt-image-1's
 usage), ``flagged``. Multipart bodies are recorded as dicts: text fields as strings,
-files as ``{"filename", "content_type", "size"}``.
+files as ``{"filename", "content_type", "size"}``; ``uploads`` has each file's size
+and sha256.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import time
 from collections.abc import Callable
@@ -56,6 +58,8 @@ class MediaAPI:
         self.prompt_text_tokens = 11
         self.flagged = False
         self._ids = itertools.count(1)
+        # Every uploaded file as it arrived: (field name, size, sha256 hex).
+        self.uploads: list[tuple[str, int, str]] = []
 
     def routes(self) -> list[web.RouteDef]:
         p = self.prefix
@@ -71,8 +75,10 @@ class MediaAPI:
         body: dict[str, Any] = {}
         for name, value in form.items():
             if isinstance(value, web.FileField):
+                size, digest = _measure(value.file)
                 body[name] = {"filename": value.filename, "content_type": value.content_type,
-                              "size": len(value.file.read())}
+                              "size": size}
+                self.uploads.append((name, size, digest))
             else:
                 body[name] = str(value)
         return body, self._gate(request, body)
@@ -197,6 +203,17 @@ class MediaAPI:
             "id": f"modr-fake{next(self._ids)}",
             "model": str(body.get("model") or "omni-moderation-latest"),
             "results": [result] * n})
+
+
+def _measure(file: Any) -> tuple[int, str]:
+    """Size and sha256 of a file aiohttp spooled, read in chunks (a multi-MB upload
+    is not held whole here either)."""
+    digest, size = hashlib.sha256(), 0
+    file.seek(0)
+    while chunk := file.read(65536):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def b64_png() -> bytes:

@@ -125,7 +125,8 @@ class FakeServer:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> Self:
-        app = web.Application()
+        # As large as the providers' own upload limits (OpenAI's audio: 25 MB).
+        app = web.Application(client_max_size=32 * 1024 * 1024)
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()

@@ -24,11 +24,11 @@ class AudioRoutes:
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         return await self.calls.run(request, "audio_transcriptions", self._check_upload,
-                                    self._transcribe, parse=form_fields)
+                                    self._transcribe, read=form_fields)
 
     async def translations(self, request: web.Request) -> web.StreamResponse:
         return await self.calls.run(request, "audio_translations", self._check_upload,
-                                    self._translate, parse=form_fields)
+                                    self._translate, read=form_fields)
 
     @staticmethod
     def _check_upload(data: dict[str, Any]) -> dict[str, Any]:

@@ -4,13 +4,14 @@ token-priced image models (see tallygate.media); kind ``image``."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 from aiohttp import web
 
 from tallygate import media
 from tallygate.engine import CallContext
-from tallygate.multipart import parse_form
+from tallygate.multipart import read_form
 from tallygate.providers.base import Deployment
 from tallygate.proxy.calls import CallFrame, billed_response
 from tallygate.proxy.gateway import Gateway
@@ -18,10 +19,12 @@ from tallygate.proxy.gateway import Gateway
 _GATEWAY_KEYS = ("metadata",)  # read by the gateway, never sent upstream
 
 
-def form_fields(request: web.Request, body: bytes) -> dict[str, Any]:
+async def form_fields(request: web.Request, gw: Gateway, held: ExitStack) -> dict[str, Any]:
     """A multipart body as the call's fields: text fields by name (for the model, user
-    and metadata) and the parts in order under ``_form``, for the upstream body."""
-    fields = parse_form(body, request.headers.get("Content-Type", ""))
+    and metadata) and the parts in order under ``_form``, for the upstream body (its
+    files spooled, never whole in memory: tallygate.multipart)."""
+    fields = await read_form(request, gw.settings.max_request_bytes,
+                             gw.settings.body_read_timeout_s, held)
     data: dict[str, Any] = {n: v for n, v in fields if isinstance(v, str)}
     data["_form"] = fields
     return data
@@ -52,7 +55,7 @@ class ImageRoutes:
 
     async def edits(self, request: web.Request) -> web.StreamResponse:
         return await self.calls.run(request, "images", self._check_edit, self._edit,
-                                    parse=form_fields)
+                                    read=form_fields)
 
     @staticmethod
     def _check_edit(data: dict[str, Any]) -> dict[str, Any]:

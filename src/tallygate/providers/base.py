@@ -10,11 +10,11 @@ event loop, and a request signed over its final bytes (Bedrock's SigV4) is signe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import orjson
 
@@ -106,6 +106,17 @@ class Deployment:
         return base.split("/", 1)[1] if "/" in base else base
 
 
+class StreamedBody(Protocol):
+    """A request body written in chunks (an upload spooled off memory,
+    ``tallygate.multipart.FormBody``): its length is known, and each iteration of
+    ``chunks`` writes it whole from the start (so a retry can send it again)."""
+
+    @property
+    def length(self) -> int: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
 @dataclass(slots=True)
 class UpstreamRequest:
     url: str
@@ -114,6 +125,15 @@ class UpstreamRequest:
     #: the url is percent-encoded exactly as it must go on the wire (a signature covers
     #: its path): the transport sends it without re-quoting (``%3A`` stays ``%3A``).
     encoded_url: bool = False
+    #: a body sent in chunks instead of ``body`` (which is then empty)
+    upload: StreamedBody | None = None
+
+    @classmethod
+    def of(cls, url: str, headers: dict[str, str],
+           body: bytes | StreamedBody) -> UpstreamRequest:
+        if isinstance(body, bytes):
+            return cls(url, headers, body)
+        return cls(url, headers, b"", upload=body)
 
 
 @dataclass(slots=True)
@@ -406,11 +426,13 @@ class Provider(ABC):
         raise BadRequestError(f"provider {self.name!r} does not serve the Responses API",
                               param="model", code="responses_not_supported")
 
-    def media_request(self, deployment: Deployment, path: str, body: bytes,
+    def media_request(self, deployment: Deployment, path: str, body: bytes | StreamedBody,
                       content_type: str) -> UpstreamRequest:
         """For providers that serve OpenAI's other endpoints (``images/generations``,
         ``audio/transcriptions``, ``audio/speech``, ``moderations``, ``rerank``): the
-        upstream request of ``body`` (JSON or multipart, ``model`` the deployment's)."""
+        upstream request of ``body`` (``model`` the deployment's): JSON bytes, or a
+        multipart upload as a ``StreamedBody``, to pass on as it is
+        (``UpstreamRequest.of``), never read whole."""
         raise BadRequestError(f"provider {self.name!r} does not serve /{path}",
                               param="model", code="endpoint_not_supported")
 

@@ -29,6 +29,7 @@ from tallygate.providers.base import (
     Deployment,
     Provider,
     StreamDecoder,
+    StreamedBody,
     StreamItem,
     UpstreamRequest,
 )
@@ -476,7 +477,7 @@ class CohereProvider(Provider):
         return embed_response(tr.json_object(body, LABEL), deployment.model)
 
 
-    def media_request(self, deployment: Deployment, path: str, body: bytes,
+    def media_request(self, deployment: Deployment, path: str, body: bytes | StreamedBody,
                       content_type: str) -> UpstreamRequest:
         """``rerank`` (LiteLLM's ``cohere/rerank-v3.5``): the request is already in
         Cohere's shape; it goes to v2 Rerank, billed per search unit."""
@@ -484,7 +485,7 @@ class CohereProvider(Provider):
             return super().media_request(deployment, path, body, content_type)
         headers = self._headers(deployment)
         headers["Content-Type"] = content_type
-        return UpstreamRequest(self._url(deployment, "rerank"), headers, body)
+        return UpstreamRequest.of(self._url(deployment, "rerank"), headers, body)
 
 
 class CohereChatProvider(CohereProvider):

@@ -22,6 +22,7 @@ from tallygate.providers.base import (
     NativeCompletions,
     Provider,
     StreamDecoder,
+    StreamedBody,
     StreamItem,
     UpstreamRequest,
 )
@@ -234,12 +235,12 @@ class OpenAIProvider(Provider, NativeCompletions):
     def _base(self, deployment: Deployment) -> str:
         return (deployment.api_base or self.default_api_base or "").rstrip("/")
 
-    def media_request(self, deployment: Deployment, path: str, body: bytes,
+    def media_request(self, deployment: Deployment, path: str, body: bytes | StreamedBody,
                       content_type: str) -> UpstreamRequest:
         headers = json_headers(self.api_key(deployment, os.environ), deployment.headers)
         headers["Content-Type"] = content_type
         headers["Accept"] = "*/*"  # speech answers audio bytes
-        return UpstreamRequest(f"{self._base(deployment)}/{path}", headers, body)
+        return UpstreamRequest.of(f"{self._base(deployment)}/{path}", headers, body)
 
     def chat_request(self, deployment: Deployment, params: dict[str, Any],
                      stream: bool) -> UpstreamRequest:

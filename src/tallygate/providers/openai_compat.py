@@ -28,6 +28,7 @@ from tallygate.providers.base import (
     NativeCompletions,
     Provider,
     StreamDecoder,
+    StreamedBody,
     UpstreamRequest,
 )
 from tallygate.providers.openai import (
@@ -239,12 +240,12 @@ class OpenAICompatProvider(Provider):
             body.pop("stream", None)
         return body
 
-    def media_request(self, deployment: Deployment, path: str, body: bytes,
+    def media_request(self, deployment: Deployment, path: str, body: bytes | StreamedBody,
                       content_type: str) -> UpstreamRequest:
         headers = self._headers(deployment)
         headers["Content-Type"] = content_type
         headers["Accept"] = "*/*"  # speech answers audio bytes
-        return UpstreamRequest(self.media_url(deployment, path), headers, body)
+        return UpstreamRequest.of(self.media_url(deployment, path), headers, body)
 
     def chat_request(self, deployment: Deployment, params: dict[str, Any],
                      stream: bool) -> UpstreamRequest:

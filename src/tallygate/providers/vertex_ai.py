@@ -43,6 +43,7 @@ from tallygate.providers.base import (
     PassThroughDecoder,
     Provider,
     StreamDecoder,
+    StreamedBody,
     UpstreamRequest,
 )
 from tallygate.providers.gemini import JSON_HEADERS, read_json_object
@@ -279,9 +280,10 @@ class VertexAIProvider(Provider, NativeMessages, NativeGemini):
 
     # -- Imagen: OpenAI's images/generations as a :predict call -------------------------
 
-    def media_request(self, deployment: Deployment, path: str, body: bytes,
+    def media_request(self, deployment: Deployment, path: str, body: bytes | StreamedBody,
                       content_type: str) -> UpstreamRequest:
-        if path != "images/generations" or is_claude(deployment.model):
+        if (path != "images/generations" or is_claude(deployment.model)
+                or not isinstance(body, bytes)):
             return super().media_request(deployment, path, body, content_type)
         url = f"{self._model_url(deployment, self.target(deployment))}:predict"
         return UpstreamRequest(url=url, headers={**JSON_HEADERS, **deployment.headers},

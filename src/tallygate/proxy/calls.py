@@ -19,6 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
@@ -76,8 +77,11 @@ CallRunner = Callable[[web.Request, dict[str, Any], Deployment, CallContext],
 # The route's body (already JSON) -> OpenAI-shaped params, checked; raises a 400 error.
 Prepare = Callable[[dict[str, Any]], dict[str, Any]]
 ErrorRenderer = Callable[[TallygateError, str | None], web.Response]
-# (request, its body bytes) -> the call's fields, for routes whose body is not JSON.
-BodyParser = Callable[[web.Request, bytes], dict[str, Any]]
+# (request, gateway, what the call holds) -> the call's fields, for routes whose body is
+# not JSON (multipart uploads): read from the request under the gateway's size limit
+# and read timeout; what it leaves open (an upload's spool) closes with ``held`` when
+# the call ends.
+BodyReader = Callable[[web.Request, Gateway, ExitStack], Awaitable[dict[str, Any]]]
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
 
@@ -181,10 +185,10 @@ class CallFrame:
     async def run(self, request: web.Request, route: str, prepare: Prepare, handle: CallRunner,
                   on_error: ErrorRenderer = openai_error_response, *,
                   model: str | None = None,
-                  parse: BodyParser | None = None,
+                  read: BodyReader | None = None,
                   fallback_params: bool = False) -> web.StreamResponse:
         """``model``: the model group when the route's path names it (Gemini's
-        ``/models/{model}:generateContent``); else the body's ``model``. ``parse``: the
+        ``/models/{model}:generateContent``); else the body's ``model``. ``read``: the
         body's reading when it is not JSON (multipart uploads). ``fallback_params``:
         the route's params are OpenAI's request fields, so a fallback's own params
         (LiteLLM's ``{"model": ..., "messages": ...}``) can replace them."""
@@ -194,10 +198,13 @@ class CallFrame:
         group: str | None = None
         status = 200
         ctx: CallContext | None = None
+        held = ExitStack()
         try:
             identity = await gw.access.authenticate(request)
-            raw = await read_body(request, gw)
-            body = parse(request, raw) if parse is not None else parse_json_object(raw)
+            if read is not None:
+                body = await read(request, gw, held)
+            else:
+                body = parse_json_object(await read_body(request, gw))
             if model is None:
                 model = require_model(body)  # the OpenAI and Anthropic shapes name it so
             options = pop_options(body)  # the gateway's routing options, never upstream's
@@ -259,6 +266,7 @@ class CallFrame:
             await asyncio.shield(self._release(ctx, exc))
             raise
         finally:
+            held.close()
             self.observe(route, group, status, started)
 
     async def _release(self, ctx: CallContext | None, exc: BaseException) -> None:
