@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from tallygate import sqlite_writer
 from tallygate.access import budgets
 from tallygate.access.budgets import LEDGER_COLUMNS
 from tallygate.access.db import SQLiteDatabase
+from tallygate.metering.sqlite_outbox import SQLiteOutbox
+from tests.outbox_support import make_event
 
 
 def _blocked_writer() -> tuple[sqlite_writer.Writer, threading.Event, list[str]]:
@@ -165,3 +168,43 @@ def test_no_lock_file_for_an_in_memory_database() -> None:
     writer = sqlite_writer.Writer(":memory:")
     assert writer.submit(lambda: 42, urgent=False).result(timeout=5) == 42
     writer.shutdown(wait=True)
+
+
+async def test_an_insert_into_a_free_file_needs_no_thread_hop(tmp_path: Path) -> None:
+    """Nothing holds the file: the call's insert runs on the caller's thread (the event
+    loop), not on the writer thread, which is not needed at all for it."""
+    outbox = SQLiteOutbox(tmp_path / "outbox.db")
+    await outbox.open()
+    try:
+        assert outbox._writer is not None
+        outbox._writer.shutdown(wait=True)   # no writer thread from here on
+        await outbox.enqueue(make_event(), ["lago"])
+        with sqlite3.connect(tmp_path / "outbox.db") as conn:
+            assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (1,)
+    finally:
+        await outbox.close()
+
+
+async def test_an_insert_while_a_write_holds_the_file_waits_on_the_writer_thread(
+        tmp_path: Path) -> None:
+    """A write holds the file (another process's lock): the insert does not wait on the
+    event loop; it goes to the writer thread, which writes it once the lock is free."""
+    path = str(tmp_path / "outbox.db")
+    outbox = SQLiteOutbox(path)
+    await outbox.open()
+    other = sqlite_writer.open_lock(path)   # an open file of its own: another process
+    assert other is not None
+    try:
+        assert sqlite_writer.try_lock(other)
+        task = asyncio.ensure_future(outbox.enqueue(make_event(), ["lago"]))
+        await asyncio.sleep(0.2)
+        assert not task.done()               # the loop ran on meanwhile (we are here)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+        sqlite_writer.unlock(other)
+        await asyncio.wait_for(task, 5)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (1,)
+    finally:
+        os.close(other)
+        await outbox.close()

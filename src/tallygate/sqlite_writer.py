@@ -1,11 +1,12 @@
 """One writer thread per SQLite file in a process, the request path's writes first.
 
-Every write to a file (outbox inserts, claims and marks, budget reservations and
-settlements) runs on that file's one thread: writes of one process never wait on each
-other's lock (only other processes' writes can make them wait, on the busy timeout),
-and the event loop never blocks on a statement (sqlite3 releases the GIL while one
-runs). Users ``acquire`` the thread when they open and ``release`` it when they close;
-the last one out stops it. A forked worker gets threads of its own.
+Every write to a file (outbox inserts the loop cannot make at once, claims and marks,
+budget reservations and settlements) runs on that file's one thread: writes of one
+process never wait on each other's lock (only other processes' writes can make them
+wait, on the busy timeout), and the event loop never waits on another write (sqlite3
+releases the GIL while one runs). Users ``acquire`` the thread when they open and
+``release`` it when they close; the last one out stops it. A forked worker gets threads
+of its own.
 
 Two queues: a caller waits on an ``urgent`` write (a call's outbox insert, its budget
 reservation) before it answers, while nobody waits on background work (delivery's
@@ -49,7 +50,7 @@ class Writer:
     def __init__(self, path: str | None = None, name: str = "tallygate-writer") -> None:
         """``path``: the database file, whose lock file orders this process's writes
         with other processes' (None, or a file that cannot have one: no lock)."""
-        self._lock_fd = _open_lock(path)
+        self._lock_fd = open_lock(path)
         self._urgent: collections.deque[_Job] = collections.deque()
         self._background: collections.deque[_Job] = collections.deque()
         self._ready = threading.Condition(threading.Lock())
@@ -117,7 +118,21 @@ class Writer:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _open_lock(path: str | None) -> int | None:
+def try_lock(fd: int) -> bool:
+    """Take the lock of ``fd`` (an ``open_lock`` of its own) if nobody holds it: this
+    process's writer thread, or another process's."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def open_lock(path: str | None) -> int | None:
     """The lock file of the database at ``path`` (made when missing), or None for an
     in-memory database, a URI, no fcntl, or a folder where it cannot be made."""
     if fcntl is None or not path or path == ":memory:" or path.startswith("file:"):
