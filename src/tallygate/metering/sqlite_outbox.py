@@ -136,6 +136,9 @@ class SQLiteOutbox:
         self._conns_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._writer: sqlite_writer.Writer | None = None
+        # Off for the forked workers of one gateway: measured slower there (each one's
+        # inserts on its loop against the others' writes), faster for one process.
+        self.insert_on_caller = True
         # The request path's own connection and lock fd (``_insert_now``).
         self._fast_lock: int | None = None
         self._fast_local = threading.local()  # a connection per calling thread
@@ -297,7 +300,8 @@ class SQLiteOutbox:
         file, so it cannot wait: one INSERT of tens of microseconds, without the two
         thread hops of the writer's round trip, which cost more than the insert. False
         (nothing written) when a write of this process or another holds the file."""
-        if self._closed or self._fast_lock is None or not events or not sinks:
+        if (self._closed or not self.insert_on_caller or self._fast_lock is None
+                or not events or not sinks):
             return False
         if not sqlite_writer.try_lock(self._fast_lock):
             return False

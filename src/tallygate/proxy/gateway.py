@@ -19,6 +19,7 @@ from tallygate.event import FailureEvent, UsageEvent
 from tallygate.metering.delivery import DeliveryWorker
 from tallygate.metering.group_commit import GroupCommitter
 from tallygate.metering.outbox import Outbox
+from tallygate.metering.sqlite_outbox import SQLiteOutbox
 from tallygate.pricing import PriceBook
 from tallygate.providers.base import Deployment
 from tallygate.proxy import loop_lag
@@ -201,6 +202,9 @@ class Gateway:
             self.loop_lag.start()
         url = self.settings.database_url or self.settings.default_database_path()
         self.outbox = await open_outbox(url)
+        if isinstance(self.outbox, SQLiteOutbox) and int(self.settings.extra.get("workers")
+                                                          or 1) > 1:
+            self.outbox.insert_on_caller = False  # forked workers: the writer thread
         self._writer = GroupCommitter(self._write_outbox)
         await self.keys.start(url)
         # Deployments' rpm/tpm count where keys' do (in the process, shared by worker

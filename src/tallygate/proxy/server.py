@@ -134,7 +134,8 @@ def serve(settings: ProxySettings, host: str, port: int, workers: int = 1) -> in
     deployments = sum(len(group) for group in settings.models.values())
     # Where the workers leave their metrics snapshots for whichever serves /metrics.
     metrics_dir = tempfile.mkdtemp(prefix="tallygate-metrics-")
-    settings = replace(settings, extra={**settings.extra, "shared_limits": SharedCounters(),
+    settings = replace(settings, extra={**settings.extra, "workers": workers,
+                                        "shared_limits": SharedCounters(),
                                         "shared_cooldowns": CooldownTable(2 * deployments + 64),
                                         "metrics_dir": metrics_dir})
     procs = [ctx.Process(target=_worker_main, args=(settings, host, port, True),
