@@ -18,13 +18,16 @@ def test_sampler_measures_a_stall_and_resets(tmp_path: Path) -> None:
     cfg = mock_config(tmp_path, lago=False)
     with run_proxy(proxy_settings(tmp_path, cfg, {ENV: "1"})) as proxy:
         url = proxy.base_url + "/debug/loop-lag"
+        wait_for(lambda: http("GET", url).json()["samples"] > 5)
+        http("GET", url + "?reset=1")  # the start-up's own work is not the quiet loop
         wait_for(lambda: http("GET", url).json()["samples"] > 20)
         quiet = http("GET", url + "?reset=1").json()
-        assert quiet["max_ms"] < 20, quiet
-        proxy.call(_stall(0.05))
+        # Margins wide enough for a shared, noisy machine (a stolen CPU slice is lag too).
+        assert quiet["max_ms"] < 100, quiet
+        proxy.call(_stall(0.25))
         wait_for(lambda: http("GET", url).json()["samples"] > 5)
         stalled = http("GET", url + "?reset=1").json()
-        assert stalled["max_ms"] >= 30 and stalled["over_0_5ms"] >= 1, stalled
+        assert stalled["max_ms"] >= 150 and stalled["over_0_5ms"] >= 1, stalled
         assert http("GET", url, key=None).status == 401   # the master key only
         assert http("GET", url).json()["samples"] < stalled["samples"] + 50
 
