@@ -27,7 +27,7 @@ from tallygate.access.db import Database, database_for, wall_ms
 from tallygate.access.keys import AccessStore, KeyRecord, TeamRecord, hash_key, iso
 from tallygate.access.lago_api import LagoReader, lago_base
 from tallygate.access.ratelimit import Decision, Limit, LocalLimiter, RedisLimiter
-from tallygate.access.settlement import settlement_data, settlement_of
+from tallygate.access.settlement import settlement_data, settlement_of, with_ledger_row
 from tallygate.access.shared_limits import SharedCounters, SharedLimiter
 from tallygate.access.worst_case import worst_case_cost
 from tallygate.attribution import end_user_of, resolve_customer
@@ -411,7 +411,7 @@ class VirtualKeyPolicy:
             # It cost more than it reserved: ``settle`` writes it before the answer, so
             # the next calls see that spend at once (the ledger sink would be later).
             return None
-        return self._settlement_data(event, call)
+        return with_ledger_row(event, self._settlement_data(event, call))
 
     @staticmethod
     def _settlement_data(event: UsageEvent, call: _Call | None) -> dict[str, Any]:

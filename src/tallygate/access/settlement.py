@@ -3,8 +3,9 @@
 An answered, billed call's settlement travels with its usage event in the outbox (the
 same atomic insert, before the answer's last byte), and the outbox's ``ledger`` sink
 writes it: the ledger row and, only when that row is new, the budget spend and the
-release of the call's reservation, in one transaction. So after any crash every
-answered call has one ledger row and its spend counted once.
+release of the call's reservation, in one transaction (on SQLite, the insert itself
+does it: ``ledger_sink.SQLITE_SETTLE``). So after any crash every answered call has one
+ledger row and its spend counted once.
 """
 
 from __future__ import annotations
@@ -52,3 +53,10 @@ def settlement_of(event: UsageEvent, data: Mapping[str, Any]) -> Settlement:
     cost = to_micros(event.cost) if event.cost is not None else 0
     return (event.call_id, _scopes(data.get("scopes") or ()),
             _scopes(data.get("reserved") or ()), cost, ledger_row(event, data))
+
+
+def with_ledger_row(event: UsageEvent, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the call's ledger row and cost in micros written out, so that the
+    SQLite outbox settles the call inside its insert (``ledger_sink.SQLITE_SETTLE``)."""
+    cost = to_micros(event.cost) if event.cost is not None else 0
+    return {**data, "row": list(ledger_row(event, data)), "cost_micros": cost}

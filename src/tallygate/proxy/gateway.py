@@ -221,6 +221,8 @@ class Gateway:
         # The spend ledger is a sink of the outbox: a billed call's settlement is as
         # durable as its usage event (see tallygate.access.settlement).
         self.ledger_sink = LedgerSink(self.keys.db)
+        if isinstance(self.outbox, SQLiteOutbox):
+            await self.ledger_sink.settle_in_sqlite_inserts()
         self.worker = DeliveryWorker(self.outbox, [*self.sinks, self.ledger_sink],
                                      batch_size=self.settings.outbox_batch_size,
                                      on_delivered=self._observe_delivery)
