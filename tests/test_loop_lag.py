@@ -7,7 +7,15 @@ from pathlib import Path
 
 from tallygate.proxy.loop_lag import ENV
 from tests.fault_support import mock_config
-from tests.proxy_harness import MASTER_KEY, http, proxy_settings, run_proxy, wait_for
+from tests.proxy_harness import (
+    MASTER_KEY,
+    cli_env,
+    http,
+    proxy_settings,
+    run_cli,
+    run_proxy,
+    wait_for,
+)
 
 
 async def _stall(seconds: float) -> None:
@@ -36,3 +44,15 @@ def test_no_sampler_unless_asked(tmp_path: Path) -> None:
     with run_proxy(proxy_settings(tmp_path, mock_config(tmp_path, lago=False))) as proxy:
         assert proxy.gateway.loop_lag is None
         assert http("GET", proxy.base_url + "/debug/loop-lag", key=MASTER_KEY).status == 404
+
+
+def test_the_served_process_keeps_start_up_objects_out_of_the_collector(
+        tmp_path: Path) -> None:
+    """``tallygate`` freezes what start-up made (gc.freeze): a full collection walks only
+    what calls made since, not the tens of thousands of long-lived objects."""
+    cfg = mock_config(tmp_path, lago=False)
+    with run_cli(tmp_path, cfg, cli_env({ENV: "1"})) as proc:
+        url = proc.base_url + "/debug/loop-lag"
+        figures = http("GET", url, key=MASTER_KEY).json()
+        assert figures["gc_frozen"] > 10_000, figures
+        assert len(figures["gc_collections"]) == 3

@@ -5,12 +5,13 @@ synchronous database call, JSON work): at one call at a time that is the task's 
 time; under load it also counts the other callbacks ready before it. Off unless
 ``TALLYGATE_LOOP_LAG_SAMPLE_MS`` is set (the benchmark sets it); then
 ``GET /debug/loop-lag`` returns the figures since the last reset (``?reset=1`` starts a
-new window).
+new window), with the garbage collector's passes in it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -46,6 +47,7 @@ class LoopLagSampler:
         self._stop = threading.Event()
         self._arrived = threading.Event()
         self._thread: threading.Thread | None = None
+        self._gc_base = _gc_collections()
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -79,8 +81,11 @@ class LoopLagSampler:
 
     def figures(self, reset: bool = False) -> dict[str, Any]:
         lags = sorted(self._lags)
+        collections = [now - then for now, then in zip(_gc_collections(), self._gc_base,
+                                                       strict=True)]
         if reset:
             self._lags = []
+            self._gc_base = _gc_collections()
         n = len(lags)
 
         def at(p: float) -> float:
@@ -89,4 +94,11 @@ class LoopLagSampler:
         return {"interval_ms": self.interval_s * 1000, "samples": n,
                 "p50_ms": at(0.5), "p99_ms": at(0.99), "p999_ms": at(0.999),
                 "max_ms": round(lags[-1] * 1000, 3) if n else 0.0,
-                "over_0_5ms": sum(1 for lag in lags if lag > STALL_S)}
+                "over_0_5ms": sum(1 for lag in lags if lag > STALL_S),
+                # What the garbage collector did in the window (a full collection is a
+                # stall of its own) and how many start-up objects it no longer walks.
+                "gc_collections": collections, "gc_frozen": gc.get_freeze_count()}
+
+
+def _gc_collections() -> list[int]:
+    return [int(generation["collections"]) for generation in gc.get_stats()]
