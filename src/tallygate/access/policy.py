@@ -424,8 +424,9 @@ class VirtualKeyPolicy:
 
     async def settle(self, event: UsageEvent) -> None:
         """The call is answered. A billed call whose event carries its settlement is
-        settled by the outbox's ledger sink (durable with the event; its reservation
-        holds until then); any other call is settled here, before the answer."""
+        settled through the outbox, durable with the event (by its insert on SQLite, by
+        its ledger sink on PostgreSQL, the reservation holding until then); any other
+        call is settled here, before the answer."""
         call = self._calls.pop(event.call_id, None)
         if self.db is None:
             return
