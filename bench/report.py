@@ -199,8 +199,16 @@ def main() -> None:
                     f"({figs.get('over_0_5ms', 0)} of {figs.get('samples', 0)} > 0.5 ms)")
         return one
 
+    def lag_pass(c: int) -> Any:
+        def one(name: str) -> str:
+            figs = get(name, "load", str(c), "loop_lag_pass")
+            return f(figs.get("rps"), 0) if figs else ""
+        return one
+
     row("event-loop lag p99 / max at c=1 (ms; 1 ms timer)", lag(1))
     row("event-loop lag p99 / max at c=50 (ms; 1 ms timer)", lag(50))
+    row("req/s at c=50 in the lag pass (probes on; the figures above are without them)",
+        lag_pass(50))
     row(f"streams/s with 100 concurrent streams ({res['stream_chunks']} chunks each)",
         lambda c: f(get(c, "streams", "rps"), 0), f(get("direct", "streams", "rps"), 0))
     row("peak RSS per worker (MB, VmHWM)", lambda c: f(get(c, "peak_rss_mb"), 1))
@@ -318,6 +326,11 @@ def main() -> None:
       "100-stream throughput is wrk with `stream: true`, reading each stream to its end; "
       f"time to first chunk is an aiohttp client, {res['settings']['ttfc_n']} sequential "
       "streams after 20 warm-ups, first body bytes.")
+    w("- Event-loop lag (one-worker tallygate targets, `TALLYGATE_LOOP_LAG_SAMPLE_MS=1`): "
+      "a thread posts a callback to the loop every millisecond and records how late it "
+      "runs. The probes cost throughput of their own, so every speed figure is taken with "
+      "them off (`/debug/loop-lag?sampling=off`) and the lag in a second pass of the same "
+      "load at c=1 and c=50 with them on; that pass's req/s is shown beside it.")
     w("- Before each target the harness waits (up to "
       f"{res['settings'].get('quiet_wait', 0):.0f} s) for the machine to go idle, and it "
       "records how much CPU other processes took during the target's load (machine busy "

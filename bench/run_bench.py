@@ -43,6 +43,7 @@ MASTER_KEY = "sk-bench"
 LAGO_KEY = "lago-bench-key"
 UPSTREAM_KEY = "sk-upstream-bench"
 STREAM_CHUNKS = 20
+LAG_CONCURRENCY = (1, 50)  # where the event-loop lag is sampled (a pass of its own)
 
 CONFIG = f"""\
 # The one config both gateways run (LiteLLM's shape). Written by bench/run_bench.py.
@@ -280,10 +281,14 @@ KEY_BUDGET_USD = 1_000_000   # a budget every call reserves against, never reach
 KEY_RPM = 100_000_000         # an rpm limit every call counts against, never reached here
 
 
-def loop_lag(url: str, reset: bool = False) -> dict[str, Any] | None:
+def loop_lag(url: str, reset: bool = False, sampling: str | None = None
+             ) -> dict[str, Any] | None:
     """The gateway's sampled event-loop lag (TALLYGATE_LOOP_LAG_SAMPLE_MS is set for
-    the tallygate targets); with --workers N it is the answering worker's."""
-    req = urllib.request.Request(f"{url}/debug/loop-lag{'?reset=1' if reset else ''}",
+    the tallygate targets); with --workers N it is the answering worker's. ``sampling``
+    "on" / "off" starts or stops the gateway's probes (of that worker)."""
+    query = "&".join(q for q in ("reset=1" if reset else "",
+                                 f"sampling={sampling}" if sampling else "") if q)
+    req = urllib.request.Request(f"{url}/debug/loop-lag{'?' + query if query else ''}",
                                  headers={"Authorization": f"Bearer {MASTER_KEY}"})
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
@@ -339,13 +344,20 @@ def measure_target(t: Target, run_dir: Path, args: argparse.Namespace) -> dict[s
         warm = run_wrk(t.url, 50, min(2, d), key=key)
         ok_client += warm["ok"]
         res["load"] = {}
-        sampled = t.family == "tallygate"
+        # One worker's loop is sampled (with two, a request reaches either worker).
+        sampled = t.family == "tallygate" and t.workers == 1
         for c in args.concurrency:
+            # The speed figures are taken with the lag probes off (a probe a millisecond
+            # costs throughput of its own); the lag is a second pass, probes on.
             if sampled:
-                loop_lag(t.url, reset=True)   # a window per concurrency level
+                loop_lag(t.url, sampling="off")
             r = run_wrk(t.url, c, d, key=key)
-            if sampled:
+            if sampled and c in LAG_CONCURRENCY:
+                loop_lag(t.url, reset=True, sampling="on")  # a window of its own
+                lagged = run_wrk(t.url, c, d, key=key)
+                ok_client += lagged["ok"]
                 r["loop_lag"] = loop_lag(t.url, reset=True)
+                r["loop_lag_pass"] = {k: lagged[k] for k in ("rps", "p50_us", "p99_us")}
             ok_client += r["ok"]
             res["load"][str(c)] = r
             lag = r.get("loop_lag") or {}
@@ -530,7 +542,8 @@ def main() -> None:
 
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LAGO_", "LITELLM"))}
     gw_env = {**base_env, **LAGO_ENV, "PYTHONUNBUFFERED": "1"}
-    # The tallygate targets sample their event loop's lag (issue 15: no stalls).
+    # The one-worker tallygate targets sample their event loop's lag (issue 15: no
+    # stalls), in passes of their own.
     tg_env = {**gw_env, "TALLYGATE_LOOP_LAG_SAMPLE_MS": "1"}
     lt_env = {**gw_env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
               "LITELLM_TELEMETRY": "False", "LITELLM_DONT_SHOW_FEEDBACK_BOX": "True"}
@@ -545,7 +558,7 @@ def main() -> None:
         targets.append(Target(f"tallygate-{n}w", "tallygate", n, [
             tallygate_bin, "--config", str(cfg), "--host", HOST, "--port", str(GATEWAY_PORT),
             "--workers", str(n), "--db", str(run_dir / f"tallygate-{n}w" / "outbox.db"),
-            "--log-level", "WARNING"], tg_env))
+            "--log-level", "WARNING"], tg_env if n == 1 else gw_env))
     targets.append(Target("tallygate-1w-key", "tallygate", 1, [
         tallygate_bin, "--config", str(cfg), "--host", HOST, "--port", str(GATEWAY_PORT),
         "--workers", "1", "--db", str(run_dir / "tallygate-1w-key" / "outbox.db"),

@@ -38,6 +38,13 @@ def test_sampler_measures_a_stall_and_resets(tmp_path: Path) -> None:
         assert stalled["max_ms"] >= 150 and stalled["over_0_5ms"] >= 1, stalled
         assert http("GET", url, key=None).status == 401   # the master key only
         assert http("GET", url).json()["samples"] < stalled["samples"] + 50
+        # Off: no probe runs (the benchmark's speed passes); on again: they do.
+        assert http("GET", url + "?sampling=off&reset=1").json()["sampling"] is False
+        time.sleep(0.2)
+        assert http("GET", url).json()["samples"] == 0
+        assert http("GET", url + "?sampling=on").json()["sampling"] is True
+        wait_for(lambda: http("GET", url).json()["samples"] > 5)
+        assert http("GET", url + "?sampling=sometimes").status == 400
 
 
 def test_no_sampler_unless_asked(tmp_path: Path) -> None:

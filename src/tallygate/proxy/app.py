@@ -181,9 +181,19 @@ class Routes:
                 presented_key(request)):
             return web.json_response({"error": {"message": "the master key is required",
                                                 "type": "auth_error"}}, status=401)
-        assert self.gw.loop_lag is not None
-        return web.json_response(self.gw.loop_lag.figures(
-            reset=request.query.get("reset") == "1"))
+        sampler = self.gw.loop_lag
+        assert sampler is not None
+        sampling = request.query.get("sampling")
+        if sampling == "off":
+            sampler.stop()
+        elif sampling == "on":
+            sampler.start()
+        elif sampling is not None:
+            return web.json_response({"error": {"message": "sampling is 'on' or 'off'",
+                                                "type": "invalid_request_error"}},
+                                     status=400)
+        return web.json_response({**sampler.figures(reset=request.query.get("reset") == "1"),
+                                  "sampling": sampler.running})
 
 
 def _openapi() -> Any:

@@ -5,7 +5,9 @@ synchronous database call, JSON work): at one call at a time that is the task's 
 time; under load it also counts the other callbacks ready before it. Off unless
 ``TALLYGATE_LOOP_LAG_SAMPLE_MS`` is set (the benchmark sets it); then
 ``GET /debug/loop-lag`` returns the figures since the last reset (``?reset=1`` starts a
-new window), with the garbage collector's passes in it.
+new window), with the garbage collector's passes in it; ``?sampling=off`` stops the
+probes and ``?sampling=on`` starts them again (a probe a millisecond costs the gateway
+throughput of its own: the benchmark measures speed with them off, lag with them on).
 """
 
 from __future__ import annotations
@@ -49,7 +51,13 @@ class LoopLagSampler:
         self._thread: threading.Thread | None = None
         self._gc_base = _gc_collections()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
     def start(self) -> None:
+        if self._thread is not None:
+            return
         self._loop = asyncio.get_running_loop()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="tallygate-loop-lag",
