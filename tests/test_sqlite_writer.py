@@ -208,3 +208,79 @@ async def test_an_insert_while_a_write_holds_the_file_waits_on_the_writer_thread
     finally:
         os.close(other)
         await outbox.close()
+
+
+async def _budgeted_db(path: str) -> SQLiteDatabase:
+    db = SQLiteDatabase(path)
+    await db.open()
+    await db.execute("INSERT INTO access_budgets (scope, id, max_micros, spend_micros, "
+                     "reserved_micros) VALUES ('key', 'k', 10000000, 0, 0)")
+    return db
+
+
+async def test_a_reservation_in_a_free_file_runs_on_the_caller_s_thread(
+        tmp_path: Path) -> None:
+    """An urgent write (a budget reservation the call waits on) with nothing holding the
+    file runs on the event loop: no writer thread is started for it."""
+    db = await _budgeted_db(str(tmp_path / "gw.db"))
+    try:
+        assert await budgets.reserve_many(db, [("c1", [("key", "k")], 250_000)]) == [None]
+        assert db._writer is None
+        assert await db.fetch("SELECT spend_micros, reserved_micros FROM access_budgets"
+                              ) == [{"spend_micros": 0, "reserved_micros": 250_000}]
+        # A background write (a ledger batch) still goes to the writer thread.
+        await db.write(lambda conn: conn.execute("UPDATE access_budgets SET spend_micros = 1"))
+        assert db._writer is not None
+    finally:
+        await db.close()
+
+
+async def test_a_reservation_while_a_write_holds_the_file_goes_to_the_writer_thread(
+        tmp_path: Path) -> None:
+    """A write holds the file (another process's lock): the reservation neither waits on
+    the event loop nor fails; the writer thread makes it once the file is free. The same
+    with the fast path off (the forked workers of --workers N)."""
+    path = str(tmp_path / "gw.db")
+    db = await _budgeted_db(path)
+    other = sqlite_writer.open_lock(path)
+    assert other is not None
+    try:
+        for call_id, on_caller in (("c1", True), ("c2", False)):
+            db.write_on_caller = on_caller
+            assert sqlite_writer.try_lock(other)
+            task = asyncio.ensure_future(
+                budgets.reserve_many(db, [(call_id, [("key", "k")], 100_000)]))
+            await asyncio.sleep(0.2)
+            assert not task.done()
+            sqlite_writer.unlock(other)
+            assert await asyncio.wait_for(task, 5) == [None]
+        assert db._writer is not None
+        assert await db.fetch("SELECT reserved_micros FROM access_budgets") == [
+            {"reserved_micros": 200_000}]
+        assert await db.fetch("SELECT call_id FROM access_reservations ORDER BY call_id"
+                              ) == [{"call_id": "c1"}, {"call_id": "c2"}]
+    finally:
+        os.close(other)
+        await db.close()
+
+
+async def test_a_write_that_meets_a_writer_without_lock_file_goes_to_the_writer_thread(
+        tmp_path: Path) -> None:
+    """A writer that takes no lock file (an older tallygate) holds SQLite's own lock: the
+    caller's BEGIN IMMEDIATE fails at once, nothing is half-written, the writer thread
+    (which waits out SQLite's busy timeout) makes the reservation."""
+    path = str(tmp_path / "gw.db")
+    db = await _budgeted_db(path)
+    old = sqlite3.connect(path, isolation_level=None)
+    try:
+        old.execute("BEGIN IMMEDIATE")
+        task = asyncio.ensure_future(budgets.reserve_many(db, [("c1", [("key", "k")], 5)]))
+        await asyncio.sleep(0.2)
+        assert not task.done() and db._writer is not None
+        old.execute("COMMIT")
+        assert await asyncio.wait_for(task, 15) == [None]
+        assert await db.fetch("SELECT reserved_micros FROM access_budgets") == [
+            {"reserved_micros": 5}]
+    finally:
+        old.close()
+        await db.close()

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tallygate.access.db import SQLiteDatabase
 from tallygate.access.ledger_sink import LedgerSink
 from tallygate.access.ratelimit import RedisLimiter
 from tallygate.access.settlement import LEDGER_SINK
@@ -202,11 +203,13 @@ class Gateway:
             self.loop_lag.start()
         url = self.settings.database_url or self.settings.default_database_path()
         self.outbox = await open_outbox(url)
-        if isinstance(self.outbox, SQLiteOutbox) and int(self.settings.extra.get("workers")
-                                                          or 1) > 1:
+        forked = int(self.settings.extra.get("workers") or 1) > 1
+        if isinstance(self.outbox, SQLiteOutbox) and forked:
             self.outbox.insert_on_caller = False  # forked workers: the writer thread
         self._writer = GroupCommitter(self._write_outbox)
         await self.keys.start(url)
+        if isinstance(self.keys.db, SQLiteDatabase) and forked:
+            self.keys.db.write_on_caller = False  # the same for reservations
         # Deployments' rpm/tpm count where keys' do (in the process, shared by worker
         # processes, or in Redis), unless router_settings names a Redis of its own.
         own = self.settings.router.redis_url
