@@ -71,7 +71,6 @@ class LedgerSink:
         """The access database belongs to the policy, which closes it."""
 
 
-
 # On SQLite the ledger sink's rows settle themselves: a trigger on the outbox writes the
 # call's ledger row and moves its reservation to its spend (only when that row is new),
 # from the settlement the event carries, inside the outbox's own INSERT, and skips the
