@@ -192,15 +192,7 @@ class SQLiteDatabase(Database):
         """Run ``fn`` under BEGIN IMMEDIATE (the write lock first), commit or roll back."""
         conn = self.conn()
         conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        if conn.in_transaction:  # ``fn`` may have rolled back itself
-            conn.execute("COMMIT")
-        return result
+        return _commit_or_roll_back(conn, fn)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
         """``transaction(fn)`` on the file's writer thread, awaited from the loop;
@@ -242,15 +234,7 @@ class SQLiteDatabase(Database):
                 if "locked" in str(exc) or "busy" in str(exc):
                     raise _FileBusy from None
                 raise
-            try:
-                result = fn(conn)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            if conn.in_transaction:
-                conn.execute("COMMIT")
-            return result
+            return _commit_or_roll_back(conn, fn)
         finally:
             sqlite_writer.unlock(fd)
 
@@ -281,6 +265,20 @@ class SQLiteDatabase(Database):
         cur = self.conn().execute(sql, args)
         names = [c[0] for c in cur.description or ()]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _commit_or_roll_back(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn`` in the transaction ``conn`` has begun: commit after it, roll back if it
+    raises."""
+    try:
+        result = fn(conn)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if conn.in_transaction:  # ``fn`` may have rolled back itself
+        conn.execute("COMMIT")
+    return result
 
 
 class _FileBusy(Exception):
