@@ -59,24 +59,25 @@ class LoopLagSampler:
         if self._thread is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="tallygate-loop-lag",
-                                        daemon=True)
+        self._stop = threading.Event()  # each thread its own: a stopped one stays stopped
+        self._thread = threading.Thread(target=self._run, args=(self._stop,),
+                                        name="tallygate-loop-lag", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         loop = self._loop
         assert loop is not None
-        while not self._stop.wait(self.interval_s):
+        while not stop.wait(self.interval_s):
             self._arrived.clear()
             try:
-                loop.call_soon_threadsafe(self._record, time.perf_counter())
+                loop.call_soon_threadsafe(self._record, stop, time.perf_counter())
             except RuntimeError:  # the loop closed
                 return
             self._arrived.wait(1.0)  # one probe in flight at a time
 
-    def _record(self, sent: float) -> None:
-        if len(self._lags) < MAX_SAMPLES:
+    def _record(self, stop: threading.Event, sent: float) -> None:
+        # A probe posted just before ``stop`` runs after it: it belongs to no window.
+        if not stop.is_set() and len(self._lags) < MAX_SAMPLES:
             self._lags.append(time.perf_counter() - sent)
         self._arrived.set()
 
