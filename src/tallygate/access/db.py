@@ -17,7 +17,6 @@ separate from the outbox's ``schema_version``. Other tables that live in this da
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import threading
@@ -171,11 +170,9 @@ class SQLiteDatabase(Database):
         self._closed = False
         self._writer: sqlite_writer.Writer | None = None
         # Urgent writes run on the caller's thread (the event loop) when no write holds
-        # the file (see ``_write_now``); the forked workers of --workers N turn it off.
+        # the file; the forked workers of --workers N turn it off.
         self.write_on_caller = True
-        self._fast_lock: int | None = None
-        self._fast_tried = False
-        self._fast_local = threading.local()
+        self._caller_writes = sqlite_writer.CallerWrites(path)
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -190,9 +187,7 @@ class SQLiteDatabase(Database):
 
     def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` under BEGIN IMMEDIATE (the write lock first), commit or roll back."""
-        conn = self.conn()
-        conn.execute("BEGIN IMMEDIATE")
-        return _commit_or_roll_back(conn, fn)
+        return _in_transaction(self.conn(), fn)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
         """``transaction(fn)`` on the file's writer thread, awaited from the loop;
@@ -200,43 +195,12 @@ class SQLiteDatabase(Database):
         it runs right here instead when nothing holds the file."""
         if urgent and self.write_on_caller:
             try:
-                return self._write_now(fn)
-            except _FileBusy:
+                return self._caller_writes.run(lambda conn: _in_transaction(conn, fn))
+            except sqlite_writer.FileBusy:
                 pass
         if self._writer is None:
             self._writer = sqlite_writer.acquire(self.path)
         return await sqlite_writer.run(self._writer, self.transaction, fn, urgent=urgent)
-
-    def _write_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``transaction(fn)`` on this thread if the writers' lock file is free (tried
-        without waiting: the loop never waits on a lock), else ``_FileBusy`` and nothing
-        written. A few statements of tens of microseconds each cost less than the writer
-        thread's two hops. BEGIN IMMEDIATE is the only step that can meet another
-        writer (one that takes no lock file: an older tallygate); it fails at once."""
-        if not self._fast_tried:
-            self._fast_tried = True
-            self._fast_lock = sqlite_writer.open_lock(self.path)
-        fd = self._fast_lock
-        if fd is None or self._closed or not sqlite_writer.try_lock(fd):
-            raise _FileBusy
-        try:
-            conn: sqlite3.Connection | None = getattr(self._fast_local, "conn", None)
-            if conn is None:
-                # No busy wait and no checkpoint here: the background thread checkpoints.
-                conn = connect(self.path, 0.0)
-                conn.execute("PRAGMA wal_autocheckpoint=0")
-                with self._lock:
-                    self._conns.append(conn)
-                self._fast_local.conn = conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
-                    raise _FileBusy from None
-                raise
-            return _commit_or_roll_back(conn, fn)
-        finally:
-            sqlite_writer.unlock(fd)
 
     async def open(self, *, migrate: bool = True) -> None:
         if migrate:
@@ -247,9 +211,7 @@ class SQLiteDatabase(Database):
 
     async def close(self) -> None:
         self._closed = True
-        if self._fast_lock is not None:
-            os.close(self._fast_lock)
-            self._fast_lock = None
+        self._caller_writes.close()
         if self._writer is not None:
             self._writer = None
             sqlite_writer.release(self.path)
@@ -267,9 +229,9 @@ class SQLiteDatabase(Database):
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def _commit_or_roll_back(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """``fn`` in the transaction ``conn`` has begun: commit after it, roll back if it
-    raises."""
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn`` under BEGIN IMMEDIATE on ``conn``: commit after it, roll back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn)
     except BaseException:
@@ -279,10 +241,6 @@ def _commit_or_roll_back(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connect
     if conn.in_transaction:  # ``fn`` may have rolled back itself
         conn.execute("COMMIT")
     return result
-
-
-class _FileBusy(Exception):
-    """A write holds the SQLite file: the urgent write goes to the writer thread."""
 
 
 def _migrate_sqlite(conn: sqlite3.Connection, label: str, version_table: str,

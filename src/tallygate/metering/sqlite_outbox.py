@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -139,10 +138,7 @@ class SQLiteOutbox:
         # Off for the forked workers of one gateway: measured slower there (each one's
         # inserts on its loop against the others' writes), faster for one process.
         self.insert_on_caller = True
-        # The request path's own connection and lock fd (``_insert_now``).
-        self._fast_lock: int | None = None
-        self._fast_local = threading.local()  # a connection per calling thread
-        self._fast_conns: list[sqlite3.Connection] = []
+        self._caller_writes = sqlite_writer.CallerWrites(self.path)  # ``_insert_now``
         self._last_checkpoint = 0.0
         self._closed = False
         self._recent = RecentEvents()
@@ -211,8 +207,6 @@ class SQLiteOutbox:
         if self._writer is None:
             self._writer = sqlite_writer.acquire(self.path)
         await self._write(self._migrate)
-        if self._fast_lock is None:
-            self._fast_lock = sqlite_writer.open_lock(self.path)
 
     def _migrate(self) -> None:
         conn = self._conn()
@@ -243,13 +237,9 @@ class SQLiteOutbox:
         if self._writer is not None:
             self._writer = None
             sqlite_writer.release(self.path)
-        if self._fast_lock is not None:
-            os.close(self._fast_lock)
-            self._fast_lock = None
+        self._caller_writes.close()
         with self._conns_lock:
             conns, self._conns = list(self._conns.values()), {}
-            conns += self._fast_conns
-            self._fast_conns = []
         for conn in conns:
             conn.close()
 
@@ -300,31 +290,13 @@ class SQLiteOutbox:
         file, so it cannot wait: one INSERT of tens of microseconds, without the two
         thread hops of the writer's round trip, which cost more than the insert. False
         (nothing written) when a write of this process or another holds the file."""
-        if (self._closed or not self.insert_on_caller or self._fast_lock is None
-                or not events or not sinks):
-            return False
-        if not sqlite_writer.try_lock(self._fast_lock):
+        if self._closed or not self.insert_on_caller or not events or not sinks:
             return False
         try:
-            conn: sqlite3.Connection | None = getattr(self._fast_local, "conn", None)
-            if conn is None:
-                conn = self._fast_local.conn = self._connect_fast()
-            self._insert(conn, events, sinks)
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                return False  # a writer that takes no lock file (an older tallygate)
-            raise
-        finally:
-            sqlite_writer.unlock(self._fast_lock)
+            self._caller_writes.run(lambda conn: self._insert(conn, events, sinks))
+        except sqlite_writer.FileBusy:
+            return False
         return True
-
-    def _connect_fast(self) -> sqlite3.Connection:
-        # No busy wait and no checkpoint on the loop: the background thread checkpoints.
-        conn = connect(self.path, 0.0)
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        with self._conns_lock:
-            self._fast_conns.append(conn)
-        return conn
 
     # -- worker side ---------------------------------------------------------------
 
