@@ -23,7 +23,7 @@ from aiohttp import web
 
 from tallygate.access import budgets
 from tallygate.access.budgets import Scope, from_micros, to_micros
-from tallygate.access.db import Database, database_for, wall_ms
+from tallygate.access.db import Database, SQLiteDatabase, database_for, wall_ms
 from tallygate.access.keys import AccessStore, KeyRecord, TeamRecord, hash_key, iso
 from tallygate.access.lago_api import LagoReader, lago_base
 from tallygate.access.ratelimit import Decision, Limit, LocalLimiter, RedisLimiter
@@ -411,7 +411,10 @@ class VirtualKeyPolicy:
             # It cost more than it reserved: ``settle`` writes it before the answer, so
             # the next calls see that spend at once (the ledger sink would be later).
             return None
-        return with_ledger_row(event, self._settlement_data(event, call))
+        data = self._settlement_data(event, call)
+        # Only SQLite's outbox insert reads the written-out row (``SQLITE_SETTLE``);
+        # PostgreSQL's ledger sink makes it from the event.
+        return with_ledger_row(event, data) if isinstance(self.db, SQLiteDatabase) else data
 
     @staticmethod
     def _settlement_data(event: UsageEvent, call: _Call | None) -> dict[str, Any]:

@@ -50,13 +50,16 @@ def ledger_row(event: UsageEvent, data: Mapping[str, Any]) -> tuple[Any, ...]:
 
 def settlement_of(event: UsageEvent, data: Mapping[str, Any]) -> Settlement:
     """``budgets.settle_many``'s item for the call (raises on a malformed ``data``)."""
-    cost = to_micros(event.cost) if event.cost is not None else 0
     return (event.call_id, _scopes(data.get("scopes") or ()),
-            _scopes(data.get("reserved") or ()), cost, ledger_row(event, data))
+            _scopes(data.get("reserved") or ()), _cost_micros(event), ledger_row(event, data))
 
 
 def with_ledger_row(event: UsageEvent, data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with the call's ledger row and cost in micros written out, so that the
     SQLite outbox settles the call inside its insert (``ledger_sink.SQLITE_SETTLE``)."""
-    cost = to_micros(event.cost) if event.cost is not None else 0
-    return {**data, "row": list(ledger_row(event, data)), "cost_micros": cost}
+    return {**data, "row": list(ledger_row(event, data)), "cost_micros": _cost_micros(event)}
+
+
+def _cost_micros(event: UsageEvent) -> int:
+    """What the call adds to its budgets' spend (an unpriced call: nothing)."""
+    return to_micros(event.cost) if event.cost is not None else 0
