@@ -51,6 +51,9 @@ T = TypeVar("T")
 BUSY_TIMEOUT_S = 10.0
 REQUEST_PATH_CHECKPOINT_PAGES = 20_000  # ~80 MB of WAL
 CHECKPOINT_EVERY_S = 1.0  # a passive checkpoint on the background thread
+# A lone call's insert runs on the event loop when the file is free (cheaper than the
+# writer thread's round trip); a group commit of more goes to the writer thread.
+CALLER_INSERT_MAX_EVENTS = 2
 
 # Forward-only: a migration is never edited once released; add a new one instead.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
@@ -280,9 +283,11 @@ class SQLiteOutbox:
         await self.enqueue_many([event], sinks)
 
     async def enqueue_many(self, events: Sequence[UsageEvent], sinks: Sequence[str]) -> None:
-        if not self._insert_now(events, sinks):
-            # The file is busy: on the writer thread, ahead of its background work (the
-            # insert may wait on the write lock, and the loop must not wait with it).
+        if len(events) > CALLER_INSERT_MAX_EVENTS or not self._insert_now(events, sinks):
+            # On the writer thread, ahead of its background work: the file is busy (the
+            # insert may wait on the write lock, and the loop must not wait with it), or
+            # the batch is big enough that running it beside the loop, which sqlite3
+            # lets it do, is worth the two thread hops.
             await self._write(self.enqueue_many_sync, events, sinks, urgent=True)
 
     def _insert_now(self, events: Sequence[UsageEvent], sinks: Sequence[str]) -> bool:
