@@ -284,3 +284,29 @@ async def test_a_write_that_meets_a_writer_without_lock_file_goes_to_the_writer_
     finally:
         old.close()
         await db.close()
+
+
+async def test_a_group_commit_of_many_calls_is_written_on_the_writer_thread(
+        tmp_path: Path) -> None:
+    """A batch of more than a couple of calls goes to the writer thread even when the
+    file is free: sqlite3 runs it there beside the event loop, not on it."""
+    path = str(tmp_path / "outbox.db")
+    outbox = SQLiteOutbox(path)
+    await outbox.open()
+    threads: list[str] = []
+    real_insert = outbox._insert
+
+    def insert(conn: sqlite3.Connection, events: Any, sinks: Any) -> None:
+        threads.append(threading.current_thread().name)
+        real_insert(conn, events, sinks)
+
+    outbox._insert = insert  # type: ignore[method-assign]
+    try:
+        await outbox.enqueue_many([make_event()], ["lago"])
+        await outbox.enqueue_many([make_event() for _ in range(10)], ["lago"])
+        loop_thread = threading.current_thread().name
+        assert threads[0] == loop_thread and threads[1] != loop_thread
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (11,)
+    finally:
+        await outbox.close()
