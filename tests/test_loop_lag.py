@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from tallygate.proxy.loop_lag import ENV
+from tallygate.proxy.server import GC_THRESHOLDS
 from tests.fault_support import mock_config
 from tests.proxy_harness import (
     MASTER_KEY,
@@ -56,10 +57,12 @@ def test_no_sampler_unless_asked(tmp_path: Path) -> None:
 def test_the_served_process_keeps_start_up_objects_out_of_the_collector(
         tmp_path: Path) -> None:
     """``tallygate`` freezes what start-up made (gc.freeze): a full collection walks only
-    what calls made since, not the tens of thousands of long-lived objects."""
+    what calls made since, not the tens of thousands of long-lived objects; and its
+    young-generation passes are spaced for a server's allocation rate."""
     cfg = mock_config(tmp_path, lago=False)
     with run_cli(tmp_path, cfg, cli_env({ENV: "1"})) as proc:
         url = proc.base_url + "/debug/loop-lag"
         figures = http("GET", url, key=MASTER_KEY).json()
         assert figures["gc_frozen"] > 10_000, figures
+        assert figures["gc_thresholds"] == list(GC_THRESHOLDS)  # young passes far apart
         assert len(figures["gc_collections"]) == 3

@@ -106,7 +106,8 @@ class LoopLagSampler:
                 "over_0_5ms": sum(1 for lag in lags if lag > STALL_S),
                 # What the garbage collector did in the window (a full collection is a
                 # stall of its own) and how many start-up objects it no longer walks.
-                "gc_collections": collections, "gc_frozen": gc.get_freeze_count()}
+                "gc_collections": collections, "gc_frozen": gc.get_freeze_count(),
+                "gc_thresholds": list(gc.get_threshold())}
 
 
 def _gc_collections() -> list[int]:

@@ -27,6 +27,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from tallygate.config import ProxySettings
 
+GC_THRESHOLDS = (50_000, 20, 20)  # the served process's (CPython's default: 700, 10, 10)
+
 log = logging.getLogger("tallygate.proxy")
 
 # How long in-flight calls and streams get to finish after SIGTERM.
@@ -103,6 +105,10 @@ async def serve_async(settings: ProxySettings, host: str, port: int, *,
     # loop for about 40 ms on the 2-core bench machine).
     gc.collect()
     gc.freeze()
+    # A young-generation pass every 700 allocations ran several times a call; calls free
+    # almost everything they make by reference count, so a pass every 50,000 finds the
+    # same cycles at a small fraction of the cost (+10% req/s at c=50 on the bench).
+    gc.set_threshold(*GC_THRESHOLDS)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
