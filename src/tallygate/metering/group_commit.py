@@ -4,8 +4,9 @@ Each caller waits for its own item to be written. One batch is written at a time
 items that arrive while it is written (or while the loop is busy with other handlers)
 are the next batch, so under load one commit serves many calls and a lone call pays for
 exactly one, without waiting. (A batch per turn of the loop, several in flight, queued
-on SQLite's one writer as batches of one or two: a commit costs about as much as the
-rows it carries, so that was two to three times the CPU per call.)
+on SQLite's one writer as batches of one or two; a commit costs about what the pages it
+touches do, however many rows share them, so that was two to three times the CPU per
+call.)
 
 One bad item never fails the others: when a batch's write raises, each item is written
 again alone and only those that fail alone fail (so ``run`` must be all-or-nothing for
