@@ -26,16 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from run_bench import (
-    BENCH,
     CONFIG,
     GATEWAY_PORT,
     HOST,
     LAGO_ENV,
-    LAGO_KEY,
     LAGO_PORT,
     MASTER_KEY,
     PY,
-    STREAM_CHUNKS,
     UPSTREAM_PORT,
     Service,
     generate_key,
@@ -43,6 +40,7 @@ from run_bench import (
     port_free,
     proc_status,
     run_wrk,
+    stand_ins,
     tree,
     wait_http_ok,
 )
@@ -135,14 +133,7 @@ def main() -> None:
         work = Path(tmp)
         (work / "config.yaml").write_text(CONFIG)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("LAGO_")}
-        helpers = [
-            Service("upstream", [PY, str(BENCH / "upstream.py"), "--host", HOST, "--port",
-                                 str(UPSTREAM_PORT), "--chunks", str(STREAM_CHUNKS)],
-                    base_env, work, work / "upstream.log"),
-            Service("lago", [PY, str(BENCH / "lago_counter.py"), "--host", HOST, "--port",
-                             str(LAGO_PORT), "--api-key", LAGO_KEY],
-                    base_env, work, work / "lago.log"),
-        ]
+        helpers = stand_ins(base_env, work)
         runs: list[Run] = []
         try:
             for h in helpers:

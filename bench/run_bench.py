@@ -209,6 +209,18 @@ class Service:
             os.killpg(pgid, signal.SIGKILL)
 
 
+def stand_ins(env: dict[str, str], folder: Path) -> list[Service]:
+    """The upstream and Lago stand-ins every target is measured against (not started)."""
+    return [
+        Service("upstream", [PY, str(BENCH / "upstream.py"), "--host", HOST, "--port",
+                             str(UPSTREAM_PORT), "--chunks", str(STREAM_CHUNKS)],
+                env, folder, folder / "upstream.log"),
+        Service("lago", [PY, str(BENCH / "lago_counter.py"), "--host", HOST, "--port",
+                         str(LAGO_PORT), "--api-key", LAGO_KEY],
+                env, folder, folder / "lago.log"),
+    ]
+
+
 @dataclass
 class Target:
     name: str          # e.g. "tallygate-2w"
@@ -576,14 +588,7 @@ def main() -> None:
     for port in (UPSTREAM_PORT, LAGO_PORT, GATEWAY_PORT):
         if not port_free(port, 1.0):
             sys.exit(f"port {port} on {HOST} is taken: stop what runs there first")
-    helpers = [
-        Service("upstream", [PY, str(BENCH / "upstream.py"), "--host", HOST, "--port",
-                             str(UPSTREAM_PORT), "--chunks", str(STREAM_CHUNKS)],
-                base_env, run_dir, run_dir / "upstream.log"),
-        Service("lago", [PY, str(BENCH / "lago_counter.py"), "--host", HOST, "--port",
-                         str(LAGO_PORT), "--api-key", LAGO_KEY],
-                base_env, run_dir, run_dir / "lago.log"),
-    ]
+    helpers = stand_ins(base_env, run_dir)
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                "machine": machine(), "versions": versions(),
                                "settings": {k: v for k, v in vars(args).items()},
