@@ -42,7 +42,7 @@ class GroupCall(Generic[T, R]):
         self._on_error = on_error
         self._pending: list[tuple[T, asyncio.Future[R] | None]] = []
         self._scheduled = False
-        self._running: set[asyncio.Task[None]] = set()  # at most one batch
+        self._writing: asyncio.Task[None] | None = None  # the batch being written
 
     async def call(self, item: T) -> R:
         """Return ``item``'s result once the batch holding it is written (or raise what
@@ -58,7 +58,7 @@ class GroupCall(Generic[T, R]):
 
     def _add(self, item: T, future: asyncio.Future[R] | None) -> None:
         self._pending.append((item, future))
-        if not self._scheduled and not self._running:
+        if not self._scheduled and self._writing is None:
             self._scheduled = True
             loop = asyncio.get_running_loop()
             if self._linger_s > 0:
@@ -69,16 +69,15 @@ class GroupCall(Generic[T, R]):
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self._running:
+        if self._writing is not None:
             return  # the batch under way starts the next one when it is done
         batch, self._pending = self._pending, []
         if batch:
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._batch_done)
+            self._writing = asyncio.get_running_loop().create_task(self._run(batch))
+            self._writing.add_done_callback(self._batch_done)
 
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
+    def _batch_done(self, _: asyncio.Task[None]) -> None:
+        self._writing = None
         if self._pending and not self._scheduled:
             # What came meanwhile, at once: it has waited for a whole write already.
             self._scheduled = True
@@ -129,10 +128,11 @@ class GroupCall(Generic[T, R]):
 
     async def wait_idle(self) -> None:
         """Wait for the batches under way (shutdown)."""
-        while self._pending or self._running:
+        while self._pending or self._writing is not None:
             if self._pending:
                 self._flush()  # do not wait out the linger
-            await asyncio.gather(*self._running, return_exceptions=True)
+            if self._writing is not None:
+                await asyncio.gather(self._writing, return_exceptions=True)
             await asyncio.sleep(0)
 
 
