@@ -17,6 +17,7 @@ from tallygate.config import ProxySettings
 from tallygate.doors.openai_request import check_chat, check_embedding
 from tallygate.engine import CallContext, ChatStream
 from tallygate.errors import (
+    BadRequestError,
     MethodNotAllowedError,
     PermissionDeniedError,
     TallygateError,
@@ -189,9 +190,8 @@ class Routes:
         elif sampling == "on":
             sampler.start()
         elif sampling is not None:
-            return web.json_response({"error": {"message": "sampling is 'on' or 'off'",
-                                                "type": "invalid_request_error"}},
-                                     status=400)
+            return openai_error_response(
+                BadRequestError("sampling is 'on' or 'off'", param="sampling"))
         return web.json_response({**sampler.figures(reset=request.query.get("reset") == "1"),
                                   "sampling": sampler.running})
 
